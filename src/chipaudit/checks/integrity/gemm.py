@@ -1,0 +1,394 @@
+"""Matrix products (mm, bmm, linear with bias) in every number format, checked against the host oracle.
+
+Threat: a device that returns wrong products — silent data corruption from a weak part, or a trojan
+that corrupts results only for some values, structures, shapes or formats.
+
+Method: operands are drawn on the host from a recorded seed, rounded in NumPy onto the format's grid,
+moved to the device, multiplied there, and the result is compared in float64 NumPy with an error bound
+per element (oracle/tolerance.py). Products too large to recompute are checked by Freivalds
+projections plus secretly sampled rows (oracle/matmul.py). Cases cover tiny, odd and prime shapes,
+powers of two, training-sized products, the layer widths of well-known LLMs and CNNs, batched attention
+products, and linear layers with bias; operands vary between signed, positive, sparse and mixed
+magnitudes. Integer-valued operands whose exact result is representable must come back bit-exact.
+Chosen cases run twice and must agree bit for bit. A failing case is re-run to tell a reproducible
+fault from an intermittent one.
+
+Pass: every element of every case within its bound, exact cases exact, repeats identical.
+Fail (high): any element out of bound, or the device refusing a product it computes elsewhere.
+Warning (low): repeats that differ but both stay within bound (non-determinism).
+
+Cannot see: errors below the bound (a deliberately tiny bias hides under rounding noise); inputs and
+shapes this check never draws; faults that need longer use than a check lasts (see the burn-in); in a
+projection-checked product, an error smaller than the row bound outside the sampled rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
+from chipaudit.devices import torchdev
+from chipaudit.oracle import matmul as oracle
+from chipaudit.oracle.formats import FORMATS, NumberFormat
+from chipaudit.report.model import Category, Level, Severity
+
+Q, S, D = Level.quick, Level.standard, Level.deep
+QSD = (Q, S, D)
+SD = (S, D)
+
+# Above this many multiply-adds the host stops recomputing whole products (two float64 GEMMs on the
+# host: about 0.2 s on two cores) and switches to projections plus sampled rows.
+FULL_CHECK_MACS = 2**31
+# Each format's check stops drawing new cases when its estimated cost exceeds this share of its time
+# limit, so that a slow format (fp16 on a CPU) skips its largest shapes instead of timing out.
+CASE_BUDGET_SHARE = 0.5
+RETESTS = 2
+# torch < 2.5 only has the CUDA-specific name.
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str  # mm | bmm | linear
+    batch: int
+    m: int
+    k: int
+    n: int
+    label: str
+    levels: tuple[Level, ...] = QSD
+    every_format: bool = True  # False: only the main formats (fp32, tf32) at this size
+    repeat: bool = False  # run twice and require bitwise-identical results
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.m * self.k * self.n
+
+
+# Shapes, with where they come from. Data, not code: add a model's widths here.
+CASES: tuple[Case, ...] = (
+    Case("mm", 1, 1, 1, 1, "tiny 1x1x1"),
+    Case("mm", 1, 3, 5, 7, "odd 3x5x7"),
+    Case("mm", 1, 17, 31, 13, "prime 17x31x13"),
+    Case("mm", 1, 61, 127, 67, "prime 61x127x67"),
+    Case("mm", 1, 64, 64, 64, "pow2 64", repeat=True),
+    Case("mm", 1, 256, 256, 256, "pow2 256"),
+    Case("bmm", 8, 128, 64, 128, "attention scores QK^T, 8 heads, head_dim 64", repeat=True),
+    Case("bmm", 8, 128, 128, 64, "attention PV, 8 heads"),
+    Case("linear", 2, 64, 768, 3072, "BERT-base / GPT-2 MLP up with bias"),
+    Case("linear", 1, 129, 1000, 1001, "odd linear 1000->1001 with bias"),
+    Case("mm", 1, 1024, 1024, 1024, "training 1024", every_format=False, repeat=True),
+    Case("mm", 1, 3136, 576, 64, "ResNet-50 conv2_x 3x3 as im2col GEMM", every_format=False),
+    Case("mm", 1, 32, 4096, 11008, "Llama-2-7B MLP up (32 tokens)", every_format=False),
+    Case("mm", 1, 32, 11008, 4096, "Llama-2-7B MLP down (32 tokens)", every_format=False),
+    Case("bmm", 12, 197, 64, 197, "ViT-B/16 attention scores, 12 heads", every_format=False),
+    Case("linear", 4, 16, 4096, 4096, "Llama attention q_proj with bias", every_format=False),
+    Case("mm", 1, 2048, 2048, 2048, "training 2048", every_format=False),
+    Case("mm", 1, 1000, 1000, 1000, "odd 1000", SD),
+    Case("mm", 1, 1023, 1025, 1027, "off-by-one 1023x1025x1027", SD),
+    Case("mm", 1, 16, 4096, 14336, "Llama-3-8B / Mistral-7B MLP up", SD, every_format=False),
+    Case("mm", 1, 16, 14336, 4096, "Llama-3-8B / Mistral-7B MLP down", SD, every_format=False),
+    Case("mm", 1, 16, 5120, 13824, "Llama-2-13B MLP up", SD, every_format=False),
+    Case("mm", 1, 16, 3584, 18944, "Qwen2-7B MLP up", SD, every_format=False),
+    Case("mm", 1, 16, 7168, 18432, "DeepSeek-V3 dense MLP up", SD, every_format=False),
+    Case("mm", 1, 16, 8192, 28672, "Llama-3-70B MLP up", SD, every_format=False),
+    Case("linear", 8, 64, 4096, 1024, "Llama-3-8B k_proj (GQA) with bias", SD, every_format=False),
+    Case("bmm", 32, 512, 128, 512, "attention scores, 32 heads, head_dim 128", SD, every_format=False),
+    Case("mm", 1, 4096, 4096, 4096, "training 4096", SD, every_format=False, repeat=True),
+    Case("bmm", 4, 2048, 128, 2048, "attention scores, 2k context", (D,), every_format=False),
+    Case("mm", 1, 8192, 8192, 8192, "training 8192", (D,), every_format=False),
+)
+
+EXACT_CASES: tuple[Case, ...] = (
+    Case("mm", 1, 64, 64, 64, "exact integers 64"),
+    Case("mm", 1, 33, 48, 80, "exact integers 33x48x80"),
+    Case("bmm", 4, 32, 48, 32, "exact integers batched"),
+    Case("linear", 1, 16, 64, 64, "exact integers linear with bias"),
+)
+
+# Operand distributions: iid draws, so the probabilistic bound holds, with signs, sparsity and
+# magnitudes varied so that value-triggered faults meet more than one kind of data.
+DISTRIBUTIONS = ("normal", "uniform_positive", "sparse", "mixed_magnitude")
+# Largest binary exponent spread for mixed magnitudes that keeps each format far from overflow.
+MIXED_EXPONENT = {"fp16": 3, "fp8_e4m3": 1}
+DEFAULT_MIXED_EXPONENT = 8
+# Formats whose kernels take a restricted shape (torch._int_mm and torch._scaled_mm on CUDA).
+ALIGNED_FORMATS = frozenset({"int8", "fp8_e4m3"})
+ALIGNMENT = 16
+
+
+def draw(rng: np.random.Generator, dist: str, shape: tuple[int, ...], fmt: NumberFormat) -> np.ndarray:
+    if fmt.integer:
+        return fmt.quantize(rng.integers(-128, 128, shape).astype(np.float64))
+    if dist == "normal":
+        x = rng.standard_normal(shape)
+    elif dist == "uniform_positive":
+        x = rng.uniform(0.5, 1.0, shape)
+    elif dist == "sparse":
+        x = rng.standard_normal(shape) * (rng.random(shape) < 0.5)
+    elif dist == "mixed_magnitude":
+        spread = MIXED_EXPONENT.get(fmt.name, DEFAULT_MIXED_EXPONENT)
+        x = rng.standard_normal(shape) * np.exp2(rng.integers(-spread, spread + 1, shape))
+    else:
+        raise ValueError(dist)
+    return fmt.quantize(x)
+
+
+def draw_exact(rng: np.random.Generator, shape: tuple[int, ...], fmt: NumberFormat, k: int) -> np.ndarray:
+    operand_max, result_max = fmt.exact_int_limits()
+    v = max(1, min(operand_max, int(np.sqrt(result_max / k))))
+    return rng.integers(-v, v + 1, shape).astype(np.float64)
+
+
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """Device result to float64 on the host. Widening happens in NumPy, not in torch's kernels."""
+    t = t.detach().to("cpu")
+    if t.dtype == torch.bfloat16:
+        bits = t.contiguous().view(torch.int16).numpy().astype(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).astype(np.float64)
+    return t.numpy().astype(np.float64)
+
+
+def bits_of(t: torch.Tensor) -> bytes:
+    return t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+
+
+class Operands:
+    """One case's operands, on the host (float64, exact values) and on the device."""
+
+    def __init__(self, case: Case, fmt: NumberFormat, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None):
+        self.case, self.fmt = case, fmt
+        self.a, self.b, self.bias = a, b, bias  # a (batch, m, k), b (batch, k, n), bias (n,)
+
+    def host_augmented(self) -> tuple[np.ndarray, np.ndarray]:
+        """Linear layers as one product: [x, 1] @ [W^T; bias]. The bias is then just one more term."""
+        a, b = self.a, self.b
+        if self.case.op == "linear":
+            a = a.reshape(1, -1, a.shape[-1])
+            a = np.concatenate([a, np.ones((*a.shape[:2], 1))], axis=2)
+            b = np.concatenate([b, self.bias.reshape(1, 1, -1)], axis=1)
+        return a, b
+
+    def upload(self, device: str) -> tuple[torch.Tensor, ...]:
+        def dev(x: np.ndarray) -> torch.Tensor:
+            return self.fmt.host_buffer(x).to(device).to(self.fmt.torch_dtype)
+
+        case = self.case
+        if case.op == "mm":
+            return dev(self.a[0]), dev(self.b[0])
+        if case.op == "bmm":
+            return dev(self.a), dev(self.b)
+        weight = np.ascontiguousarray(self.b[0].T)  # nn.Linear stores (out_features, in_features)
+        return dev(self.a.reshape(case.batch, case.m, case.k)), dev(weight), dev(self.bias)
+
+
+def compute(fmt: NumberFormat, op: str, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    if fmt.name == "int8":
+        return torch._int_mm(*tensors)
+    if fmt.name == "fp8_e4m3":
+        a, b = tensors
+        one = torch.ones((), device=a.device)
+        # _scaled_mm wants the second operand column-major.
+        return torch._scaled_mm(a, b.t().contiguous().t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+    if op == "mm":
+        return torch.mm(*tensors)
+    if op == "bmm":
+        return torch.bmm(*tensors)
+    return torch.nn.functional.linear(*tensors)
+
+
+class GemmCheck(Check):
+    category = Category.integrity
+
+    def __init__(self, fmt_name: str, required: bool = False):
+        self.fmt = FORMATS[fmt_name]
+        self.id = f"integrity.gemm.{fmt_name}"
+        self.required = required  # a required format that fails its probe is an error, not a skip
+
+    def is_supported(self, device: str) -> str | None:
+        if self.fmt.name == "tf32" and not (device.startswith("cuda") and torch.version.cuda):
+            return "TF32 is an NVIDIA tensor-core mode; this device has no such mode to audit"
+        return None
+
+    def cases(self, level: Level) -> list[Case]:
+        main = self.fmt.name in ("fp32", "tf32")
+        picked = [c for c in CASES if level in c.levels and (main or c.every_format)]
+        if not self.fmt.integer:
+            picked += [c for c in EXACT_CASES if level in c.levels]
+        if self.fmt.name in ALIGNED_FORMATS:
+            picked = [
+                c for c in picked
+                if c.op == "mm" and c.m >= 2 * ALIGNMENT and c.k % ALIGNMENT == 0 and c.n % ALIGNMENT == 0
+            ]
+        return picked
+
+    def run(self, ctx: CheckContext) -> Outcome:
+        precision = torchdev.tf32_allowed() if self.fmt.name == "tf32" else torchdev.strict_precision()
+        with precision:
+            return self._run(ctx)
+
+    def _probe(self, device: str) -> tuple[float, float]:
+        """Multiply-adds per second of this format on this device and of float64 on the host, from
+        small warm products; they size the cases to the time limit.
+
+        A format the device cannot compute at all is skipped (or, when required, an error).
+        """
+        size = 128
+        case = Case("mm", 1, size, size, size, "probe")
+        ops = Operands(case, self.fmt, np.ones((1, size, size)), np.ones((1, size, size)), None)
+        try:
+            tensors = ops.upload(device)
+            compute(self.fmt, "mm", tensors)
+            torchdev.synchronize(device)
+            t0 = time.perf_counter()
+            compute(self.fmt, "mm", tensors)
+            torchdev.synchronize(device)
+        except (RuntimeError, TypeError, NotImplementedError) as e:
+            if self.required:
+                raise
+            raise NotApplicable(f"the device does not compute {self.fmt.name} products: {_one_line(e)}") from e
+        device_rate = case.macs / max(time.perf_counter() - t0, 1e-6)
+        host = np.ones((2 * size, 2 * size))
+        t0 = time.perf_counter()
+        host @ host
+        return device_rate, 8 * case.macs / max(time.perf_counter() - t0, 1e-6)
+
+    def _run(self, ctx: CheckContext) -> Outcome:
+        macs_per_s, host_macs_per_s = self._probe(ctx.device)
+        budget = self.timeout_s[ctx.level] * CASE_BUDGET_SHARE
+        cases = self.cases(ctx.level)
+        out = Outcome()
+        tally: Counter[str] = Counter()
+        skipped: list[str] = []
+        worst_ratio = 0.0
+        started = time.perf_counter()
+        for i, case in enumerate(cases):
+            ctx.progress(i, len(cases), case.label)
+            exact = case in EXACT_CASES
+            # A fully recomputed case costs the host two float64 products (value and bound).
+            host_macs = 2 * case.macs if case.macs <= FULL_CHECK_MACS else 0
+            estimate = case.macs / macs_per_s + host_macs / host_macs_per_s
+            if not exact and time.perf_counter() - started + estimate > budget:
+                skipped.append(f"{case.label} (about {estimate:.0f} s at the measured rate)")
+                continue
+            dist = DISTRIBUTIONS[i % len(DISTRIBUTIONS)]
+            rng = np.random.default_rng([ctx.seed, i])
+            evidence = {
+                "case": case.label, "op": case.op, "shape": [case.batch, case.m, case.k, case.n],
+                "dtype": self.fmt.name, "distribution": "exact integers" if exact else dist,
+                "seed": ctx.seed, "case_index": i,
+            }
+            ops = self._operands(case, rng, dist, exact)
+            try:
+                ratio = self._verify_case(ctx, ops, exact, evidence, out, tally)
+            except _OUT_OF_MEMORY:
+                skipped.append(f"{case.label} (device out of memory)")
+                continue
+            except (RuntimeError, TypeError, ValueError) as e:
+                out.findings.append(self.finding(
+                    Severity.high, f"device refused a {self.fmt.name} {case.op}",
+                    f"{case.label}: the device raised instead of computing a product it computes for "
+                    f"other inputs: {_one_line(e)}", **evidence))
+                continue
+            worst_ratio = max(worst_ratio, ratio)
+            tally[case.op] += 1
+        ctx.progress(len(cases), len(cases), "done")
+        out.coverage = {
+            "dtype": self.fmt.name,
+            "cases": sum(tally[op] for op in ("mm", "bmm", "linear")),
+            "ops": {op: tally[op] for op in ("mm", "bmm", "linear") if tally[op]},
+            "exact_cases": tally["exact"],
+            "determinism_repeats": tally["repeat"],
+            "methods": {m: tally[m] for m in ("full", "projection", "rows", "exact") if tally[m]},
+            "elements_checked": tally["elements"],
+            "shapes": sorted({c.label for c in cases} - {s.split(" (")[0] for s in skipped}),
+            "skipped_cases": skipped,
+        }
+        out.measurements = {"max_error_to_bound": worst_ratio, "probe_macs_per_s": macs_per_s}
+        return out
+
+    def _operands(self, case: Case, rng: np.random.Generator, dist: str, exact: bool) -> Operands:
+        rows = case.batch * case.m if case.op == "linear" else case.m
+        batch = 1 if case.op in ("mm", "linear") else case.batch
+        a_shape, b_shape = (batch, rows, case.k), (1 if case.op == "linear" else batch, case.k, case.n)
+        if exact:
+            k = case.k + (1 if case.op == "linear" else 0)
+            a, b = (draw_exact(rng, s, self.fmt, k) for s in (a_shape, b_shape))
+            bias = draw_exact(rng, (case.n,), self.fmt, k) if case.op == "linear" else None
+        else:
+            a, b = (draw(rng, dist, s, self.fmt) for s in (a_shape, b_shape))
+            bias = draw(rng, dist, (case.n,), self.fmt) if case.op == "linear" else None
+        return Operands(case, self.fmt, a, b, bias)
+
+    def _verify_case(
+        self, ctx: CheckContext, ops: Operands, exact: bool, evidence: dict[str, Any], out: Outcome,
+        tally: Counter[str],
+    ) -> float:
+        """Run one case (twice when it is a repeat case), verify it, and record what went wrong."""
+        tensors = ops.upload(ctx.device)
+        first = compute(self.fmt, ops.case.op, tensors)
+        results = [first]
+        if ops.case.repeat:
+            results.append(compute(self.fmt, ops.case.op, tensors))
+            tally["repeat"] += 1
+        torchdev.synchronize(ctx.device)
+        a, b = ops.host_augmented()
+        verifications = [self._verify(a, b, to_host(r).reshape(a.shape[0], a.shape[1], -1), exact)
+                         for r in results]
+        v = verifications[0]
+        tally[v.method] += 1
+        tally["elements"] += ops.case.batch * ops.case.m * ops.case.n
+        if exact:
+            tally["exact"] += 1
+        if not v.ok:
+            reproduced = 1 + sum(
+                not self._verify(a, b, to_host(compute(self.fmt, ops.case.op, tensors))
+                                 .reshape(a.shape[0], a.shape[1], -1), exact).ok
+                for _ in range(RETESTS))
+            kind = "not bit-exact on exact integer operands" if exact else "outside the error bound"
+            out.findings.append(self.finding(
+                Severity.high, f"wrong {self.fmt.name} {ops.case.op} results: {kind}",
+                f"{ops.case.label}: {v.bad} of {v.checked} checked {'rows' if v.method == 'projection' else 'elements'} "
+                f"wrong ({v.method} check); the fault reproduced in {reproduced} of {1 + RETESTS} runs.",
+                **evidence, method=v.method, bad=v.bad, checked=v.checked, worst=v.worst,
+                secret_seed=v.secret_seed, reproduced=f"{reproduced}/{1 + RETESTS}"))
+        if len(results) == 2 and bits_of(results[0]) != bits_of(results[1]):
+            second = verifications[1]
+            within = second.ok and v.ok
+            out.findings.append(self.finding(
+                Severity.low if within else Severity.high,
+                f"non-deterministic {self.fmt.name} {ops.case.op}",
+                f"{ops.case.label}: the same inputs gave different bits on a second run"
+                + (", both within the error bound." if within else ", beyond the error bound."),
+                **evidence, second_run_worst=second.worst))
+        return max(x.max_ratio for x in verifications if x.ok) if any(x.ok for x in verifications) else 0.0
+
+    def _verify(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, exact: bool) -> oracle.Verification:
+        if exact or self.fmt.integer:
+            return oracle.verify_exact(a, b, c)
+        if a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] <= FULL_CHECK_MACS:
+            return oracle.verify_full(a, b, c, self.fmt)
+        projection = oracle.verify_projection(a, b, c, self.fmt)
+        rows = oracle.verify_rows(a, b, c, self.fmt)
+        return projection if not projection.ok or rows.ok else rows
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+CHECKS = [
+    GemmCheck("fp32", required=True),
+    GemmCheck("fp64"),
+    GemmCheck("tf32"),
+    GemmCheck("fp16"),
+    GemmCheck("bf16"),
+    GemmCheck("fp8_e4m3"),
+    GemmCheck("int8"),
+]

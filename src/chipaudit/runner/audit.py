@@ -1,0 +1,113 @@
+"""One audit from start to report: plan the checks, run them under the watchdog, keep the report
+current after every check so that Ctrl-C or a crash loses nothing already measured.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+
+import chipaudit
+from chipaudit.checks import select
+from chipaudit.checks.base import derive_seed
+from chipaudit.devices import torchdev
+from chipaudit.report.model import (
+    Category, CheckResult, Environment, Finding, Level, Report, Status, ToolInfo,
+)
+from chipaudit.runner import levels
+from chipaudit.runner.watchdog import Events, PlannedCheck, WorkerSpec, run_plan
+
+# What no configuration of this tool can observe; the report always carries these.
+STANDING_LIMITS = (
+    "The device is judged only by what it observably does through PyTorch: returned values, timing and "
+    "side effects visible to the operating system. A fault that never shows in those is invisible.",
+    "Integrity checks exercise the inputs, shapes and formats they draw. A trigger on inputs never drawn, "
+    "or on use longer than the audit lasts, does not fire during the audit.",
+    "Errors smaller than a format's rounding-error bound cannot be told apart from honest rounding.",
+)
+
+
+@dataclass
+class AuditConfig:
+    device: str
+    level: Level
+    seed: int
+    only: list[str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def environment() -> Environment:
+    return Environment(
+        os=platform.platform(), python=platform.python_version(), torch=torch.__version__,
+        numpy=np.__version__, hostname=socket.gethostname(),
+    )
+
+
+def plan(config: AuditConfig) -> list[PlannedCheck]:
+    return [
+        PlannedCheck(c.id, c.category, derive_seed(config.seed, c.id), c.timeout_s[config.level])
+        for c in select(config.only)
+        if config.level in c.levels
+    ]
+
+
+def replay_command(config: AuditConfig) -> str:
+    only = "".join(f" --only {p}" for p in config.only or [])
+    return f"chipaudit run --device {config.device} --level {config.level.value} --seed {config.seed}{only}"
+
+
+def new_report(config: AuditConfig) -> Report:
+    return Report(
+        tool=ToolInfo(version=chipaudit.__version__), level=config.level, seed=config.seed,
+        started=datetime.now(timezone.utc), device=torchdev.describe(config.device), environment=environment(),
+        replay=replay_command(config), limits=list(STANDING_LIMITS),
+    )
+
+
+def finalize_limits(report: Report) -> None:
+    """Name every check that did not run, and every category that nothing observed."""
+    for check in report.checks:
+        if check.status in (Status.skipped, Status.error):
+            report.limits.append(f"{check.id} did not run to completion: {check.reason}")
+    observed = {c.category for c in report.checks if c.status in (Status.passed, Status.warning, Status.failed)}
+    for category in Category:
+        if category not in observed:
+            report.limits.append(f"No {category.value} check ran in this audit; that category was not observed.")
+
+
+def run_audit(
+    config: AuditConfig,
+    events: Events,
+    on_update: Callable[[Report], None] = lambda report: None,
+    spec: WorkerSpec | None = None,
+) -> Report:
+    """Run the audit. On Ctrl-C the report is finished as incomplete and KeyboardInterrupt propagates."""
+    report = new_report(config)
+    report.limits.append(f"Level {config.level.value}: {levels.DESCRIPTION[config.level]}.")
+    on_update(report)
+
+    def finished(result: CheckResult, findings: list[Finding]) -> None:
+        report.add(result, findings)
+        events.finished(result, findings)
+        on_update(report)
+
+    job = {"device": config.device, "level": config.level.value, "params": config.params}
+    try:
+        run_plan(plan(config), job, Events(events.started, events.progress, finished), spec)
+    except KeyboardInterrupt:
+        report.limits.append("The audit was interrupted before every check ran.")
+        finalize_limits(report)
+        report.finish(complete=False)
+        on_update(report)
+        raise
+    finalize_limits(report)
+    report.finish(complete=True)
+    on_update(report)
+    return report
