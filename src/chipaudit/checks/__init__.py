@@ -1,14 +1,27 @@
-"""The check registry. Each family module under checks/<category>/ exports CHECKS; add yours here."""
+"""The check registry. Each family module under checks/<category>/ exports CHECKS; add yours here.
+
+Modules named in CHIPAUDIT_CHECK_MODULES (comma-separated import paths, each exporting CHECKS) are
+added after the built-in ones: site-specific checks plug in without touching the package. Workers
+inherit the variable, so the parent and its workers always agree on the registry.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+
 from chipaudit.checks.base import Check
+
+PLUGIN_ENV = "CHIPAUDIT_CHECK_MODULES"
 
 
 def all_checks() -> list[Check]:
     from chipaudit.checks.integrity import gemm
 
-    return [*gemm.CHECKS]
+    checks: list[Check] = [*gemm.CHECKS]
+    for name in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
+        checks.extend(importlib.import_module(name).CHECKS)
+    return checks
 
 
 def by_id() -> dict[str, Check]:

@@ -19,7 +19,14 @@ from chipaudit.checks import select
 from chipaudit.checks.base import derive_seed
 from chipaudit.devices import torchdev
 from chipaudit.report.model import (
-    Category, CheckResult, Environment, Finding, Level, Report, Status, ToolInfo,
+    Category,
+    CheckResult,
+    Environment,
+    Finding,
+    Level,
+    Report,
+    Status,
+    ToolInfo,
 )
 from chipaudit.runner import levels
 from chipaudit.runner.watchdog import Events, PlannedCheck, WorkerSpec, run_plan

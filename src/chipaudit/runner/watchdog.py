@@ -76,10 +76,8 @@ class _Lines:
 def _kill(proc: subprocess.Popen[bytes], grace_s: float = 0.0) -> None:
     """Stop the worker's whole process group (wrappers such as strace included)."""
     if grace_s:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

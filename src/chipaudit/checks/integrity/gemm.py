@@ -351,9 +351,10 @@ class GemmCheck(Check):
                                  .reshape(a.shape[0], a.shape[1], -1), exact).ok
                 for _ in range(RETESTS))
             kind = "not bit-exact on exact integer operands" if exact else "outside the error bound"
+            unit = "row projections" if v.method == "projection" else "elements"
             out.findings.append(self.finding(
                 Severity.high, f"wrong {self.fmt.name} {ops.case.op} results: {kind}",
-                f"{ops.case.label}: {v.bad} of {v.checked} checked {'rows' if v.method == 'projection' else 'elements'} "
+                f"{ops.case.label}: {v.bad} of {v.checked} checked {unit} "
                 f"wrong ({v.method} check); the fault reproduced in {reproduced} of {1 + RETESTS} runs.",
                 **evidence, method=v.method, bad=v.bad, checked=v.checked, worst=v.worst,
                 secret_seed=v.secret_seed, reproduced=f"{reproduced}/{1 + RETESTS}"))

@@ -1,0 +1,114 @@
+"""The matrix-product checks against devices that misbehave, built as a trojaned stack would be: a
+sitecustomize.py that replaces torch's CPU kernels with a wrapper. The audit sees only behaviour."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import chipaudit, cli_env, load
+
+from chipaudit.checks.integrity.gemm import CASES, EXACT_CASES, GemmCheck
+from chipaudit.report.model import Level
+
+WRAPPER = """
+import torch, warnings
+state = {{"calls": 0}}
+_keep = []
+
+def install():
+    aten = torch.ops.aten
+
+    def mm(a, b):
+        out = a.new_empty((a.shape[0], b.shape[1]))
+        aten.mm.out(a, b, out=out)
+        state["calls"] += 1
+{payload}
+        return out
+
+    lib = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lib.impl("mm", mm, "CPU")
+    _keep.append(lib)
+
+install()
+"""
+
+
+def trojan(tmp_path: Path, payload: str) -> dict[str, str]:
+    body = textwrap.indent(textwrap.dedent(payload), " " * 8)
+    (tmp_path / "sitecustomize.py").write_text(WRAPPER.format(payload=body))
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def audit_fp32(tmp_path: Path, env: dict[str, str]) -> tuple[int, dict]:
+    out = tmp_path / "r.json"
+    p = chipaudit("run", "--device", "cpu", "--level", "quick", "--only", "integrity.gemm.fp32",
+                  "--seed", "7", "--json", str(out), env=env)
+    return p.returncode, load(out)
+
+
+FAULTS = {
+    "shape trigger: LLM width k=4096": """
+        if a.dtype == torch.float32 and a.shape[1] == 4096:
+            out[0, 0] += 1e-3 * out[0, 0].abs() + 1e-3
+    """,
+    "value trigger: all operands positive": """
+        if a.dtype == torch.float32 and a.numel() > 64 and bool((a > 0).all()) and bool((b > 0).all()):
+            out[-1, -1] *= 1.0001
+    """,
+    "precision downgrade: fp32 computed in bf16": """
+        if a.dtype == torch.float32:
+            out.copy_(torch.mm(a.bfloat16(), b.bfloat16()).float())
+    """,
+    "structure trigger: sparse operands": """
+        if a.dtype == torch.float32 and a.numel() > 64 and float((a == 0).float().mean()) > 0.3:
+            out.view(-1)[out.numel() // 3] = 0.0
+    """,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FAULTS)
+def test_corrupting_devices_fail_the_audit(tmp_path: Path, fault: str) -> None:
+    code, report = audit_fp32(tmp_path, trojan(tmp_path, FAULTS[fault]))
+    assert code == 1 and report["verdict"] == "fail"
+    finding = report["findings"][0]
+    assert finding["category"] == "integrity" and finding["severity"] == "high"
+    evidence = finding["evidence"]
+    assert {"seed", "case_index", "shape", "dtype", "worst"} <= evidence.keys()
+    assert evidence["reproduced"] == "3/3"  # a deterministic trojan reproduces on every re-test
+
+
+@pytest.mark.slow
+def test_nondeterminism_within_the_bound_is_a_warning_not_a_failure(tmp_path: Path) -> None:
+    env = trojan(tmp_path, """
+        whole = bool((a == a.round()).all())  # exact cases must stay exact; this fault is only jitter
+        if a.dtype == torch.float32 and state["calls"] % 2 == 0 and not whole:
+            out.view(-1)[0] = torch.nextafter(out.view(-1)[0], torch.tensor(float("inf")))
+    """)
+    code, report = audit_fp32(tmp_path, env)
+    assert code == 0 and report["verdict"] == "pass"
+    assert report["checks"][0]["status"] == "warning"
+    assert {f["severity"] for f in report["findings"]} == {"low"}
+
+
+def test_the_case_table_covers_what_the_issue_names() -> None:
+    labels = " ".join(c.label for c in CASES)
+    for word in ("tiny", "odd", "prime", "pow2", "training", "Llama", "attention", "with bias"):
+        assert word in labels
+    quick = GemmCheck("fp32").cases(Level.quick)
+    assert {c.op for c in quick} == {"mm", "bmm", "linear"}
+    assert any(c.k >= 1024 and c.k % 128 == 0 for c in quick)
+    assert set(EXACT_CASES) <= set(quick)
+
+
+def test_aligned_formats_only_get_aligned_products() -> None:
+    for name in ("int8", "fp8_e4m3"):
+        cases = GemmCheck(name).cases(Level.standard)
+        assert cases and all(c.k % 16 == 0 and c.n % 16 == 0 and c.m >= 32 for c in cases)
