@@ -74,7 +74,7 @@ def test_nan_and_inf_where_a_number_is_due_are_wrong() -> None:
         c = device_product(a, b)
         c[0, 3, 4] = poison
         assert not oracle.verify_full(a, b, c, FP32).ok
-        assert not oracle.verify_projection(a, b, c, FP32).ok
+        assert not oracle.verify_sampled(a, b, c, FP32)[0].ok
 
 
 def test_exact_check_demands_every_bit() -> None:
@@ -91,12 +91,12 @@ def test_exact_check_demands_every_bit() -> None:
 def test_projection_catches_one_flipped_element(bit: int) -> None:
     """Freivalds: one wrong element among 256k is seen through the projection."""
     a, b = operands(4, 512, 512, 512, "uniform_positive")
-    c = device_product(a, b).astype(np.float32)
+    c = device_product(a, b)
     bits = c.view(np.int32)
     bits[0, 100, 200] ^= np.int32(1 << bit)
-    v = oracle.verify_projection(a, b, c.astype(np.float64), FP32)
+    v, _ = oracle.verify_sampled(a, b, c, FP32)
     assert not v.ok
-    assert v.worst["index"] == [0, 100]
+    assert v.worst["index"] == [0, 200]  # the column holding the flipped element
     assert v.secret_seed is not None
 
 
@@ -104,16 +104,15 @@ def test_projection_and_rows_never_false_alarm_on_honest_products() -> None:
     for seed in range(60):
         dist = DISTRIBUTIONS[seed % len(DISTRIBUTIONS)]
         a, b = operands(seed, 96, 200 + seed, 80, dist)
-        c = device_product(a, b)
-        assert oracle.verify_projection(a, b, c, FP32).ok, seed
-        assert oracle.verify_rows(a, b, c, FP32).ok, seed
+        projection, rows = oracle.verify_sampled(a, b, device_product(a, b), FP32)
+        assert projection.ok and rows.ok, seed
 
 
 def test_projection_vectors_differ_between_calls() -> None:
     """The sign vectors are drawn after the result exists, from a fresh secret seed each time."""
     a, b = operands(5, 8, 8, 8)
     c = device_product(a, b)
-    seeds = {oracle.verify_projection(a, b, c, FP32).secret_seed for _ in range(5)}
+    seeds = {oracle.verify_sampled(a, b, c, FP32)[0].secret_seed for _ in range(5)}
     assert len(seeds) == 5
 
 
@@ -121,7 +120,7 @@ def test_sampled_rows_report_the_real_row_index() -> None:
     a, b = operands(6, 4, 64, 32)
     c = device_product(a, b)
     c[0, 2, 7] += 1.0
-    v = oracle.verify_rows(a, b, c, FP32, rows=4)  # every row sampled
+    _, v = oracle.verify_sampled(a, b, c, FP32, rows=4)  # every row sampled
     assert v.worst["index"] == [0, 2, 7]
 
 

@@ -2,11 +2,12 @@
 
 Three methods, by cost:
 - `verify_full`: recompute every element on the host and compare it with its own error bound.
-- `verify_projection` (Freivalds): compare C @ R with A @ (B @ R) for random sign vectors R, an O(n^2)
-  check of an O(n^3) product. R is drawn from a fresh secret seed *after* the device returned C, so a
-  device cannot arrange its errors to cancel in the projection. The seed is returned for the record.
-- `verify_rows`: recompute a secretly chosen sample of whole rows. Projections see large errors
-  anywhere; sampled rows see small ones where they land. Large products get both.
+- `verify_sampled`, for products too large to recompute:
+  - Freivalds projections: compare R^T C with (R^T A) B for random sign vectors R, an O(n^2) check of
+    an O(n^3) product. R is drawn from a fresh secret seed *after* the device returned C, so a device
+    cannot arrange its errors to cancel in the projection. The seed is returned for the record.
+  - sampled rows: recompute a secretly chosen sample of whole rows. Projections see large errors
+    anywhere; sampled rows see small ones where they land.
 
 All functions take batched operands: A (b, m, k), B (b, k, n), C (b, m, n), as float64 (or int64).
 """
@@ -25,13 +26,16 @@ from chipaudit.oracle.formats import NumberFormat
 PROJECTION_VECTORS = 2
 SAMPLED_ROWS = 8
 # Row blocks keep the float32 -> float64 widening of C inside the cache instead of a full copy.
-_ROW_BLOCK = 256
+_ROW_BLOCK = 64
+# Column norms summed in the result's own precision (fp32: relative error below n * 2**-24) are scaled up
+# by this much so that they never understate the norm.
+NORM_SAFETY = 1.01
 
 
 @dataclass
 class Verification:
     method: str
-    checked: int  # elements compared (full, rows) or row projections compared (projection)
+    checked: int  # elements compared (full, rows) or column projections compared (projection)
     bad: int = 0
     max_ratio: float = 0.0  # worst |error| / bound over everything checked: the honest headroom
     worst: dict[str, Any] = field(default_factory=dict)
@@ -84,54 +88,71 @@ def verify_exact(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> Verification:
     return _compare("exact", c, expected.astype(np.float64), np.zeros(expected.shape), lambda idx: idx)
 
 
-def verify_rows(
-    a: np.ndarray, b: np.ndarray, c: np.ndarray, fmt: NumberFormat, rows: int = SAMPLED_ROWS
-) -> Verification:
-    seed = secrets.randbits(63)
-    rng = np.random.default_rng(seed)
-    m = a.shape[1]
-    picks = [(bi, np.sort(rng.choice(m, size=min(rows, m), replace=False))) for bi in range(a.shape[0])]
-    a_rows = np.stack([a[bi, r] for bi, r in picks])
-    c_rows = np.stack([c[bi, r] for bi, r in picks]).astype(np.float64)
-    v = verify_full(a_rows, b, c_rows, fmt)
-    v.method, v.secret_seed = "rows", seed
-    if v.worst:
-        bi, ri, col = v.worst["index"]
-        v.worst["index"] = [bi, int(picks[bi][1][ri]), col]
-    return v
+@dataclass
+class OperandNorms:
+    """Properties of the operands alone, computed once when they are drawn (OpenDCDiag's golden values up
+    front), so that checking a large product after the device answers costs as few passes as possible.
 
-
-def verify_projection(a: np.ndarray, b: np.ndarray, c: np.ndarray, fmt: NumberFormat) -> Verification:
-    """Freivalds' check with a per-row bound (see tolerance.py for the constants).
-
-    The per-element bound alpha*|c_ij| + beta*s2_ij + floor cannot be formed for every element without
-    an O(n^3) product, so s2_ij is bounded by max_l|a_il| * ||b_j||_2 (Cauchy-Schwarz), and the row
-    bound sqrt(sum_j bound_ij^2) by the triangle inequality:
-        alpha*||c_i|| + beta*max|a_i|*||B||_F + floor*sqrt(n)
+    They bound the root-sum-square of products by Cauchy-Schwarz: s2_ij <= max_l|a_il| * ||b_:j||_2.
     """
+
+    a_row_max: np.ndarray  # (batch, m)
+    b_col_norm: np.ndarray  # (batch, n)
+
+    @classmethod
+    def of(cls, a: np.ndarray, b: np.ndarray) -> OperandNorms:
+        return cls(np.maximum(a.max(axis=2), -a.min(axis=2)), np.sqrt(np.einsum("bkn,bkn->bn", b, b)))
+
+
+def verify_sampled(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, fmt: NumberFormat, norms: OperandNorms | None = None,
+    rows: int = SAMPLED_ROWS,
+) -> tuple[Verification, Verification]:
+    """Freivalds projections and secretly sampled rows of a product too large to recompute.
+
+    Both are drawn from one fresh secret seed after the device answered, and both need a product with
+    B, so they share a single pass over it: [r^T A; A[rows]] @ B gives r^T (A B) and the sampled rows.
+
+    Projection (column-wise): r^T C against (r^T A) B. Its bound per column j is the root-sum-square of
+    the element bounds over the column, bounded by the triangle inequality as
+        alpha*||c_:j|| + beta*||max_l|a_il| over i||_2 * ||b_:j||_2 + floor*sqrt(m),
+    times LAMBDA_PROJECTION (tolerance.py). Rows: every element of the sampled rows against its own
+    bound, with s2 bounded by Cauchy-Schwarz (OperandNorms).
+    """
+    norms = norms or OperandNorms.of(a, b)
     seed = secrets.randbits(63)
     rng = np.random.default_rng(seed)
     nb, m, k = a.shape
     n = b.shape[2]
     alpha, beta = tolerance.coefficients(fmt, k)
     floor = tolerance.floor(fmt)
-    lhs = np.empty((nb, m, PROJECTION_VECTORS))
+    factor = _oracle_factor(fmt)
+    lhs = np.empty((nb, PROJECTION_VECTORS, n))
     rhs = np.empty_like(lhs)
-    bound = np.empty((nb, m, 1))
+    proj_bound = np.empty((nb, 1, n))
+    picks = [np.sort(rng.choice(m, size=min(rows, m), replace=False)) for _ in range(nb)]
+    expected = np.empty((nb, len(picks[0]), n))
     for bi in range(nb):
-        r = rng.choice((-1.0, 1.0), size=(n, PROJECTION_VECTORS))
-        rhs[bi] = a[bi] @ (b[bi] @ r)
-        b_frobenius = float(np.sqrt(np.einsum("ij,ij->", b[bi], b[bi])))
-        a_max = np.abs(a[bi]).max(axis=1)
-        for r0 in range(0, m, _ROW_BLOCK):
-            rows = slice(r0, r0 + _ROW_BLOCK)
-            block = c[bi, rows].astype(np.float64)
-            lhs[bi, rows] = block @ r
-            c_norm = np.sqrt(np.einsum("ij,ij->i", block, block))
-            bound[bi, rows, 0] = alpha * c_norm + beta * a_max[rows] * b_frobenius + floor * np.sqrt(n)
-    # A row holding Inf would get an infinite bound; NaN makes the comparison fail as it must.
-    bound[~np.isfinite(bound)] = np.nan
-    bound = tolerance.LAMBDA_PROJECTION * _oracle_factor(fmt) * np.broadcast_to(bound, lhs.shape)
-    v = _compare("projection", lhs, rhs, bound, lambda idx: idx[:2])
-    v.secret_seed = seed
-    return v
+        r = rng.choice((-1.0, 1.0), size=(m, PROJECTION_VECTORS))
+        both = np.vstack([r.T @ a[bi], a[bi, picks[bi]]]) @ b[bi]
+        rhs[bi], expected[bi] = both[:PROJECTION_VECTORS], both[PROJECTION_VECTORS:]
+        lhs[bi] = sum(r[r0 : r0 + _ROW_BLOCK].T @ c[bi, r0 : r0 + _ROW_BLOCK].astype(np.float64)
+                      for r0 in range(0, m, _ROW_BLOCK))
+        # Column norms only scale the bound, so the result's own precision is plenty for them; a
+        # norm that overflows there becomes Inf, and its column then fails below as it should.
+        with np.errstate(over="ignore", invalid="ignore"):
+            c_norm = np.sqrt(np.einsum("ij,ij->j", c[bi], c[bi]).astype(np.float64)) * NORM_SAFETY
+        a_max_norm = float(np.sqrt(np.dot(norms.a_row_max[bi], norms.a_row_max[bi])))
+        proj_bound[bi, 0] = alpha * c_norm + beta * a_max_norm * norms.b_col_norm[bi] + floor * np.sqrt(m)
+    # A column holding Inf would get an infinite bound; NaN makes the comparison fail as it must.
+    proj_bound[~np.isfinite(proj_bound)] = np.nan
+    proj_bound = tolerance.LAMBDA_PROJECTION * factor * np.broadcast_to(proj_bound, lhs.shape)
+    projection = _compare("projection", lhs, rhs, proj_bound, lambda idx: (idx[0], idx[2]))
+
+    batch = np.arange(nb)[:, None]
+    s2 = norms.a_row_max[batch, picks][:, :, None] * norms.b_col_norm[:, None, :]
+    row_bound = tolerance.element_bound(fmt, k, np.abs(expected), s2) * factor
+    sampled = _compare("rows", c[batch, picks], expected, row_bound,
+                       lambda idx: (idx[0], picks[idx[0]][idx[1]], idx[2]))
+    projection.secret_seed = sampled.secret_seed = seed
+    return projection, sampled
