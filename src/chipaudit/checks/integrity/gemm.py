@@ -313,7 +313,12 @@ class GemmCheck(Check):
             "shapes": sorted({c.label for c in cases} - {s.split(" (")[0] for s in skipped}),
             "skipped_cases": skipped,
         }
-        out.measurements = {"max_error_to_bound": worst_ratio, "probe_macs_per_s": macs_per_s}
+        out.measurements = {
+            "max_error_to_bound": worst_ratio,
+            "probe_macs_per_s": macs_per_s,
+            # Throughput over every case the device computed: a throttled or capped device shows here.
+            "device_macs_per_s": tally["device_macs"] / max(tally["device_ns"] * 1e-9, 1e-9),
+        }
         return out
 
     def _operands(self, case: Case, rng: np.random.Generator, dist: str, exact: bool) -> Operands:
@@ -335,7 +340,12 @@ class GemmCheck(Check):
     ) -> float:
         """Run one case (twice when it is a repeat case), verify it, and record what went wrong."""
         tensors = ops.upload(ctx.device)
+        torchdev.synchronize(ctx.device)
+        t0 = time.perf_counter()
         first = compute(self.fmt, ops.case.op, tensors)
+        torchdev.synchronize(ctx.device)
+        tally["device_ns"] += int((time.perf_counter() - t0) * 1e9)
+        tally["device_macs"] += ops.case.macs
         results = [first]
         if ops.case.repeat:
             results.append(compute(self.fmt, ops.case.op, tensors))
