@@ -1,0 +1,107 @@
+"""Fleet audits: every accelerator of a Ray cluster audited where it sits, every result kept centrally.
+
+`start` plans and runs a new fleet run, `resume` finishes an interrupted one without redoing finished
+audits, and `summary.summarize` turns a run into its fleet report.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from chipaudit.fleet.cluster import FleetProblem, FleetRun, Progress, Slot, connect, discover
+from chipaudit.fleet.store import Audit, FleetStore, StoreProblem
+from chipaudit.report.model import Level
+from chipaudit.runner import levels
+
+__all__ = ["FleetOptions", "FleetProblem", "StoreProblem", "open_store", "resume", "start"]
+
+# An audit that takes this many times its level's budget is stuck, not slow.
+AUDIT_TIMEOUT_FACTOR = 3.0
+
+
+@dataclass
+class FleetOptions:
+    address: str | None
+    level: Level
+    seed: int | None
+    only: list[str]
+    resource: str | None
+    device: str
+    max_attempts: int
+    node_wait_s: float
+    max_parallel: int
+
+    def audit_argv(self, seed: int) -> list[str]:
+        return ["--level", self.level.value, "--seed", str(seed), *(x for p in self.only for x in ("--only", p))]
+
+
+def open_store(db: str | None) -> tuple[FleetStore, Path | None]:
+    """The store, and the history database to mirror finished audits into when it is the SQLite default."""
+    from chipaudit.evidence.history import default_db
+
+    if db is None:
+        path = default_db()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FleetStore.open(str(path)), path
+    store = FleetStore.open(db)
+    return store, None if store.postgres else Path(db)
+
+
+def _record_history(history_db: Path | None) -> Callable[[Audit], None]:
+    def record(audit: Audit) -> None:
+        if history_db is not None and audit.report:
+            from chipaudit.evidence.history import record as history_record
+            from chipaudit.report.model import Report
+
+            history_record(history_db, Report.model_validate_json(audit.report))
+
+    return record
+
+
+def _drive(store: FleetStore, history_db: Path | None, run_id: str, config: dict[str, Any], slots: list[Slot],
+           on_progress: Callable[[Progress], None]) -> None:
+    timeout = levels.BUDGET_S[Level(config["level"])] * AUDIT_TIMEOUT_FACTOR
+    try:
+        FleetRun(store, run_id, config["argv"], slots, config["max_attempts"], config["node_wait_s"],
+                 config["max_parallel"] or len(slots) or 1, timeout, on_progress,
+                 _record_history(history_db)).execute()
+    except KeyboardInterrupt:
+        store.set_run_state(run_id, "interrupted")
+        raise
+    store.set_run_state(run_id, "finished")
+
+
+def start(options: FleetOptions, db: str | None, on_progress: Callable[[Progress], None],
+          on_created: Callable[[str], None] = lambda run_id: None) -> str:
+    store, history_db = open_store(db)
+    connect(options.address)
+    slots = discover(options.resource, options.device)
+    if not slots:
+        raise FleetProblem("the cluster has no devices to audit")
+    seed = secrets.randbits(32) if options.seed is None else options.seed
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    config = {"address": options.address, "level": options.level.value, "seed": seed, "only": options.only,
+              "resource": options.resource, "device": options.device, "max_attempts": options.max_attempts,
+              "node_wait_s": options.node_wait_s, "max_parallel": options.max_parallel,
+              "argv": options.audit_argv(seed)}
+    store.create_run(run_id, config, [Audit(run_id, s.node, s.device_uuid, s.device, "pending", 0) for s in slots])
+    on_created(run_id)
+    _drive(store, history_db, run_id, config, slots, on_progress)
+    return run_id
+
+
+def resume(run_id: str, address: str | None, db: str | None, on_progress: Callable[[Progress], None]) -> None:
+    store, history_db = open_store(db)
+    run = store.run(run_id)
+    if run is None:
+        raise StoreProblem(f"no fleet run {run_id} in this store")
+    config = run["config"]
+    connect(address if address is not None else config["address"])
+    slots = discover(config["resource"], config["device"])
+    store.requeue(run_id)
+    _drive(store, history_db, run_id, config, slots, on_progress)

@@ -1,0 +1,311 @@
+"""Fleet audits on Ray: find every accelerator in the cluster, audit each one where it sits, and stream
+every result to the store as soon as it exists.
+
+One Ray task per device, pinned to its node (hard node affinity) and holding one unit of the device's
+resource (`GPU`, or the custom resource a vendor's Ray plugin registers: `NPU`, ...), so that Ray never
+puts two audits on one device. CPU-only nodes get one audit each. The task runs the ordinary
+`chipaudit run` in a subprocess on that node, so a fleet audit is exactly a local audit.
+
+Retries are the driver's, not Ray's: an audit whose worker or node dies is retried, up to a limit, on the
+same device once its node is back; otherwise it is marked `lost` with the reason. Nothing is ever
+silently missing: every planned audit ends `done`, `failed` or `lost`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chipaudit.fleet.store import DONE, FAILED, LOST, Audit, FleetStore
+
+# ray.init must answer within this, or the address is reported unreachable (the issue allows 30 s).
+CONNECT_TIMEOUT_S = 25.0
+# A node label that names a node stably across restarts (`ray start --labels '{"chipaudit-node": "n1"}'`).
+NODE_LABEL = "chipaudit-node"
+# Largest evidence bundle streamed back per audit; a bigger one is kept on the node and noted.
+MAX_BUNDLE_BYTES = 64 << 20
+# The ray.wait poll interval: how quickly progress and dead nodes are noticed.
+POLL_S = 0.5
+
+
+class FleetProblem(Exception):
+    """The cluster cannot be used as asked; the message is one line."""
+
+
+@dataclass
+class Slot:
+    """One device of the fleet, as the driver plans it."""
+
+    node: str  # stable node name
+    node_id: str  # Ray's id of the node now (changes when a node restarts)
+    device_uuid: str
+    device: str  # the torch device string inside the task
+    resources: dict[str, float] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.node, self.device_uuid
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise FleetProblem("fleet audits need Ray: pip install 'chipaudit[fleet]'") from e
+    return ray
+
+
+def connect(address: str | None) -> None:
+    """Connect to the cluster at `address` ('auto', host:port), or start a local Ray without one."""
+    ray = _ray()
+    if address and address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise FleetProblem(f"--address {address}: no Ray cluster answers there ({e})") from e
+    outcome: dict[str, BaseException | None] = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+            outcome["error"] = None
+        except BaseException as e:  # handed to the caller's thread below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=init, daemon=True)
+    with _quiet_stderr():  # Ray's own start-up chatter; failures come back as exceptions
+        thread.start()
+        thread.join(CONNECT_TIMEOUT_S)
+    if thread.is_alive():
+        raise FleetProblem(f"--address {address}: the Ray cluster did not answer within {CONNECT_TIMEOUT_S:.0f} s")
+    if outcome["error"] is not None:
+        message = str(outcome["error"]).strip().splitlines()
+        raise FleetProblem(f"--address {address or '(local)'}: {message[0] if message else outcome['error']!r}")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _node_names(nodes: list[dict[str, Any]]) -> dict[str, str]:
+    """Ray node id -> a name that survives restarts: the label, else the host name, made unique."""
+    names = {n["NodeID"]: (n.get("Labels") or {}).get(NODE_LABEL) or n.get("NodeManagerHostname") or
+             n["NodeManagerAddress"] for n in nodes}
+    counts = Counter(names.values())
+    return {nid: name if counts[name] == 1 else f"{name}/{nid[:8]}" for nid, name in names.items()}
+
+
+def alive_nodes() -> dict[str, str]:
+    """Stable node name -> current Ray node id, for the nodes alive now."""
+    nodes = [n for n in _ray().nodes() if n.get("Alive")]
+    return {name: nid for nid, name in _node_names(nodes).items()}
+
+
+def discover(resource: str | None, device: str) -> list[Slot]:
+    """Every device in the cluster. With `resource`, each unit of that custom resource is one device
+    (`device` names it inside the task); else GPUs by UUID, else one CPU audit per node."""
+    ray = _ray()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    names = _node_names(nodes)
+    slots: list[Slot] = []
+    for n in nodes:
+        nid, name, res = n["NodeID"], names[n["NodeID"]], n.get("Resources", {})
+        if resource:
+            slots += [Slot(name, nid, f"{resource}-{i}", device, {resource: 1}, {"CHIPAUDIT_FLEET_SLOT": str(i)})
+                      for i in range(int(res.get(resource, 0)))]
+        elif res.get("GPU", 0) >= 1:
+            uuids = ray.get(_gpu_uuids.options(num_cpus=0, num_gpus=int(res["GPU"]),
+                                               scheduling_strategy=_pinned(nid)).remote())
+            slots += [Slot(name, nid, uuid, "cuda:0", {"GPU": 1}, {"CUDA_VISIBLE_DEVICES": uuid}) for uuid in uuids]
+        else:
+            slots.append(Slot(name, nid, "cpu", "cpu", {"CPU": 1}))
+    return slots
+
+
+def _pinned(node_id: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+def _remote(fn: Callable[..., Any]) -> Any:
+    """Ray's decorator, applied lazily so that importing this module never needs Ray."""
+
+    class Lazy:
+        def options(self, **kw: Any) -> Any:
+            return _ray().remote(fn).options(**kw)
+
+    return Lazy()
+
+
+def _gpu_uuids_impl() -> list[str]:
+    import torch
+
+    return [f"GPU-{torch.cuda.get_device_properties(i).uuid}" for i in range(torch.cuda.device_count())]
+
+
+_gpu_uuids = _remote(_gpu_uuids_impl)
+
+
+def audit_here(argv: list[str], env: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    """The Ray task: an ordinary `chipaudit run` on this node; returns its report and bundle."""
+    with tempfile.TemporaryDirectory(prefix="chipaudit-fleet-") as tmp:
+        report, bundle = Path(tmp) / "report.json", Path(tmp) / "bundle"
+        cmd = [sys.executable, "-m", "chipaudit", "run", *argv, "--json", str(report), "--bundle", str(bundle)]
+        try:
+            p = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout_s)
+            code, tail = p.returncode, (p.stderr or p.stdout).strip().splitlines()[-1:]
+        except subprocess.TimeoutExpired:
+            code, tail = -1, [f"the audit did not finish within {timeout_s:.0f} s"]
+        packed = None
+        if bundle.is_dir():
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+                tar.add(bundle, arcname="bundle")
+            packed = buffer.getvalue() if buffer.tell() <= MAX_BUNDLE_BYTES else None
+        return {"exit": code, "report": report.read_text() if report.exists() else None, "bundle": packed,
+                "message": tail[0] if tail else "", "host": socket.gethostname()}
+
+
+_audit_here = _remote(audit_here)
+
+
+@dataclass
+class Progress:
+    counts: Counter[str]
+    total: int
+
+
+class FleetRun:
+    """Drive the planned audits of one fleet run to an end, writing each result as it arrives."""
+
+    def __init__(self, store: FleetStore, run_id: str, argv: list[str], slots: list[Slot],
+                 max_attempts: int, node_wait_s: float, max_parallel: int, audit_timeout_s: float,
+                 on_progress: Callable[[Progress], None], on_result: Callable[[Audit], None]):
+        self.store, self.run_id, self.argv = store, run_id, argv
+        self.slots = {s.key: s for s in slots}
+        self.max_attempts, self.node_wait_s = max_attempts, node_wait_s
+        self.max_parallel, self.audit_timeout_s = max_parallel, audit_timeout_s
+        self.on_progress, self.on_result = on_progress, on_result
+
+    def execute(self) -> None:
+        ray = _ray()
+        audits = {a.key: a for a in self.store.audits(self.run_id)}
+        attempts = {k: a.attempts for k, a in audits.items()}
+        queue = [k for k, a in audits.items() if a.state != DONE]
+        waiting: dict[tuple[str, str], tuple[float, str]] = {}  # key -> (deadline, why)
+        for key in queue:
+            if key not in self.slots:  # its node is not in the cluster now
+                waiting[key] = (time.monotonic() + self.node_wait_s, "its node is not in the cluster")
+        queue = [k for k in queue if k not in waiting]
+        in_flight: dict[Any, tuple[str, str]] = {}
+        try:
+            while queue or in_flight or waiting:
+                while queue and len(in_flight) < self.max_parallel:
+                    key = queue.pop(0)
+                    in_flight[self._submit(key)] = key
+                    attempts[key] += 1
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_S) if in_flight else ([], [])
+                for ref in ready:
+                    key = in_flight.pop(ref)
+                    retry_why = self._collect(ref, key)
+                    if retry_why:
+                        if attempts[key] < self.max_attempts:
+                            waiting[key] = (time.monotonic() + self.node_wait_s, retry_why)
+                        else:
+                            self._lost(key, f"{retry_why}; gave up after {attempts[key]} attempt(s)")
+                if waiting:
+                    queue += self._rejoined(waiting)
+                if not in_flight and not queue and waiting:
+                    time.sleep(POLL_S)
+                self._report_progress()
+        except BaseException:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+            raise
+
+    def _submit(self, key: tuple[str, str]) -> Any:
+        slot = self.slots[key]
+        self.store.start(self.run_id, key)
+        custom = {k: v for k, v in slot.resources.items() if k not in ("CPU", "GPU")}
+        return _audit_here.options(
+            num_cpus=slot.resources.get("CPU", 0), num_gpus=slot.resources.get("GPU", 0), resources=custom,
+            scheduling_strategy=_pinned(slot.node_id), max_retries=0,
+        ).remote([*self.argv, "--device", slot.device], slot.env, self.audit_timeout_s)
+
+    def _collect(self, ref: Any, key: tuple[str, str]) -> str | None:
+        """Store the audit's outcome; return why it should be retried, if it should."""
+        ray = _ray()
+        from ray.exceptions import RayTaskError
+
+        try:
+            result = ray.get(ref)
+        except RayTaskError as e:  # the task's own code raised: retrying will not help
+            self.store.fail(self.run_id, key, FAILED, _first_line(e))
+            return None
+        except ray.exceptions.RayError as e:  # a worker or node died, or the node is gone
+            return f"{type(e).__name__}: {_first_line(e)}"
+        if result["report"] is None:
+            self.store.fail(self.run_id, key, FAILED,
+                            f"chipaudit exited {result['exit']} without a report: {result['message']}")
+            return None
+        self._finish(key, result)
+        return None
+
+    def _finish(self, key: tuple[str, str], result: dict[str, Any]) -> None:
+        from chipaudit.report.model import Report
+
+        report = Report.model_validate_json(result["report"])
+        if self.store.finish(self.run_id, key, report.verdict.value, report.device.name, result["report"],
+                             result["bundle"]):
+            self.on_result(self.store.audits(self.run_id, key)[0])
+
+    def _lost(self, key: tuple[str, str], why: str) -> None:
+        self.store.fail(self.run_id, key, LOST, why)
+
+    def _rejoined(self, waiting: dict[tuple[str, str], tuple[float, str]]) -> list[tuple[str, str]]:
+        """Audits whose node is back (perhaps under a new Ray id); lose those whose wait ran out."""
+        alive = alive_nodes()
+        back = []
+        for key, (deadline, why) in list(waiting.items()):
+            node = key[0]
+            if node in alive and key in self.slots:
+                self.slots[key].node_id = alive[node]
+                back.append(key)
+                del waiting[key]
+            elif time.monotonic() > deadline:
+                self._lost(key, f"{why}; the node did not come back within {self.node_wait_s:.0f} s")
+                del waiting[key]
+        return back
+
+    def _report_progress(self) -> None:
+        counts = Counter(self.store.counts(self.run_id))
+        self.on_progress(Progress(counts, sum(counts.values())))
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(e).__name__

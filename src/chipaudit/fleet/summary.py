@@ -1,0 +1,198 @@
+"""What a fleet run found: outcomes, findings by kind, performance outliers among peers, and stacks that
+differ from the rest of their model.
+
+A capped, throttled or slowly failing device often looks fine alone and stands out only next to its
+peers. Outliers are judged per device model with the modified z-score of Iglewicz and Hoaglin: robust to
+the outliers themselves, because it uses the median and the median absolute deviation (MAD).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from chipaudit.fleet.store import DONE, FAILED, LOST, Audit
+from chipaudit.report.figures import format_figure, scalar_figures
+from chipaudit.report.model import Report
+
+# |modified z| above this marks an outlier (Iglewicz & Hoaglin, "How to Detect and Handle Outliers", 1993).
+OUTLIER_Z = 3.5
+# 0.6745 = the 0.75 quantile of the standard normal: it makes MAD-based z comparable to a standard z.
+MAD_SCALE = 0.6745
+# When more than half the values are equal (MAD = 0), the mean absolute deviation stands in, scaled by
+# sqrt(pi/2) to estimate the standard deviation (IBM SPSS / Iglewicz-Hoaglin practice).
+MEAN_AD_SCALE = 1.253314
+# Peers needed before a device can be called an outlier among them.
+MIN_PEERS = 3
+# An outlier must also differ from its peers' median by this factor: on a busy machine a tight group of
+# peers makes small, harmless differences statistically "significant" (the behaviour probes use the same
+# rule: large and significant).
+MIN_OUTLIER_FACTOR = 1.5
+# Figures where lower is worse (throughputs) and where higher is worse (noise, jitter).
+_SPEED = re.compile(r"(_per_s|flops|throughput|bandwidth|tokens_per_s)$")
+_NOISE = re.compile(r"(noise|jitter|cv|stdev|spread)$")
+_FINGERPRINT_CHECK = "stack.fingerprint"
+
+
+def modified_z(values: list[float]) -> list[float]:
+    median = statistics.median(values)
+    deviations = [abs(v - median) for v in values]
+    mad = statistics.median(deviations)
+    if mad > 0:
+        return [MAD_SCALE * (v - median) / mad for v in values]
+    mean_ad = statistics.fmean(deviations)
+    if mean_ad > 0:
+        return [(v - median) / (MEAN_AD_SCALE * mean_ad) for v in values]
+    return [0.0 for _ in values]
+
+
+@dataclass
+class Outlier:
+    node: str
+    device_uuid: str
+    model: str
+    figure: str
+    value: float
+    peer_median: float
+    z: float
+    kind: str  # slow | erratic
+
+
+def fingerprint_digest(report: Report) -> str | None:
+    """One digest of the device's software stack, as the stack fingerprint check recorded it."""
+    for check in report.checks:
+        if check.id == _FINGERPRINT_CHECK and "fingerprint" in check.measurements:
+            canonical = json.dumps(check.measurements["fingerprint"], sort_keys=True, separators=(",", ":"))
+            return hashlib.sha256(canonical.encode()).hexdigest()
+    return None
+
+
+def _outliers(done: list[tuple[Audit, Report]]) -> list[Outlier]:
+    by_figure: dict[tuple[str, str], list[tuple[Audit, float]]] = defaultdict(list)
+    for audit, report in done:
+        for check in report.checks:
+            for name, value in scalar_figures(check).items():
+                if _SPEED.search(name) or _NOISE.search(name):
+                    by_figure[(report.device.name, f"{check.id}/{name}")].append((audit, value))
+    found = []
+    for (model, figure), points in sorted(by_figure.items()):
+        if len(points) < MIN_PEERS:
+            continue
+        values = [v for _, v in points]
+        median = statistics.median(values)
+        slow_is_bad = bool(_SPEED.search(figure))
+        for (audit, value), z in zip(points, modified_z(values), strict=True):
+            if slow_is_bad:
+                outlying = z <= -OUTLIER_Z and value * MIN_OUTLIER_FACTOR <= median
+            else:
+                outlying = z >= OUTLIER_Z and value >= median * MIN_OUTLIER_FACTOR
+            if outlying:
+                found.append(Outlier(audit.node, audit.device_uuid, model, figure, value, median, round(z, 2),
+                                     "slow" if slow_is_bad else "erratic"))
+    return found
+
+
+def _stack_deviants(done: list[tuple[Audit, Report]]) -> list[dict[str, Any]]:
+    by_model: dict[str, list[tuple[Audit, str]]] = defaultdict(list)
+    for audit, report in done:
+        digest = fingerprint_digest(report)
+        if digest:
+            by_model[report.device.name].append((audit, digest))
+    deviants = []
+    for model, entries in by_model.items():
+        majority, count = Counter(d for _, d in entries).most_common(1)[0]
+        if count * 2 <= len(entries):
+            continue  # no majority to deviate from
+        deviants += [{"node": a.node, "device_uuid": a.device_uuid, "model": model, "digest": d[:16],
+                      "majority_digest": majority[:16], "majority_size": count}
+                     for a, d in entries if d != majority]
+    return deviants
+
+
+def summarize(run: dict[str, Any], audits: list[Audit]) -> dict[str, Any]:
+    done = [(a, Report.model_validate_json(a.report)) for a in audits if a.state == DONE and a.report]
+    verdicts = Counter(r.verdict.value for _, r in done)
+    findings: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for audit, report in done:
+        for f in report.findings:
+            entry = findings.setdefault((f.category.value, f.check, f.title),
+                                        {"category": f.category.value, "check": f.check, "title": f.title,
+                                         "severity": f.severity.value, "devices": []})
+            if f.severity.rank > type(f.severity)(entry["severity"]).rank:
+                entry["severity"] = f.severity.value
+            device = f"{audit.node}/{audit.device_uuid}"
+            if device not in entry["devices"]:
+                entry["devices"].append(device)
+    ends = [datetime.fromisoformat(a.finished) for a in audits if a.finished]
+    wall = (max(ends) - datetime.fromisoformat(run["created"])).total_seconds() if ends else None
+    return {
+        "run_id": run["run_id"],
+        "state": run["state"],
+        "config": run["config"],
+        "devices": len(audits),
+        "audited": len(done),
+        "passed": verdicts.get("pass", 0),
+        "failed": verdicts.get("fail", 0),
+        "inconclusive": verdicts.get("inconclusive", 0),
+        "lost": sum(a.state == LOST for a in audits),
+        "could_not_run": sum(a.state == FAILED for a in audits),
+        "not_finished": sum(a.state not in (DONE, LOST, FAILED) for a in audits),
+        "wall_time_s": wall,
+        "findings": sorted(findings.values(), key=lambda e: (e["category"], e["check"], e["title"])),
+        "outliers": [asdict(o) for o in _outliers(done)],
+        "stack_deviants": _stack_deviants(done),
+        "audits": [{"node": a.node, "device_uuid": a.device_uuid, "device": a.device, "state": a.state,
+                    "attempts": a.attempts, "verdict": a.verdict, "model": a.model, "reason": a.reason}
+                   for a in audits],
+    }
+
+
+def to_html(summary: dict[str, Any]) -> str:
+    """One self-contained page: no scripts, no fetches."""
+    e = html.escape
+
+    def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+        if not rows:
+            return "<p>none</p>"
+        head = "".join(f"<th>{e(c)}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{e(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    counts = ["devices", "audited", "passed", "failed", "inconclusive", "lost", "could_not_run", "not_finished"]
+    tiles = "".join(f"<div class=tile><b>{summary[c]}</b><span>{e(c.replace('_', ' '))}</span></div>" for c in counts)
+    wall = summary["wall_time_s"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>chipaudit fleet {e(summary['run_id'])}</title>
+<style>{_CSS}</style></head><body><h1>Fleet run {e(summary['run_id'])}</h1><p>state: {e(summary['state'])}; wall time:
+{'-' if wall is None else f'{wall:.0f} s'}</p>{tiles}
+<h2>Performance outliers among peers</h2>{table(summary['outliers'], ['node', 'device_uuid', 'model', 'figure',
+'value', 'peer_median', 'z', 'kind'])}
+<h2>Stacks that differ from their model's majority</h2>{table(summary['stack_deviants'], ['node', 'device_uuid',
+'model', 'digest', 'majority_digest', 'majority_size'])}
+<h2>Findings by kind</h2>{table(summary['findings'], ['severity', 'category', 'check', 'title', 'devices'])}
+<h2>Audits</h2>{table(summary['audits'], ['node', 'device_uuid', 'state', 'attempts', 'verdict', 'model', 'reason'])}
+</body></html>"""
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222 }
+.tile { display: inline-block; margin: 0 1em 1em 0; padding: .6em 1em; border: 1px solid #ccc; border-radius: 6px }
+.tile b { display: block; font-size: 1.6em }
+table { border-collapse: collapse; margin-bottom: 1.5em }
+td, th { border: 1px solid #ddd; padding: .3em .6em; text-align: left }
+th { background: #f4f4f4 }
+"""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return format_figure(value)
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return "" if value is None else str(value)

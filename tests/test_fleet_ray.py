@@ -1,0 +1,276 @@
+"""Fleet audits on a real local Ray cluster, and a real PostgreSQL store.
+
+Everything runs inside a network namespace of its own that holds only a loopback interface, so Ray,
+PostgreSQL and the audits can bind to nothing but 127.0.0.1, whatever the host's interfaces are. Nodes
+are separate `ray start` processes with custom resources standing in for GPUs; one node's workers run
+under a 3x throttle from the built-in selftest fault models.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+RAY_PORT = 6391
+PG_PORT = 55432
+DEVICES_PER_NODE = 2
+# Ray notices a dead node after period x threshold; the defaults take about half a minute.
+FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
+                      "RAY_health_check_initial_delay_ms": "500"}
+THROTTLE = """
+from chipaudit.selftest.faults import install_fault
+install_fault("throttle", factor={factor})
+"""
+
+
+class Namespace:
+    """A network namespace with only loopback, held open by a sleeping process."""
+
+    def __init__(self) -> None:
+        self.holder = subprocess.Popen(["unshare", "--net", "--fork", "--kill-child", "sleep", "3600"])
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            kids = psutil.Process(self.holder.pid).children()
+            if kids:
+                self.pid = kids[0].pid
+                break
+            time.sleep(0.05)
+        self.run("ip", "link", "set", "lo", "up")
+
+    def argv(self, *cmd: str) -> list[str]:
+        return ["nsenter", "-t", str(self.pid), "-n", *cmd]
+
+    def run(self, *cmd: str, env: dict[str, str] | None = None, timeout: float = 600,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        p = subprocess.run(self.argv(*cmd), env=env, capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"{cmd} exited {p.returncode}: {p.stdout[-2000:]} {p.stderr[-2000:]}")
+        return p
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait()
+
+
+def start_node(ns: Namespace, env: dict[str, str], name: str, head: bool = False) -> None:
+    where = ["--head", "--port", str(RAY_PORT), "--include-dashboard=false"] if head else [
+        "--address", f"127.0.0.1:{RAY_PORT}"]
+    ns.run("ray", "start", *where, "--num-cpus", "1", "--resources", json.dumps({"fake_gpu": DEVICES_PER_NODE}),
+           "--labels", f"chipaudit-node={name}", "--disable-usage-stats", env=env, timeout=120)
+
+
+NODE_IDS = """
+import json, ray
+ray.init(address="127.0.0.1:%d", logging_level="ERROR")
+print(json.dumps({n["Labels"].get("chipaudit-node"): n["NodeID"] for n in ray.nodes() if n["Alive"]}))
+""" % RAY_PORT
+
+
+def kill_node(ns: Namespace, env: dict[str, str], name: str) -> None:
+    """Kill one node's raylet and everything under it (its workers and their audits)."""
+    node_id = json.loads(ns.run("python", "-c", NODE_IDS, env=env).stdout.strip().splitlines()[-1])[name]
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline and cmdline[0].endswith("raylet/raylet") and f"--node_id={node_id}" in cmdline:
+            for p in [*proc.children(recursive=True), proc]:
+                p.kill()
+            return
+    raise AssertionError(f"no raylet for node {name}")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fleet")
+
+
+def base_env(workdir: Path) -> dict[str, str]:
+    env = {**os.environ, "XDG_DATA_HOME": str(workdir / "data"), **FAST_HEALTH_CHECKS}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def cluster(workdir: Path) -> Iterator[tuple[Namespace, dict[str, str]]]:
+    """head and n1 are healthy; slow runs every device 3x slower. Two fake GPUs each."""
+    ns = Namespace()
+    env = base_env(workdir)
+    throttle = workdir / "throttle"
+    throttle.mkdir()
+    (throttle / "sitecustomize.py").write_text(THROTTLE.format(factor=3))
+    slow_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(throttle), env.get("PYTHONPATH")]))}
+    try:
+        start_node(ns, env, "head", head=True)
+        start_node(ns, env, "n1")
+        start_node(ns, slow_env, "slow")
+        yield ns, env
+    finally:
+        ns.run("ray", "stop", "--force", env=env, check=False)
+        ns.close()
+
+
+def fleet(ns: Namespace, env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return ns.run("chipaudit", "fleet", *args, env=env, timeout=timeout, check=False)
+
+
+def run_id_of(p: subprocess.CompletedProcess[str]) -> str:
+    return next(line.split()[2].rstrip(":") for line in p.stdout.splitlines() if line.startswith("fleet run "))
+
+
+def summary(ns: Namespace, env: dict[str, str], run_id: str, db: str, workdir: Path) -> dict:
+    out = workdir / f"{run_id}.json"
+    p = fleet(ns, env, "report", run_id, "--db", db, "--json", str(out), "--html", str(out.with_suffix(".html")))
+    assert p.returncode == 0, p.stderr
+    return json.loads(out.read_text())
+
+
+# One audit at a time, so that the audits' speeds are compared on an otherwise idle machine.
+CLUSTER = ["--address", f"127.0.0.1:{RAY_PORT}", "--resource", "fake_gpu", "--level", "quick", "--seed", "3",
+           "--max-parallel", "1"]
+AUDIT = [*CLUSTER, "--only", "integrity.gemm.fp32"]
+
+
+def check_throttled_run(result: dict) -> None:
+    assert result["devices"] == 3 * DEVICES_PER_NODE
+    assert result["audited"] == result["devices"] and result["lost"] == 0
+    assert len({(a["node"], a["device_uuid"]) for a in result["audits"]}) == result["devices"]
+    flagged = {(o["node"], o["kind"]) for o in result["outliers"]}
+    assert flagged == {("slow", "slow")}, result["outliers"]
+
+
+@pytest.fixture(scope="module")
+def postgres(cluster: tuple[Namespace, dict[str, str]], workdir: Path) -> Iterator[str]:
+    """A real PostgreSQL server inside the namespace, on 127.0.0.1, run as the postgres user."""
+    ns, env = cluster
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    bindir = Path(bins[-1]).parent
+    data = workdir / "pg"
+    data.mkdir()
+    subprocess.run(["chown", "postgres:postgres", str(data)], check=True)
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    ns.run(*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", env=env)
+    ns.run(*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+           f"-c listen_addresses=127.0.0.1 -p {PG_PORT} -k {data}", "start", env=env)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{PG_PORT}/postgres"
+    finally:
+        ns.run(*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop", env=env, check=False)
+
+
+def test_fleet_run_stores_one_result_per_device_and_flags_the_throttled_node(cluster, workdir: Path) -> None:
+    ns, env = cluster
+    db = str(workdir / "fleet.sqlite3")
+    p = fleet(ns, env, "run", *AUDIT, "--db", db)
+    assert p.returncode == 0, p.stdout + p.stderr
+    run_id = run_id_of(p)
+    rows = sqlite3.connect(db).execute(
+        "SELECT node, device_uuid, state, attempts FROM fleet_audits WHERE run_id = ?", (run_id,)).fetchall()
+    assert len(rows) == 3 * DEVICES_PER_NODE and {r[2] for r in rows} == {"done"}
+    result = summary(ns, env, run_id, db, workdir)
+    check_throttled_run(result)
+    (workdir / "sqlite-summary.json").write_text(json.dumps(result))
+    assert "Fleet run" in (workdir / f"{run_id}.html").read_text()
+
+
+def test_the_same_run_with_a_postgresql_store_gives_the_same_summary(cluster, postgres: str, workdir: Path) -> None:
+    ns, env = cluster
+    p = fleet(ns, env, "run", *AUDIT, "--db", postgres)
+    assert p.returncode == 0, p.stdout + p.stderr
+    result = summary(ns, env, run_id_of(p), postgres, workdir)
+    check_throttled_run(result)
+    before = json.loads((workdir / "sqlite-summary.json").read_text())
+    keys = ("devices", "audited", "passed", "failed", "inconclusive", "lost", "could_not_run")
+    assert {k: result[k] for k in keys} == {k: before[k] for k in keys}
+    assert {o["node"] for o in result["outliers"]} == {o["node"] for o in before["outliers"]}
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_audits(cluster, workdir: Path) -> None:
+    ns, env = cluster
+    db = str(workdir / "resume.sqlite3")
+    args = ["run", *CLUSTER, "--only", "integrity.gemm.int8", "--db", db]
+    proc = subprocess.Popen(ns.argv("chipaudit", "fleet", *args), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    done: list = []
+    while time.time() < deadline and not done:
+        time.sleep(0.5)
+        if Path(db).exists():
+            done = sqlite3.connect(db).execute(
+                "SELECT node, device_uuid, finished FROM fleet_audits WHERE state = 'done'").fetchall()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "fleet resume" in err, err
+    run_id = err.split("fleet resume ")[1].split()[0]
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT state FROM fleet_runs").fetchone()[0] == "interrupted"
+    first = {(n, u): f for n, u, f in con.execute(
+        "SELECT node, device_uuid, finished FROM fleet_audits WHERE state = 'done'").fetchall()}
+    assert first
+    p = fleet(ns, env, "resume", run_id, "--db", db)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = con.execute("SELECT node, device_uuid, state, attempts, finished FROM fleet_audits").fetchall()
+    assert len(rows) == 3 * DEVICES_PER_NODE and {r[2] for r in rows} == {"done"}
+    for node, uuid, _, attempts, finished in rows:
+        if (node, uuid) in first:
+            assert finished == first[(node, uuid)] and attempts == 1  # not redone
+
+
+def test_a_killed_node_is_retried_or_lost_never_missing(workdir: Path) -> None:
+    """On a cluster of its own, since the victim never comes back."""
+    ns = Namespace()
+    env = base_env(workdir)
+    db = str(workdir / "kill.sqlite3")
+    try:
+        start_node(ns, env, "head", head=True)
+        start_node(ns, env, "victim")
+        args = [*AUDIT, "--node-wait", "3"]
+        proc = subprocess.Popen(ns.argv("chipaudit", "fleet", "run", *args, "--db", db), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            time.sleep(0.3)
+            if Path(db).exists() and sqlite3.connect(db).execute(
+                    "SELECT 1 FROM fleet_audits WHERE node = 'victim' AND state = 'running'").fetchone():
+                break
+        kill_node(ns, env, "victim")
+        out, err = proc.communicate(timeout=300)
+        rows = sqlite3.connect(db).execute("SELECT node, device_uuid, state, reason FROM fleet_audits").fetchall()
+        assert len(rows) == 2 * DEVICES_PER_NODE, rows
+        assert {r[2] for r in rows if r[0] == "head"} == {"done"}
+        victims = [r for r in rows if r[0] == "victim"]
+        assert all(r[2] in ("done", "lost") for r in victims), victims
+        assert any(r[2] == "lost" and "did not come back" in r[3] for r in victims), victims
+        assert proc.returncode == 3, out + err
+    finally:
+        ns.run("ray", "stop", "--force", env=env, check=False)
+        ns.close()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "--address", "127.0.0.1:1"], "no Ray cluster answers"),
+    (["run", "--db", "mysql://nope"], "a SQLite file path or a postgresql:// URL"),
+    (["report", "no-such-run"], "no fleet run no-such-run"),
+])
+def test_bad_addresses_stores_and_run_ids_fail_fast_with_one_line(args: list[str], message: str, workdir: Path,
+                                                                  ) -> None:
+    env = base_env(workdir)
+    t0 = time.time()
+    p = subprocess.run(["chipaudit", "fleet", *args], env=env, capture_output=True, text=True, timeout=60)
+    assert time.time() - t0 < 30
+    assert p.returncode == 2 and message in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
