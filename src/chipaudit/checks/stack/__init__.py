@@ -1,0 +1,1 @@
+"""The stack category: inventory, fingerprint, baselines and capability scan of what runs the device."""
