@@ -1,0 +1,257 @@
+"""Plots drawn from whatever a check measured, as inline SVG (no scripts, no fetches).
+
+No check has to know about plotting: any measurement shaped like a series becomes a plot.
+- a list of numbers: a line over its index (throughput over a burn-in);
+- a dict from numbers to numbers ({"0": 0.1, "1": 0.4, ...}): a line over those numbers (per-bit curves);
+- a dict of lists of numbers: several lines on one plot (a differential probe's baseline vs perturbed);
+- a list of records with numeric fields: one line per field over the first of X_KEYS they share;
+- a dict of named numbers, one level down: bars (throughput per format, efficiency against spec).
+Anything else is left to the tables. Long series are reduced to the minimum and maximum of each of
+MAX_POINTS/2 buckets, so a short dip in a long run still shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+from chipaudit.report.model import CheckResult
+
+X_KEYS = ("t", "t_s", "time_s", "elapsed_s", "seconds", "step", "iteration", "round", "minute", "bit",
+          "index", "x", "size", "n", "k")
+MAX_POINTS = 400
+MAX_PLOTS_PER_CHECK = 8
+MAX_SERIES = 8
+MAX_BARS = 40
+# Okabe & Ito (2008), a palette that colour-blind readers can tell apart.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+# Beyond these magnitudes a value is no measurement, and axis arithmetic would overflow or underflow.
+HUGE, TINY = 1e300, 1e-280
+WIDTH, HEIGHT = 640, 260
+LEFT, RIGHT, TOP, BOTTOM = 70, 16, 16, 44
+
+
+@dataclass
+class Plot:
+    check: str
+    title: str
+    x_label: str = ""
+    lines: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    bars: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if abs(value) <= HUGE else None
+
+
+def _numbers(values: Any) -> list[float | None] | None:
+    """A list of numbers (nulls allowed: JSON's spelling of NaN) with at least two of them, else None."""
+    if not isinstance(values, list) or len(values) < 2:
+        return None
+    if not all(v is None or _num(v) is not None for v in values):
+        return None
+    numbers = [None if v is None else _num(v) for v in values]
+    return numbers if sum(v is not None for v in numbers) >= 2 else None
+
+
+def _indexed(values: list[float | None]) -> list[tuple[float, float]]:
+    return [(float(i), v) for i, v in enumerate(values) if v is not None]
+
+
+def _record_plots(check: str, name: str, records: list[Any]) -> list[Plot]:
+    if len(records) < 2 or not all(isinstance(r, dict) for r in records):
+        return []
+    shared = set.intersection(*(set(k for k, v in r.items() if _num(v) is not None) for r in records))
+    if not shared:
+        return []
+    x_key = next((k for k in X_KEYS if k in shared), None)
+    plots = []
+    for y_key in sorted(shared - {x_key}):
+        points = [(float(r[x_key]) if x_key else float(i), float(r[y_key])) for i, r in enumerate(records)]
+        plots.append(Plot(check, _title(name, y_key), x_key or "index", {y_key: points}))
+    return plots
+
+
+def _numeric_key(key: str) -> float | None:
+    try:
+        return _num(float(key))
+    except ValueError:
+        return None
+
+
+def _title(name: str, part: str) -> str:
+    return f"{name}: {part}" if name else part
+
+
+def _columns(check: str, name: str, columns: dict[str, list[float | None]]) -> list[Plot]:
+    """Columns of one table (one of them an X_KEYS axis: a plot per other column), or series to compare
+    on one plot (no axis column)."""
+    x_key = next((k for k in X_KEYS if k in columns), None)
+    if x_key is None or len({len(v) for v in columns.values()}) != 1:
+        return [Plot(check, name or "series", "index", {k: _indexed(v) for k, v in columns.items()})]
+    plots = []
+    for key, values in columns.items():
+        points = [(x, y) for x, y in zip(columns[x_key], values, strict=True) if x is not None and y is not None]
+        if key != x_key and len(points) >= 2:
+            plots.append(Plot(check, _title(name, key), x_key, {key: points}))
+    return plots
+
+
+def _walk(check: str, name: str, value: Any, depth: int) -> list[Plot]:
+    numbers = _numbers(value)
+    if numbers is not None:
+        return [Plot(check, name, "index", {name.rsplit(".", 1)[-1]: _indexed(numbers)})]
+    if isinstance(value, list):
+        return _record_plots(check, name, value)
+    if not isinstance(value, dict) or not value:
+        return []
+    scalars = {k: _num(v) for k, v in value.items()}
+    if len(value) >= 2 and all(v is not None for v in scalars.values()):
+        xs = {k: _numeric_key(k) for k in value}
+        if all(x is not None for x in xs.values()):
+            return [Plot(check, name, "", {name.rsplit(".", 1)[-1]: sorted((xs[k], scalars[k]) for k in value)})]  # type: ignore[misc]
+        if depth > 0:
+            return [Plot(check, name, bars=[(k, v) for k, v in scalars.items() if v is not None][:MAX_BARS])]
+        return []
+    lists = {k: _numbers(v) for k, v in value.items()}
+    if all(v is not None for v in lists.values()):
+        return _columns(check, name, lists)  # type: ignore[arg-type]
+    if depth >= 2:
+        return []
+    return [p for k, v in value.items() for p in _walk(check, f"{name}.{k}" if name else k, v, depth + 1)]
+
+
+def plots_for(check: CheckResult) -> list[Plot]:
+    return _walk(check.id, "", check.measurements, 0)[:MAX_PLOTS_PER_CHECK]
+
+
+def _reduce(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if len(points) <= MAX_POINTS:
+        return points
+    buckets = MAX_POINTS // 2
+    reduced: list[tuple[float, float]] = []
+    for b in range(buckets):
+        chunk = points[b * len(points) // buckets:(b + 1) * len(points) // buckets]
+        if chunk:
+            low, high = min(chunk, key=lambda p: p[1]), max(chunk, key=lambda p: p[1])
+            reduced += sorted({low, high})
+    return reduced
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    if not high - low > max(abs(low), abs(high), TINY) * 1e-9:  # flat, or finer than floats resolve
+        low, high = low - max(abs(low), 1.0) / 2, high + max(abs(high), 1.0) / 2
+    raw = (high - low) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.floor(low / step) * step
+    return [first + i * step for i in range(count + 3) if first + i * step <= high + step * 0.999]
+
+
+def short(value: float, digits: int = 3) -> str:
+    """1.25G, 350k, 0.25: tick labels that fit."""
+    if value == 0:
+        return "0"
+    for factor, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.{digits}g}{suffix}"
+    return f"{value:.{digits}g}"  # below 1000 plainly: 0.5 is clearer than 500m on a unitless axis
+
+
+def _labels(ticks: list[float]) -> list[str]:
+    """The shortest labels that still tell the ticks apart (1.2345k and 1.2346k, not 1.23k twice)."""
+    for digits in range(3, 12):
+        labels = [short(t, digits) for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
+def _frame(plot: Plot, y_ticks: list[float], y_of: Any, x_axis: str) -> list[str]:
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+             f'aria-label="{escape(plot.check)}: {escape(plot.title)}" class="plot">',
+             f"<title>{escape(plot.check)}: {escape(plot.title)}</title>"]
+    for tick, label in zip(y_ticks, _labels(y_ticks), strict=True):
+        y = y_of(tick)
+        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+                     f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
+    parts.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" class="axis"/>'
+                 f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" class="axis"/>')
+    parts.append(x_axis)
+    return parts
+
+
+def _y_scale(values: list[float]) -> tuple[list[float], Any]:
+    low, high = min(values), max(values)
+    if low >= 0:
+        low = 0.0
+    ticks = _nice_ticks(low, high)
+    bottom, top = ticks[0], max(ticks[-1], high)
+    span = (top - bottom) or 1.0
+    return ticks, lambda v: HEIGHT - BOTTOM - (v - bottom) / span * (HEIGHT - TOP - BOTTOM)
+
+
+def _line_svg(plot: Plot) -> str:
+    series = {k: _reduce(v) for k, v in list(plot.lines.items())[:MAX_SERIES] if v}
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts]
+    y_ticks, y_of = _y_scale(ys)
+    x_ticks = _nice_ticks(min(xs), max(xs))
+    x_low = x_ticks[0]
+    x_high = max(xs) if max(xs) > x_low else x_ticks[-1]
+    x_span = (x_high - x_low) or 1.0
+
+    def x_of(v: float) -> float:
+        return LEFT + (v - x_low) / x_span * (WIDTH - LEFT - RIGHT)
+
+    shown = [t for t in x_ticks if t <= x_high]
+    axis = "".join(f'<text x="{x_of(t):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{escape(label)}'
+                   f"</text>" for t, label in zip(shown, _labels(shown), strict=True))
+    axis += (f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle" class="label">'
+             f"{escape(plot.x_label)}</text>")
+    parts = _frame(plot, y_ticks, y_of, axis)
+    for i, (name, points) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        path = " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in points)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.8">'
+                     f"<title>{escape(name)}</title></polyline>")
+        if len(points) <= 40:
+            parts += [f'<circle cx="{x_of(x):.1f}" cy="{y_of(y):.1f}" r="2.5" fill="{colour}">'
+                      f"<title>{escape(name)}: {escape(short(x))} → {y:.6g}</title></circle>" for x, y in points]
+        if len(series) > 1:
+            parts.append(f'<rect x="{LEFT + 10}" y="{TOP + 4 + 16 * i}" width="10" height="10" fill="{colour}"/>'
+                         f'<text x="{LEFT + 24}" y="{TOP + 13 + 16 * i}">{escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _clip(label: str, width: int = 12) -> str:
+    return label if len(label) <= width else label[:width - 1] + "…"
+
+
+def _bar_svg(plot: Plot) -> str:
+    values = [v for _, v in plot.bars]
+    y_ticks, y_of = _y_scale(values)
+    slot = (WIDTH - LEFT - RIGHT) / len(plot.bars)
+    axis = "".join(
+        f'<text x="{LEFT + slot * (i + 0.5):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="end" '
+        f'transform="rotate(-25 {LEFT + slot * (i + 0.5):.1f} {HEIGHT - BOTTOM + 14})">{escape(_clip(name))}</text>'
+        for i, (name, _) in enumerate(plot.bars))
+    parts = _frame(plot, y_ticks, y_of, axis)
+    zero = y_of(max(0.0, y_ticks[0]))
+    for i, (name, value) in enumerate(plot.bars):
+        top = y_of(value)
+        parts.append(f'<rect x="{LEFT + slot * (i + 0.15):.1f}" y="{min(top, zero):.1f}" width="{slot * 0.7:.1f}" '
+                     f'height="{abs(zero - top):.1f}" fill="{PALETTE[0]}"><title>{escape(name)}: {value:.6g}'
+                     f"</title></rect>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def to_svg(plot: Plot) -> str:
+    return _bar_svg(plot) if plot.bars else _line_svg(plot)

@@ -1,0 +1,142 @@
+"""The HTML report: series become plots, hostile strings stay text, and real Chromium renders it."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+from evidence_support import check_rendering, synthetic_report
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chipaudit.report import html, plots
+from chipaudit.report.model import Category, CheckResult, Finding, Report, Severity, Status
+
+
+def _check(measurements: dict[str, object]) -> CheckResult:
+    return CheckResult(id="x.y", category=Category.performance, status=Status.passed, measurements=measurements)
+
+
+def test_series_of_every_shape_become_plots() -> None:
+    found = plots.plots_for(_check({
+        "throughput_per_s": [1.0, 2.0, None, 4.0],
+        "per_bit": {"0": 0.0, "1": 0.5, "10": 1.0},
+        "probe": {"baseline": [1, 2, 3], "perturbed": [1, 5, 3]},
+        "samples": [{"t": 0, "temp_c": 40, "label": "a"}, {"t": 10, "temp_c": 45, "label": "b"}],
+        "efficiency": {"fp32": 0.8, "fp16": 0.6},
+        "max_error_to_bound": 0.2, "note": "text", "flags": [True, False], "empty": [], "single": [1.0],
+    }))
+    by_title = {p.title: p for p in found}
+    assert set(by_title) == {"throughput_per_s", "per_bit", "probe", "samples: temp_c", "efficiency"}
+    assert by_title["throughput_per_s"].lines["throughput_per_s"] == [(0.0, 1.0), (1.0, 2.0), (3.0, 4.0)]
+    assert by_title["per_bit"].lines["per_bit"][-1] == (10.0, 1.0)
+    assert set(by_title["probe"].lines) == {"baseline", "perturbed"}
+    assert by_title["samples: temp_c"].x_label == "t"
+    assert by_title["efficiency"].bars == [("fp32", 0.8), ("fp16", 0.6)]
+    assert all(plots.to_svg(p).startswith("<svg") for p in found)
+    assert plots.plots_for(_check({"a": 1.0, "b": 2.0})) == []  # unrelated figures are not a bar chart
+
+
+def test_a_table_of_columns_plots_each_column_over_its_axis() -> None:
+    found = plots.plots_for(_check({"curve": {"t_s": [0, 1, 2], "macs_per_s": [5e9, 6e9, None], "cores": [1, 2, 2]}}))
+    assert [(p.title, p.x_label) for p in found] == [("curve: macs_per_s", "t_s"), ("curve: cores", "t_s")]
+    assert found[0].lines["macs_per_s"] == [(0.0, 5e9), (1.0, 6e9)]
+    assert plots._labels([2630.0, 2632.5, 2635.0]) == ["2.63k", "2.632k", "2.635k"]  # told apart
+
+
+def test_extreme_values_plot_without_overflow() -> None:
+    found = plots.plots_for(_check({
+        "wide": [1e300, -1e300], "subnormal": [0.0, 5e-324], "keys": {"1e300": 1, "-1e300": 2},
+        "big_ints": [2**70, 3], "flat": [5, 5, 5], "records": [{"t": 1e300, "y": 1}, {"t": -1e300, "y": 2}],
+        "beyond": [1e308, -1e308, float("inf")],
+    }))
+    assert len(found) == 6
+    for plot in found:
+        svg = plots.to_svg(plot)
+        assert "nan" not in svg and "inf" not in svg
+
+
+def test_long_series_keep_their_extremes() -> None:
+    points = [(float(i), 1.0) for i in range(100_000)]
+    points[54_321] = (54_321.0, 0.2)  # a short dip in a long burn-in
+    reduced = plots._reduce(points)
+    assert len(reduced) <= plots.MAX_POINTS
+    assert (54_321.0, 0.2) in reduced
+
+
+def _hostile() -> Report:
+    report = synthetic_report(failing=True)
+    report.device.name = "<img src=x onerror=alert(1)>"
+    report.findings.append(Finding(check="integrity.gemm.bf16", category=Category.integrity, severity=Severity.medium,
+                                   title="</script><script>alert(2)</script>", detail="a & b < c",
+                                   evidence={"payload": "</script>"}))
+    return report
+
+
+def test_hostile_strings_stay_text_and_nothing_is_fetched() -> None:
+    report = _hostile()
+    page = html.to_html(report)
+    assert "<img src=x" not in page and "<script>alert" not in page
+    assert "&lt;/script&gt;&lt;script&gt;alert(2)" in page
+    embedded = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page, re.S)
+    assert embedded is not None and json.loads(embedded.group(1)) == json.loads(report.to_json())
+    assert page.count("<script") == 2  # the data (never executed) and the one inline script
+    assert "default-src 'none'" in page
+    # Nothing that would load: no element pointing anywhere but at an in-page anchor, no url(), no @import.
+    tags = _tags(page)
+    assert {t for t, _ in tags} <= ALLOWED_TAGS, {t for t, _ in tags} - ALLOWED_TAGS
+    links = [(t, k, v) for t, attrs in tags for k, v in attrs if k in ("src", "href", "action", "srcset", "data")]
+    assert all(k == "href" and v.startswith("#") for _, k, v in links), links
+    assert not any(k.startswith("on") for _, attrs in tags for k, _ in attrs)
+    assert "url(" not in page and "@import" not in page
+    assert set(re.findall(r"https?://[^\s\"'<>]+", page)) <= {"http://www.w3.org/2000/svg"}
+
+
+ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "div", "nav", "a", "main", "section",
+                "h2", "h3", "p", "span", "details", "summary", "pre", "code", "table", "thead", "tbody", "tr", "th",
+                "td", "label", "input", "button", "ul", "li", "figure", "figcaption", "svg", "line", "text",
+                "polyline", "circle", "rect", "script", "footer"}
+
+
+def _tags(page: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    found: list[tuple[str, list[tuple[str, str]]]] = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.append((tag, [(k, v or "") for k, v in attrs]))
+
+    Collect().feed(page)
+    return found
+
+
+def test_chromium_renders_a_failing_report_with_plots(tmp_path: Path) -> None:
+    report = _hostile()
+    html.write(report, tmp_path / "fail.html")
+    check_rendering(tmp_path / "fail.html", report.verdict.value, tmp_path)
+
+
+def test_chromium_renders_a_passing_report(tmp_path: Path) -> None:
+    html.write(synthetic_report(), tmp_path / "pass.html")
+    check_rendering(tmp_path / "pass.html", "pass", tmp_path)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=12)
+    | st.dictionaries(st.text(max_size=6) | st.floats(allow_nan=False).map(str), inner, max_size=6),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=6))
+def test_any_measurements_render_without_error(measurements: dict[str, object]) -> None:
+    report = synthetic_report()
+    report.checks = [report.checks[0]]
+    report.checks[0].measurements = measurements
+    for plot in plots.plots_for(report.checks[0]):
+        assert plots.to_svg(plot).endswith("</svg>")
+    assert html.to_html(report).endswith("</html>\n")
