@@ -1,0 +1,224 @@
+"""Timing done the same way for every figure: warm-up, device synchronisation (or device events),
+many repeats, the median, and the noise of the repeats.
+
+The operation under test is a callable taking an iteration number, so that each call can pick the
+next of several input buffers (`rotation`): a figure measured on one buffer that stays in a cache
+would describe the cache, not the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chipaudit.devices import torchdev
+from chipaudit.perf import stats
+
+# Warm-up: at least this many calls and this much time (clocks ramp up, libraries pick kernels and
+# allocate workspaces on the first calls), capped at a share of the budget.
+WARMUP_CALLS = 2
+WARMUP_S = 1.0
+WARMUP_SHARE = 0.15
+# One repeat runs the operation often enough to last this long, so that the clock's resolution and
+# the synchronisation's own cost stay below a percent of what is measured.
+MIN_REPEAT_S = 2e-3
+MIN_REPEATS = 5
+MAX_REPEATS = 30
+# Buffers rotated through: enough to exceed the largest last-level cache in the specification
+# database (AMD MI300X: 256 MB Infinity Cache) twice over, within the bounds below. On a CPU, twice
+# its own last-level cache as the kernel reports it (or CPU_ROTATION_BYTES when it does not).
+ROTATION_BYTES = 512 * 2**20
+CPU_ROTATION_BYTES = 64 * 2**20
+MIN_ROTATION, MAX_ROTATION = 2, 16
+# Samples kept per figure in the report, for rank tests across reports.
+SIGNIFICANT_DIGITS = 6
+
+
+@dataclass
+class Timing:
+    seconds: list[float]  # time of one call, one value per repeat
+    inner: int  # calls per repeat
+    warmup: int  # calls before the first repeat
+    clock: str  # how time was taken
+
+    @property
+    def median_s(self) -> float:
+        return stats.median(self.seconds)
+
+
+def rotation(item_bytes: int, device: str = "") -> int:
+    """How many distinct input buffers to rotate through for items of this size on this device."""
+    if item_bytes <= 0:
+        return MIN_ROTATION
+    total = cpu_rotation_bytes() if device.startswith("cpu") else ROTATION_BYTES
+    return max(MIN_ROTATION, min(MAX_ROTATION, math.ceil(total / item_bytes)))
+
+
+@cache
+def cpu_rotation_bytes() -> int:
+    """Twice the largest CPU cache the kernel lists (sysfs), else CPU_ROTATION_BYTES."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        with contextlib.suppress(OSError, ValueError):
+            text = (index / "size").read_text().strip().upper()
+            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+            sizes.append(int(text.rstrip("KMG")) * scale)
+    return 2 * max(sizes) if sizes else CPU_ROTATION_BYTES
+
+
+class _Clock:
+    """Device events where the backend has them, else the host clock after a synchronisation."""
+
+    def __init__(self, device: str, use_events: bool):
+        self.device = device
+        self.event_type: Any = None
+        dev = torch.device(device)
+        if use_events and dev.type != "cpu":
+            backend = getattr(torch, dev.type, None)
+            event_type = getattr(backend, "Event", None)
+            try:
+                if event_type is not None:
+                    event_type(enable_timing=True)
+                    self.event_type = event_type
+            except Exception:  # a backend whose events cannot time falls back to the host clock
+                self.event_type = None
+        self.name = "device events" if self.event_type is not None else (
+            "host clock" if dev.type == "cpu" else "host clock after device synchronisation")
+
+    def time(self, run: Callable[[], None]) -> float:
+        torchdev.synchronize(self.device)
+        if self.event_type is not None:
+            start, end = self.event_type(enable_timing=True), self.event_type(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end)) / 1e3
+        t0 = time.perf_counter()
+        run()
+        torchdev.synchronize(self.device)
+        return time.perf_counter() - t0
+
+
+def measure(
+    op: Callable[[int], object],
+    device: str,
+    *,
+    budget_s: float,
+    min_repeats: int = MIN_REPEATS,
+    max_repeats: int = MAX_REPEATS,
+    min_repeat_s: float = MIN_REPEAT_S,
+    use_events: bool = True,
+) -> Timing:
+    """Time `op(i)` for i = 0, 1, 2, ...: warm up, then repeat within `budget_s` (at least
+    `min_repeats` repeats whatever the budget: a figure from fewer is not worth reporting)."""
+    clock = _Clock(device, use_events)
+    started = time.perf_counter()
+    calls = 0
+
+    def run(count: int) -> Callable[[], None]:
+        def body() -> None:
+            nonlocal calls
+            for _ in range(count):
+                op(calls)
+                calls += 1
+        return body
+
+    warmup_s = min(WARMUP_S, WARMUP_SHARE * budget_s)
+    cost = clock.time(run(1))
+    while calls < WARMUP_CALLS or time.perf_counter() - started < warmup_s:
+        cost = clock.time(run(1))
+    warmup = calls
+    cost = max(cost, 1e-9)
+    inner = max(1, math.ceil(min_repeat_s / cost))
+    left = budget_s - (time.perf_counter() - started)
+    repeats = max(min_repeats, min(max_repeats, int(left / (inner * cost))))
+    seconds: list[float] = []
+    deadline = started + budget_s
+    for _ in range(repeats):
+        seconds.append(clock.time(run(inner)) / inner)
+        if len(seconds) >= min_repeats and time.perf_counter() > deadline:
+            break
+    return Timing(seconds=seconds, inner=inner, warmup=warmup, clock=clock.name)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.{SIGNIFICANT_DIGITS}g}")
+
+
+@dataclass
+class Figure:
+    """One performance figure as the report stores it (CheckResult.measurements["figures"]).
+
+    `params` identify what was measured (model, batch): figures with equal metric and params are
+    the same measurement on different devices. `details` describe how (shapes, dtype, clock).
+    """
+
+    metric: str
+    value: float
+    unit: str
+    better: str  # "higher" or "lower"
+    noise: float  # relative spread of the repeats (stats.relative_spread)
+    ci95: tuple[float, float]
+    samples: list[float]
+    params: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    rated: float | None = None
+    efficiency: float | None = None
+    rated_source: str | None = None
+
+    @classmethod
+    def from_values(
+        cls, metric: str, unit: str, values: list[float], better: str = "higher",
+        params: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
+    ) -> Figure:
+        return cls(
+            metric=metric, value=_round(stats.median(values)), unit=unit, better=better,
+            noise=round(stats.relative_spread(values), 4),
+            ci95=tuple(_round(v) for v in stats.median_ci(values)),  # type: ignore[arg-type]
+            samples=[_round(v) for v in values], params=dict(params or {}), details=dict(details or {}),
+        )
+
+    @classmethod
+    def throughput(
+        cls, metric: str, unit: str, work: float, timing: Timing, params: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Figure:
+        """`work` units per call (FLOPs in TFLOP, bytes in GB, tokens) divided by each repeat's time."""
+        return cls.from_values(metric, unit, [work / s for s in timing.seconds], "higher", params,
+                               {**(details or {}), **_timing_details(timing)})
+
+    @classmethod
+    def latency(
+        cls, metric: str, unit_scale: float, unit: str, timing: Timing, params: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Figure:
+        return cls.from_values(metric, unit, [s * unit_scale for s in timing.seconds], "lower", params,
+                               {**(details or {}), **_timing_details(timing)})
+
+    def rate_against(self, rated: float | None, source: str | None) -> None:
+        if rated:
+            self.rated, self.rated_source = rated, source
+            self.efficiency = _round(self.value / rated)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "metric": self.metric, "value": self.value, "unit": self.unit, "better": self.better,
+            "noise": self.noise, "ci95": list(self.ci95), "repeats": len(self.samples), "samples": self.samples,
+            "params": self.params, "details": self.details,
+        }
+        if self.rated is not None:
+            out.update(rated=self.rated, efficiency=self.efficiency, rated_source=self.rated_source)
+        return out
+
+
+def _timing_details(timing: Timing) -> dict[str, Any]:
+    return {"clock": timing.clock, "calls_per_repeat": timing.inner, "warmup_calls": timing.warmup}

@@ -1,0 +1,103 @@
+"""chipaudit compare: side by side verdicts and figures, regressions beyond noise flagged, reports of
+another schema refused with the reason, and two real reports made on this machine rendered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import chipaudit
+from perf_support import figure, perf_report, write
+
+from chipaudit.perf import compare
+from chipaudit.report.model import Status
+
+
+def _columns(*reports: object) -> list[compare.Column]:
+    return [compare.Column(f"r{i}", r) for i, r in enumerate(reports)]  # type: ignore[arg-type]
+
+
+def test_regressions_beyond_noise_are_flagged_and_noise_is_not() -> None:
+    before = perf_report({"performance.gemm.bf16": [
+        figure("gemm.bf16.tflops", "TFLOP/s", [700, 702, 698, 701, 699, 700], rated=989.5)],
+        "performance.launch": [figure("launch.latency_us", "us", [5.0, 5.1, 4.9, 5.0, 5.05], better="lower")]})
+    after = perf_report({"performance.gemm.bf16": [
+        figure("gemm.bf16.tflops", "TFLOP/s", [500, 502, 498, 501, 499, 500], rated=989.5)],
+        "performance.launch": [figure("launch.latency_us", "us", [5.02, 5.08, 4.95, 5.01, 5.0], better="lower")]},
+        integrity=Status.failed)
+    result = compare.build(_columns(before, after))
+    gemm = next(r for r in result["figures"] if r["metric"] == "gemm.bf16.tflops")
+    ref, new = gemm["columns"]
+    assert "ratio" not in ref and ref["efficiency"] == pytest.approx(0.7074, abs=1e-3)
+    assert new["ratio"] == pytest.approx(500 / 700, abs=1e-3) and new["change"] == "regression"
+    launch = next(r for r in result["figures"] if r["metric"] == "launch.latency_us")
+    assert launch["columns"][1]["change"] == "within noise"
+    assert result["summary"]["regressions"] == 1
+    integrity = next(c for c in result["categories"] if c["category"] == "integrity")
+    assert integrity["statuses"] == ["passed", "failed"] and integrity["differs"]
+    check = next(c for c in result["checks"] if c["check"] == "integrity.gemm.fp32")
+    assert check["worse"] == [False, True] and result["summary"]["worse_checks"] == 1
+    assert result["summary"]["verdicts"] == ["pass", "fail"]
+    json.loads(compare.dumps(result))  # JSON-clean
+
+
+def test_figures_missing_from_a_column_and_extra_columns() -> None:
+    a = perf_report({"performance.gemm.fp32": [figure("gemm.fp32.tflops", "TFLOP/s", [1.0, 1.0, 1.0])]})
+    b = perf_report({"performance.memory.device": [figure("memory.device.bandwidth", "GB/s", [900.0] * 3)]})
+    c = perf_report({"performance.gemm.fp32": [figure("gemm.fp32.tflops", "TFLOP/s", [3.0, 3.0, 3.0])]})
+    result = compare.build(_columns(a, b, c))
+    rows = {r["key"]: r["columns"] for r in result["figures"]}
+    assert rows["gemm.fp32.tflops"][1] == {"value": None}
+    assert rows["gemm.fp32.tflops"][2]["ratio"] == 3.0 and rows["gemm.fp32.tflops"][2]["change"] == "improvement"
+    assert rows["memory.device.bandwidth"][0] == {"value": None}
+    assert "ratio" not in rows["memory.device.bandwidth"][1]  # no reference figure to divide by
+
+
+def test_other_schema_versions_are_refused_with_the_reason(tmp_path: Path) -> None:
+    good = write(perf_report({}), tmp_path / "good.json")
+    data = json.loads(good.read_text())
+    cases = {
+        "newer": ({**data, "schema": "chipaudit.report/2"}, "newer than the version this chipaudit reads"),
+        "foreign": ({**data, "schema": "someone.else/1"}, "not a chipaudit report schema"),
+        "unschemed": ({k: v for k, v in data.items() if k != "schema"}, "field 'schema' is missing"),
+    }
+    for name, (document, reason) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(document))
+        with pytest.raises(compare.ReportInputError, match=reason):
+            compare.load_report(path)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**data, "checks": [{"id": "x"}]}))
+    with pytest.raises(compare.ReportInputError, match="checks"):
+        compare.load_report(broken)
+    done = chipaudit("compare", str(good), str(tmp_path / "newer.json"), timeout=60)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "newer.json" in line and "chipaudit.report/2" in line and "upgrade" in line
+    done = chipaudit("compare", str(good), timeout=60)
+    assert done.returncode == 2 and "at least two" in done.stderr
+
+
+@pytest.mark.slow
+def test_compare_renders_two_real_reports_made_here(tmp_path: Path) -> None:
+    """A benchmark and an audit, both made now on this machine's CPU, small subsets to stay fast."""
+    bench = tmp_path / "bench.json"
+    done = chipaudit("bench", "--device", "cpu", "--only", "launch", "--only", "memory.device", "--json", str(bench))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "launch.latency_us" in done.stdout and "memory.device.bandwidth" in done.stdout
+    audit = tmp_path / "audit.json"
+    done = chipaudit("run", "--device", "cpu", "--level", "quick", "--only", "integrity.gemm.fp64",
+                     "--only", "performance.launch", "--json", str(audit))
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "cmp.json"
+    done = chipaudit("compare", str(bench), str(audit), "--json", str(out))
+    # Exit 1 is allowed: the other helpers' load may make one run's latency worse beyond its noise.
+    assert done.returncode in (0, 1), done.stderr
+    assert "launch.latency_us" in done.stdout and "×" in done.stdout and "integrity" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["schema"] == compare.COMPARE_SCHEMA and len(result["reports"]) == 2
+    launch = next(r for r in result["figures"] if r["metric"] == "launch.latency_us")
+    assert all(c["value"] > 0 for c in launch["columns"]) and "ratio" in launch["columns"][1]
+    integrity = next(c for c in result["categories"] if c["category"] == "integrity")
+    assert integrity["statuses"] == ["not run", "passed"] and integrity["differs"]

@@ -1,0 +1,151 @@
+"""The statistics behind every performance figure: median, noise, confidence of the median, and when a
+change between two runs is a regression rather than noise."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from chipaudit.perf import stats, timing
+from chipaudit.perf.metrics import figure_key
+from chipaudit.perf.timing import Figure, Timing
+
+
+def test_median_odd_even_and_empty() -> None:
+    assert stats.median([3.0, 1.0, 2.0]) == 2.0
+    assert stats.median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    with pytest.raises(ValueError):
+        stats.median([])
+
+
+def test_spread_is_robust_to_one_wild_repeat() -> None:
+    calm = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01]
+    assert stats.relative_spread(calm) == pytest.approx(1.4826 * 0.01, rel=1e-6)
+    # A preempted repeat ten times slower leaves the median and the spread nearly where they were.
+    assert stats.median([*calm, 10.0]) == pytest.approx(1.0, abs=0.01)
+    assert stats.relative_spread([*calm, 10.0]) < 0.03
+    assert stats.relative_spread([5.0]) == 0.0
+
+
+def test_spread_estimates_sigma_of_normal_data() -> None:
+    rng = np.random.default_rng(1)
+    x = 100 + 5 * rng.standard_normal(4000)
+    assert stats.relative_spread(list(x)) == pytest.approx(0.05, rel=0.08)
+
+
+def test_median_ci_covers_the_median_at_its_stated_rate() -> None:
+    rng = np.random.default_rng(2)
+    true_median = math.log(2)  # of the unit exponential
+    covered = 0
+    trials = 400
+    for _ in range(trials):
+        lo, hi = stats.median_ci(list(rng.exponential(size=15)), 0.95)
+        covered += lo <= true_median <= hi
+    assert covered / trials >= 0.93
+
+
+def test_median_ci_small_samples_give_the_whole_range() -> None:
+    assert stats.median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)
+    lo, hi = stats.median_ci(list(range(1, 31)))
+    assert 1 < lo < 15.5 < hi < 30
+
+
+def test_mann_whitney_separates_shifted_samples_only() -> None:
+    rng = np.random.default_rng(3)
+    a = list(rng.normal(1.0, 0.05, 20))
+    same = list(rng.normal(1.0, 0.05, 20))
+    shifted = list(rng.normal(0.8, 0.05, 20))
+    assert stats.mann_whitney(a, shifted) < 1e-4
+    assert stats.mann_whitney(a, same) > 0.01
+    assert stats.mann_whitney(a, shifted) == pytest.approx(stats.mann_whitney(shifted, a))
+    assert stats.mann_whitney([1.0] * 5, [1.0] * 5) == 1.0
+    assert stats.mann_whitney([], [1.0]) == 1.0
+
+
+def test_a_real_slowdown_is_a_regression_and_a_speedup_an_improvement() -> None:
+    rng = np.random.default_rng(4)
+    before = list(rng.normal(100, 1, 15))
+    after = list(rng.normal(80, 1, 15))
+    change = stats.compare(before, after, higher_is_better=True)
+    assert change.verdict == "regression" and change.significant
+    assert change.ratio == pytest.approx(0.8, rel=0.02)
+    assert stats.compare(after, before).verdict == "improvement"
+    # For latencies lower is better: the same numbers read the other way round.
+    assert stats.compare(before, after, higher_is_better=False).verdict == "improvement"
+
+
+def test_small_changes_and_noisy_runs_are_within_noise() -> None:
+    rng = np.random.default_rng(5)
+    before = list(rng.normal(100, 0.5, 30))
+    # 3 % slower, highly significant by the rank test, but below the minimum effect: run-to-run drift.
+    assert stats.compare(before, list(rng.normal(97, 0.5, 30))).verdict == "within noise"
+    # 20 % slower but with 15 % spread on each side: the bar rises to 2 x hypot(0.15, 0.15) = 42 %.
+    noisy_a = list(rng.normal(100, 15, 30))
+    noisy_b = list(rng.normal(80, 12, 30))
+    change = stats.compare(noisy_a, noisy_b)
+    assert change.threshold > 0.3
+    assert change.verdict == "within noise"
+
+
+def test_no_false_alarms_between_runs_of_one_noisy_device() -> None:
+    """A busy shared machine: heavy-tailed timings (lognormal, 10 % spread, occasional 3x stalls).
+    Two runs of the same device must practically never be called a regression."""
+    rng = np.random.default_rng(6)
+
+    def run() -> list[float]:
+        x = rng.lognormal(0, 0.1, 15)
+        x[rng.random(15) < 0.1] *= 3
+        return list(1 / x)  # throughputs
+
+    alarms = sum(stats.compare(run(), run()).verdict == "regression" for _ in range(500))
+    assert alarms <= 2
+
+
+def test_compare_summaries_uses_the_recorded_noise() -> None:
+    assert stats.compare_summaries(100, 0.01, 70, 0.01).verdict == "regression"
+    assert stats.compare_summaries(100, 0.2, 70, 0.2).verdict == "within noise"
+    assert stats.compare_summaries(10, 0.01, 5, 0.01, higher_is_better=False).verdict == "improvement"
+
+
+def test_figures_carry_median_noise_and_samples() -> None:
+    measured = Timing(seconds=[0.5, 0.25, 0.5, 1.0, 0.5], inner=1, warmup=2, clock="host clock")
+    fig = Figure.throughput("gemm.fp32.tflops", "TFLOP/s", 2.0, measured, details={"shape": [8, 8, 8]})
+    assert fig.value == 4.0
+    assert sorted(fig.samples) == [2.0, 4.0, 4.0, 4.0, 8.0]
+    assert fig.ci95[0] <= fig.value <= fig.ci95[1]
+    assert fig.noise == pytest.approx(0.0)  # MAD of [2,4,4,4,8] around 4 is 0
+    fig.rate_against(8.0, "a datasheet")
+    data = fig.to_dict()
+    assert data["efficiency"] == 0.5 and data["rated"] == 8.0 and data["repeats"] == 5
+    assert data["details"]["clock"] == "host clock"
+    latency = Figure.latency("launch.latency_us", 1e6, "us", measured)
+    assert latency.value == 500000.0 and latency.better == "lower"
+
+
+def test_figure_keys_identify_what_was_measured() -> None:
+    assert figure_key({"metric": "gemm.bf16.tflops"}) == "gemm.bf16.tflops"
+    key = figure_key({"metric": "llm_decode.tokens_per_s", "params": {"model": "m", "batch": 8}})
+    assert key == "llm_decode.tokens_per_s[batch=8,model=m]"
+
+
+def test_rotation_covers_large_caches_within_bounds() -> None:
+    assert timing.rotation(1, "cuda:0") == timing.MAX_ROTATION
+    assert timing.rotation(2**30, "cuda:0") == timing.MIN_ROTATION
+    assert timing.rotation(64 * 2**20, "cuda:0") == 8  # 512 MiB: twice MI300X's 256 MB Infinity Cache
+    # On a CPU, twice its own last-level cache: every rotation holds more than the cache.
+    count = timing.rotation(2**20, "cpu")
+    assert count * 2**20 >= min(timing.cpu_rotation_bytes(), timing.MAX_ROTATION * 2**20)
+    assert timing.cpu_rotation_bytes() >= 2 * 2**20
+
+
+def test_measure_warms_up_repeats_and_rotates() -> None:
+    seen: list[int] = []
+    measured = timing.measure(lambda i: seen.append(i), "cpu", budget_s=0.05, min_repeats=5, max_repeats=8)
+    assert 5 <= len(measured.seconds) <= 8
+    assert measured.warmup >= timing.WARMUP_CALLS
+    assert seen == list(range(len(seen)))  # every call gets the next index, for rotating inputs
+    assert len(seen) == measured.warmup + measured.inner * len(measured.seconds)
+    assert all(s > 0 for s in measured.seconds)
+    assert measured.clock == "host clock"
