@@ -15,7 +15,7 @@ from chipaudit.report.model import CheckResult
 
 # Figures whose value depends on how fast the machine is and how loaded it was, not on what the device
 # computed: throughputs, rates, times. Replay shows them but never judges a device by them.
-_TIMING = re.compile(r"(_per_s|_s|_ms|_us|_ns|seconds|time|rate|throughput|flops|bandwidth|_bps|latency)$")
+_TIMING = re.compile(r"(_per_s|_s|_ms|_us|_ns|seconds|time|rate|throughput|flops|tops|bandwidth|_bps|latency)$")
 
 
 def _number(value: Any) -> float | None:
