@@ -36,7 +36,7 @@ MIN_PEERS = 3
 # rule: large and significant).
 MIN_OUTLIER_FACTOR = 1.5
 # Figures where lower is worse (throughputs) and where higher is worse (noise, jitter).
-_SPEED = re.compile(r"(_per_s|flops|throughput|bandwidth|tokens_per_s)$")
+_SPEED = re.compile(r"(_per_s|flops|tops|throughput|bandwidth)$")
 _NOISE = re.compile(r"(noise|jitter|cv|stdev|spread)$")
 _FINGERPRINT_CHECK = "stack.fingerprint"
 
