@@ -34,6 +34,15 @@ def chipaudit(*args: str, env: dict[str, str] | None = None, timeout: float = 30
                           timeout=timeout, cwd=cwd)
 
 
+@pytest.fixture(autouse=True)
+def private_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every run records itself in a history database in the user's data folder: keep tests' runs out
+    of the real one (this process and every CLI it starts)."""
+    path = tmp_path_factory.mktemp("xdg-data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(path))
+    return path
+
+
 def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 

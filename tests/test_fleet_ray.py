@@ -11,9 +11,11 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +32,10 @@ DEVICES_PER_NODE = 2
 # Ray notices a dead node after period x threshold; the defaults take about half a minute.
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
                       "RAY_health_check_initial_delay_ms": "500"}
+# Installed in every Python process of the slow node, the audit's workers included.
 THROTTLE = """
-from chipaudit.selftest.faults import install_fault
-install_fault("throttle", factor={factor})
+from chipaudit.selftest.faults import Throttle
+Throttle(factor={factor}, after_busy_s=0).install()
 """
 
 
@@ -41,6 +44,8 @@ class Namespace:
 
     def __init__(self) -> None:
         self.holder = subprocess.Popen(["unshare", "--net", "--fork", "--kill-child", "sleep", "3600"])
+        # Ray keeps its sessions and sockets here; a cluster of its own per namespace.
+        self.ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
         deadline = time.time() + 10
         while time.time() < deadline:
             kids = psutil.Process(self.holder.pid).children()
@@ -61,22 +66,34 @@ class Namespace:
         return p
 
     def close(self) -> None:
+        """Stop every process in the namespace (a whole Ray cluster), then the namespace itself.
+
+        Not `ray stop`, which stops every Ray process on the machine, other clusters included."""
+        ours = os.readlink(f"/proc/{self.pid}/ns/net")
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != self.pid and os.readlink(f"/proc/{proc.pid}/ns/net") == ours:
+                    proc.kill()
+            except (OSError, psutil.Error):
+                pass
         self.holder.kill()
         self.holder.wait()
+        shutil.rmtree(self.ray_dir, ignore_errors=True)
 
 
 def start_node(ns: Namespace, env: dict[str, str], name: str, head: bool = False) -> None:
     where = ["--head", "--port", str(RAY_PORT), "--include-dashboard=false"] if head else [
         "--address", f"127.0.0.1:{RAY_PORT}"]
-    ns.run("ray", "start", *where, "--num-cpus", "1", "--resources", json.dumps({"fake_gpu": DEVICES_PER_NODE}),
-           "--labels", f"chipaudit-node={name}", "--disable-usage-stats", env=env, timeout=120)
+    ns.run("ray", "start", *where, "--temp-dir", ns.ray_dir, "--num-cpus", "1",
+           "--resources", json.dumps({"fake_gpu": DEVICES_PER_NODE}), "--labels", f"chipaudit-node={name}",
+           "--disable-usage-stats", env=env, timeout=120)
 
 
-NODE_IDS = """
+NODE_IDS = f"""
 import json, ray
-ray.init(address="127.0.0.1:%d", logging_level="ERROR")
-print(json.dumps({n["Labels"].get("chipaudit-node"): n["NodeID"] for n in ray.nodes() if n["Alive"]}))
-""" % RAY_PORT
+ray.init(address="127.0.0.1:{RAY_PORT}", logging_level="ERROR")
+print(json.dumps({{n["Labels"].get("chipaudit-node"): n["NodeID"] for n in ray.nodes() if n["Alive"]}}))
+"""
 
 
 def kill_node(ns: Namespace, env: dict[str, str], name: str) -> None:
@@ -117,7 +134,6 @@ def cluster(workdir: Path) -> Iterator[tuple[Namespace, dict[str, str]]]:
         start_node(ns, slow_env, "slow")
         yield ns, env
     finally:
-        ns.run("ray", "stop", "--force", env=env, check=False)
         ns.close()
 
 
@@ -158,8 +174,8 @@ def postgres(cluster: tuple[Namespace, dict[str, str]], workdir: Path) -> Iterat
     if not bins:
         pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
     bindir = Path(bins[-1]).parent
-    data = workdir / "pg"
-    data.mkdir()
+    # Under a folder the postgres user can reach (pytest's own are private to root).
+    data = Path(tempfile.mkdtemp(prefix="chipaudit-pg-"))
     subprocess.run(["chown", "postgres:postgres", str(data)], check=True)
     as_pg = ["runuser", "-u", "postgres", "--"]
     ns.run(*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", env=env)
@@ -169,6 +185,7 @@ def postgres(cluster: tuple[Namespace, dict[str, str]], workdir: Path) -> Iterat
         yield f"postgresql://postgres@127.0.0.1:{PG_PORT}/postgres"
     finally:
         ns.run(*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop", env=env, check=False)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_fleet_run_stores_one_result_per_device_and_flags_the_throttled_node(cluster, workdir: Path) -> None:
@@ -256,7 +273,6 @@ def test_a_killed_node_is_retried_or_lost_never_missing(workdir: Path) -> None:
         assert any(r[2] == "lost" and "did not come back" in r[3] for r in victims), victims
         assert proc.returncode == 3, out + err
     finally:
-        ns.run("ray", "stop", "--force", env=env, check=False)
         ns.close()
 
 

@@ -16,9 +16,16 @@ PLUGIN_ENV = "CHIPAUDIT_CHECK_MODULES"
 
 
 def all_checks() -> list[Check]:
-    from chipaudit.checks.integrity import gemm
+    from chipaudit.checks import behaviour
+    from chipaudit.checks.integrity import burnin, corner, gemm, memory, operators
+    from chipaudit.checks.performance import micro, workloads
+    from chipaudit.checks.stack import capabilities, fingerprint
 
-    checks: list[Check] = [*gemm.CHECKS]
+    # The stack checks come first: their probe then starts while no other process of this audit holds
+    # the device (a GPU in exclusive-process mode admits one).
+    checks: list[Check] = [*fingerprint.CHECKS, *capabilities.CHECKS, *gemm.CHECKS,
+                           *corner.CHECKS, *operators.CHECKS, *memory.CHECKS, *burnin.CHECKS, *micro.CHECKS,
+                           *workloads.CHECKS, *behaviour.CHECKS]
     for name in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
         checks.extend(importlib.import_module(name).CHECKS)
     return checks

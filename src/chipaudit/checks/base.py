@@ -68,6 +68,11 @@ class Check(ABC):
         """None when the check applies to this device, else the reason it does not."""
         return None
 
+    def time_limit(self, level: Level, params: dict[str, Any]) -> float:
+        """The watchdog's limit for this run; a check whose work a parameter sizes (the burn-in's
+        duration) stretches it to fit."""
+        return self.timeout_s[level]
+
     @abstractmethod
     def run(self, ctx: CheckContext) -> Outcome: ...
 

@@ -63,3 +63,28 @@ def coefficients(fmt: NumberFormat, k: int) -> tuple[float, float]:
 def element_bound(fmt: NumberFormat, k: int, c_abs: np.ndarray, s2: np.ndarray) -> np.ndarray:
     alpha, beta = coefficients(fmt, k)
     return alpha * c_abs + beta * s2 + floor(fmt)
+
+
+def gamma(k: int, u: float) -> float:
+    """gamma_k = k*u / (1 - k*u): the worst-case relative error of k rounded operations (Higham,
+    "Accuracy and Stability of Numerical Algorithms", 2nd ed., 2002, Lemma 3.1)."""
+    return k * u / (1.0 - k * u) if k * u < 1.0 else math.inf
+
+
+def worst_case_bound(fmt: NumberFormat, k: int, c_abs: np.ndarray, abs_sum: np.ndarray) -> np.ndarray:
+    """The deterministic bound for structured operands (constant, sorted, cancelling, special values),
+    where the probabilistic model above does not apply:
+
+        |c_device - c_exact| <= u_out*|c| + (gamma_k(u_acc)*(1 + u_out) + 2*u_in) * sum_l|a_l*b_l|
+                                + k*floor_acc + floor
+
+    (Higham 2002, eq. 3.5, for any summation order), plus one rounding of the stored output, the input
+    rounding of TF32-like modes, and one underflow floor per accumulation step (in the accumulator's
+    format: float64 for fp64, float32 otherwise) and for the output. Truncating accumulators
+    (BIASED_ACCUMULATION) err by up to a whole unit in the last place, twice u_acc.
+    """
+    u_acc = fmt.u_acc * (2.0 if fmt.name in BIASED_ACCUMULATION else 1.0)
+    coefficient = gamma(k, u_acc) * (1.0 + fmt.u_out) + 2.0 * fmt.u_in
+    accumulator = np.float64 if fmt.name == "fp64" else np.float32
+    floor_acc = float(np.finfo(accumulator).smallest_subnormal) / 2
+    return fmt.u_out * c_abs + coefficient * abs_sum + k * floor_acc + floor(fmt)

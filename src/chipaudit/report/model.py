@@ -126,6 +126,9 @@ class Report(_Model):
     findings: list[Finding] = Field(default_factory=list)
     limits: list[str] = Field(default_factory=list, description="What this audit cannot observe.")
     replay: str = Field(default="", description="The command line that repeats this audit.")
+    inventory: dict[str, Any] | None = Field(
+        default=None, description="The host, its CPU and every accelerator present, as the vendor libraries and "
+        "the PCI bus report them (chipaudit.inventory/1).")
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
@@ -161,11 +164,18 @@ class Report(_Model):
         write_atomic(path, self.to_json() + "\n")
 
 
-def write_atomic(path: Path, text: str) -> None:
+# For outputs other users read: a web server, CI, node_exporter (which runs as its own user).
+SHARED_MODE = 0o644
+
+
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """`mode`: the file's permissions (mkstemp's are 0600), for files other users must read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        if mode is not None:
+            os.chmod(tmp, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -18,6 +18,7 @@ import chipaudit
 from chipaudit.checks import select
 from chipaudit.checks.base import derive_seed
 from chipaudit.devices import torchdev
+from chipaudit.devices.inventory import collect_isolated
 from chipaudit.report.model import (
     Category,
     CheckResult,
@@ -59,7 +60,7 @@ def environment() -> Environment:
 
 def plan(config: AuditConfig) -> list[PlannedCheck]:
     return [
-        PlannedCheck(c.id, c.category, derive_seed(config.seed, c.id), c.timeout_s[config.level])
+        PlannedCheck(c.id, c.category, derive_seed(config.seed, c.id), c.time_limit(config.level, config.params))
         for c in select(config.only)
         if config.level in c.levels
     ]
@@ -67,22 +68,31 @@ def plan(config: AuditConfig) -> list[PlannedCheck]:
 
 def replay_command(config: AuditConfig) -> str:
     only = "".join(f" --only {p}" for p in config.only or [])
-    return f"chipaudit run --device {config.device} --level {config.level.value} --seed {config.seed}{only}"
+    baseline = f" --baseline {config.params['baseline']}" if config.params.get("baseline") else ""
+    burn = f" --burn-in-seconds {config.params['burn_in_seconds']:g}" if config.params.get("burn_in_seconds") else ""
+    return (f"chipaudit run --device {config.device} --level {config.level.value} --seed {config.seed}"
+            f"{only}{baseline}{burn}")
 
 
 def new_report(config: AuditConfig) -> Report:
     return Report(
         tool=ToolInfo(version=chipaudit.__version__), level=config.level, seed=config.seed,
         started=datetime.now(timezone.utc), device=torchdev.describe(config.device), environment=environment(),
-        replay=replay_command(config), limits=list(STANDING_LIMITS),
+        replay=replay_command(config), limits=list(STANDING_LIMITS), inventory=collect_isolated(),
     )
 
 
 def finalize_limits(report: Report) -> None:
     """Name every check that did not run, and every category that nothing observed."""
+    # A check that ran but could not look everywhere (a sensor missing, a world not applied) lists
+    # what it missed in coverage["limits"]; a note several checks share is stated once.
+    notes: dict[str, list[str]] = {}
     for check in report.checks:
         if check.status in (Status.skipped, Status.error):
             report.limits.append(f"{check.id} did not run to completion: {check.reason}")
+        for note in check.coverage.get("limits", []):
+            notes.setdefault(note, []).append(check.id)
+    report.limits.extend(f"{', '.join(ids)}: {note}" for note, ids in notes.items())
     observed = {c.category for c in report.checks if c.status in (Status.passed, Status.warning, Status.failed)}
     for category in Category:
         if category not in observed:

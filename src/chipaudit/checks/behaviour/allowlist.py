@@ -1,0 +1,78 @@
+"""What an honest device stack is known to do that would otherwise be a behaviour finding.
+
+Allowed events are still reported (at severity info), never hidden: the list only decides what fails
+an audit. The defaults hold vendors' documented caches and logs and their management daemons. An
+operator extends them with a JSON file named by the audit parameter `behaviour_allowlist` or the
+environment variable CHIPAUDIT_BEHAVIOUR_ALLOWLIST:
+
+    {"file_writes": ["~/.cache/myvendor/**"], "programs": ["/usr/bin/ldconfig"],
+     "device_holders": [{"name": "my-scheduler-agent", "exe": "/opt/agent/bin/*"}]}
+
+Globs follow fnmatch (`*` also matches '/'); `~` is the workload user's home.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV = "CHIPAUDIT_BEHAVIOUR_ALLOWLIST"
+PARAM = "behaviour_allowlist"
+
+DEFAULT_FILE_WRITES = (
+    "~/.nv/ComputeCache/*",  # CUDA driver's PTX JIT cache (CUDA_CACHE_PATH)
+    "~/.cache/torch/kernels/*",  # PyTorch's NVRTC kernel cache
+    "~/.triton/*",  # Triton's kernel cache
+    "~/.cache/miopen/*", "~/.config/miopen/*",  # ROCm MIOpen kernel cache and user performance db
+    "~/ascend/log/*",  # Huawei CANN's default plog directory
+)
+DEFAULT_PROGRAMS: tuple[str, ...] = ()
+# Vendor management daemons and the display stack, which hold accelerator device files on honest
+# machines. Matching is by process name and, where given, executable path.
+DEFAULT_DEVICE_HOLDERS: tuple[dict[str, str], ...] = (
+    {"name": "nvidia-persistenced"}, {"name": "nv-fabricmanager"}, {"name": "nv-hostengine"},
+    {"name": "Xorg"}, {"name": "Xwayland"}, {"name": "gnome-shell"}, {"name": "kwin_wayland"},
+    {"name": "systemd-logind"},
+)
+
+
+@dataclass
+class Allowlist:
+    file_writes: list[str] = field(default_factory=lambda: list(DEFAULT_FILE_WRITES))
+    programs: list[str] = field(default_factory=lambda: list(DEFAULT_PROGRAMS))
+    device_holders: list[dict[str, str]] = field(default_factory=lambda: list(DEFAULT_DEVICE_HOLDERS))
+    source: str = "built-in defaults"
+
+    def file_allowed(self, path: str) -> bool:
+        return _match(path, self.file_writes)
+
+    def program_allowed(self, path: str) -> bool:
+        return _match(path, self.programs)
+
+    def holder_allowed(self, name: str, exe: str) -> bool:
+        return any(entry.get("name") in (None, name) and fnmatch.fnmatchcase(exe or "", entry.get("exe", "*"))
+                   for entry in self.device_holders)
+
+
+def _match(path: str, globs: list[str]) -> bool:
+    home = os.path.expanduser("~")
+    return any(fnmatch.fnmatchcase(path, g.replace("~", home, 1) if g.startswith("~") else g) for g in globs)
+
+
+def load(params: dict[str, Any]) -> Allowlist:
+    """The defaults plus the operator's file, if one is named. A named file that cannot be read is
+    an error: silently auditing with a different list than the operator asked for would mislead."""
+    allow = Allowlist()
+    path = params.get(PARAM) or os.environ.get(ENV)
+    if not path:
+        return allow
+    data = json.loads(Path(path).read_text())
+    allow.file_writes += list(data.get("file_writes", []))
+    allow.programs += list(data.get("programs", []))
+    allow.device_holders += list(data.get("device_holders", []))
+    allow.source = f"built-in defaults and {path}"
+    return allow

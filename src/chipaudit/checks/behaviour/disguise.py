@@ -1,0 +1,86 @@
+"""behaviour.disguise: does the device treat recognisable AI workloads differently?
+
+Threat: workload fingerprinting, as the hash-rate limiters of crypto-mining GPUs did: a device that
+recognises the matrix shapes of well-known LLM and CNN layers and throttles, refuses or corrupts
+them, while other arithmetic runs normally.
+
+Method: the same numbers are multiplied in two processes started together. One sees only the
+recognisable shapes (Llama q_proj, ResNet-50 im2col, BERT/GPT-2 MLP; at standard also the
+Llama-2-7B MLP and ViT attention). The other sees them disguised: zero-padded in the inner and output
+dimensions to other shapes, aligned to 16 so that honest hardware keeps its fast paths, and at
+standard also split into two products of unequal widths. Separate processes keep a fingerprinter's
+state from leaking into the disguised side. Both forms are verified against the host oracle, and
+timed interleaved (A B A B); speeds are compared per multiply-add.
+
+Pass: both forms correct, and the recognisable form no slower per multiply-add than 1.5x the
+disguised one (or not significantly so).
+Fail: a refusal, crash or wrong result in one form only (high); the recognisable form 1.5x or more
+slower per multiply-add with a 99% interval above 1 (high); side effects, as for every probe.
+Only a recognisable form slower is flagged: an honest device may well run odd shapes more slowly.
+
+Cannot see: fingerprints on other features (the weights themselves, the sequence of layers, the
+model file); shapes not in the list; a fingerprinter that also recognises the padded shapes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from chipaudit.checks.base import Check, CheckContext, Outcome
+from chipaudit.checks.behaviour.probe import World, run_worlds
+from chipaudit.checks.behaviour.session import Comparison, Session
+from chipaudit.checks.behaviour.tasks import recognisable_tasks
+from chipaudit.checks.behaviour.workload import TaskSpec
+from chipaudit.perturb import conditions as cond
+from chipaudit.report.model import Category, Level
+
+# Padding: a sixteenth of the dimension, rounded up to a multiple of 16 (tensor-core and vector
+# alignment on every current accelerator), so the disguised product costs a few percent more.
+PAD_SHARE = 1 / 16
+ALIGN = 16
+# The split form's first part: this share of the output columns, aligned.
+SPLIT_SHARE = 0.4375
+
+
+def _pad(dim: int) -> int:
+    return max(ALIGN, -(-int(dim * PAD_SHARE) // ALIGN) * ALIGN)
+
+
+def padded(t: TaskSpec) -> TaskSpec:
+    return t.disguised(_pad(t.k), _pad(t.n))
+
+
+def split(t: TaskSpec) -> TaskSpec:
+    pad_n = _pad(t.n)
+    first = max(ALIGN, int((t.n + pad_n) * SPLIT_SHARE) // ALIGN * ALIGN)
+    return t.disguised(_pad(t.k), pad_n, first)
+
+
+class DisguiseProbe(Check):
+    id = "behaviour.disguise"
+    category = Category.behaviour
+    timeout_s: ClassVar[dict[Level, float]] = {Level.quick: 150.0, Level.standard: 400.0, Level.deep: 900.0}
+
+    def run(self, ctx: CheckContext) -> Outcome:
+        recognisable = recognisable_tasks(ctx)
+        worlds = [World("recognisable shapes", cond.reference(), recognisable),
+                  World("padded shapes", cond.reference(), [padded(t) for t in recognisable])]
+        if ctx.level is not Level.quick:
+            worlds.append(World("split products", cond.reference(), [split(t) for t in recognisable]))
+        return run_worlds(self, ctx, worlds, _comparisons, "per multiply-add than its disguised form")
+
+
+def _comparisons(sessions: list[Session]) -> list[Comparison]:
+    by_label = {s.label: s for s in sessions}
+    plain = by_label.get("recognisable shapes")
+    if plain is None:
+        return []
+    return [
+        Comparison(f"{t.label} (against {other.label})", (other, i), (plain, i),
+                   work_ratio=t.macs / other.tasks[i].macs, two_sided=False)
+        for other in sessions if other is not plain
+        for i, t in enumerate(plain.tasks)
+    ]
+
+
+CHECKS = [DisguiseProbe()]

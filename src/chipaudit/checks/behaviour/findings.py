@@ -1,0 +1,240 @@
+"""What the behaviour probes' observations mean: severities and findings, shared by every probe.
+
+Severities (issue #3):
+- A network call with a destination off the machine: critical. With a destination on it (loopback,
+  a UNIX socket path) or a packet captured in the sealed namespace: high. A socket made without a
+  destination seen (socket(), netlink, a socket the sampler could not place): medium.
+- A file created, written, renamed or removed by the workload: high, unless allow-listed (info).
+- A program started by the workload, or a workload process still running after the workload exited:
+  medium (info when the program is allow-listed).
+- A refusal, a crash, a hang or a wrong result in one world: high. Answers that differ bit for bit
+  between worlds, on a device that repeats itself bit for bit within each: medium.
+- A speed difference between worlds that is large and significant (stats.py): high.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chipaudit.checks.base import Check
+from chipaudit.checks.behaviour import stats
+from chipaudit.checks.behaviour.allowlist import Allowlist
+from chipaudit.checks.behaviour.session import NOT_APPLICABLE, Comparison, Session
+from chipaudit.report.model import Finding, Severity
+from chipaudit.sensors.events import FILE, NETWORK, Event, Observation
+from chipaudit.sensors.strace import is_loopback
+
+# Beyond this many distinct sensor findings in one check, the rest are summarised in one.
+MAX_SENSOR_FINDINGS = 25
+EXAMPLES = 3
+REAPER = "reaper"
+
+
+@dataclass
+class _Group:
+    kind: str
+    target: str
+    family: str = ""
+    actions: set[str] = field(default_factory=set)
+    sensors: set[str] = field(default_factory=set)
+    worlds: set[str] = field(default_factory=set)
+    pids: set[int] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    first: float = 0.0
+    examples: list[str] = field(default_factory=list)
+    lingering: bool = False
+
+    def add(self, world: str, e: Event) -> None:
+        self.actions.add(e.action)
+        self.sensors.add(e.sensor)
+        self.worlds.add(world)
+        self.lingering |= e.sensor == REAPER
+        if e.pid:
+            self.pids.add(e.pid)
+        if e.failed:
+            self.failed.add(e.failed)
+        if e.time and (not self.first or e.time < self.first):
+            self.first = e.time
+        if e.detail and len(self.examples) < EXAMPLES:
+            self.examples.append(e.detail)
+
+
+def _destination(target: str) -> str:
+    """The address part of a network target ('' when the event carries none)."""
+    parts = target.split(" ", 1)
+    return parts[1] if len(parts) == 2 and parts[0].startswith("AF_") else ""
+
+
+def _group_key(e: Event) -> tuple[str, str]:
+    if e.kind == NETWORK and e.target.startswith("socket "):
+        return e.kind, "socket (address not readable)"
+    return e.kind, e.target
+
+
+def _groups(observations: dict[str, Observation]) -> list[_Group]:
+    groups: dict[tuple[str, str], _Group] = {}
+    for world, o in observations.items():
+        for e in o.events:
+            key = _group_key(e)
+            g = groups.setdefault(key, _Group(e.kind, key[1], e.family))
+            g.add(world, e)
+    # A bare socket() of a family folds into that family's calls with a destination, if any.
+    for key, g in list(groups.items()):
+        if g.kind == NETWORK and not _destination(g.target) and g.target.startswith("AF_"):
+            family = g.target.split(" ")[0]
+            richer = [h for h in groups.values() if h is not g and h.kind == NETWORK
+                      and h.target.startswith(family + " ") and _destination(h.target)]
+            if richer:
+                richer[0].actions |= g.actions
+                richer[0].worlds |= g.worlds
+                del groups[key]
+    return list(groups.values())
+
+
+def _judge(g: _Group, allow: Allowlist) -> tuple[Severity, str]:
+    if g.kind == NETWORK:
+        dest = _destination(g.target)
+        if "packet" in g.actions:
+            return (Severity.critical if dest and not is_loopback(dest) else Severity.high,
+                    f"packets sent to {g.target} from the sealed namespace")
+        if dest and dest != "(unnamed)":
+            inet = g.target.startswith(("AF_INET ", "AF_INET6 "))
+            sev = Severity.critical if inet and not is_loopback(dest) and not dest.startswith(("0.0.0.0", "[::]")) \
+                else Severity.high
+            return sev, f"the workload made network calls ({', '.join(sorted(g.actions))}) to {g.target}"
+        return Severity.medium, f"the workload opened a network socket: {g.target}"
+    if g.kind == FILE:
+        sev = Severity.info if allow.file_allowed(g.target) else Severity.high
+        return sev, f"the workload wrote to the file system: {g.target} ({', '.join(sorted(g.actions))})"
+    if g.lingering:
+        return Severity.medium, f"a workload process kept running after the workload exited: {g.target}"
+    sev = Severity.info if allow.program_allowed(g.target) else Severity.medium
+    return sev, f"the workload started a program: {g.target}"
+
+
+def sensor_findings(check: Check, observations: dict[str, Observation], allow: Allowlist) -> list[Finding]:
+    """One finding per distinct thing the workload did besides computing, in any world."""
+    judged = sorted(((_judge(g, allow), g) for g in _groups(observations)), key=lambda x: -x[0][0].rank)
+    out = []
+    for (severity, title), g in judged[:MAX_SENSOR_FINDINGS]:
+        failed = f" (attempted; failed with {', '.join(sorted(g.failed))})" if g.failed else ""
+        out.append(check.finding(
+            severity, title,
+            f"Seen by {', '.join(sorted(g.sensors))} in the world(s) {', '.join(sorted(g.worlds))}{failed}. A device "
+            "workload has no business talking to anyone or writing anything besides its result.",
+            event=g.kind, target=g.target, actions=sorted(g.actions), sensors=sorted(g.sensors),
+            worlds=sorted(g.worlds), pids=sorted(g.pids)[:10], failed=sorted(g.failed),
+            first_seen=_iso(g.first), examples=g.examples))
+    rest = judged[MAX_SENSOR_FINDINGS:]
+    if rest:
+        worst = max((s for (s, _), _ in rest), key=lambda s: s.rank)
+        out.append(check.finding(worst, f"{len(rest)} more distinct side effects of the workload",
+                                 "Further distinct targets beyond the first ones reported.",
+                                 targets=[g.target for _, g in rest][:100]))
+    return out
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat() if t else ""
+
+
+def sensor_coverage(observations: dict[str, Observation]) -> dict[str, Any]:
+    statuses = next((o.sensors for o in observations.values() if o.sensors), [])
+    return {s.name: s.as_dict() for s in statuses}
+
+
+def sensor_limits(observations: dict[str, Observation]) -> list[str]:
+    statuses = next((o.sensors for o in observations.values() if o.sensors), [])
+    return [f"sensor {s.name} {s.detail}" for s in statuses if not s.ran and not s.detail.startswith(NOT_APPLICABLE)]
+
+
+def _task_label(s: Session, task: int) -> str:
+    return s.tasks[task].label if task < len(s.tasks) else f"task {task}"
+
+
+def session_findings(check: Check, sessions: list[Session], reference: Session) -> list[Finding]:
+    """Worlds in which the device refused, crashed, hung or computed wrongly, or answered
+    differently from the reference."""
+    out: list[Finding] = []
+    started = [s for s in sessions if s.hello is not None]
+    for s in sessions:
+        evidence: dict[str, Any] = {"world": s.condition.describe()}
+        if s.not_applied:
+            evidence["world_not_applied"] = s.not_applied
+        if s.hello is None and started:
+            out.append(check.finding(
+                Severity.high, f"the device stack did not start in the world '{s.label}'",
+                f"{s.dead or 'no answer'}; it started in: {', '.join(x.label for x in started)}.", **evidence))
+        elif s.dead:
+            out.append(check.finding(
+                Severity.high, f"the workload stopped answering in the world '{s.label}'", s.dead, **evidence))
+        for task, error in sorted(s.errors.items()):
+            fine = [x.label for x in sessions if x is not s and task in x.verifications and task not in x.errors]
+            if not fine:
+                continue  # refused in every world: the device lacks it (see not_computed), not a reaction
+            out.append(check.finding(
+                Severity.high, f"the device refused {_task_label(s, task)} in the world '{s.label}'",
+                f"{error}; the same request succeeded in: {', '.join(fine)}.", task=s.tasks[task].as_dict(),
+                error=error, **evidence))
+        for task, answers in sorted(s.verifications.items()):
+            wrong = [a for a in answers if not a["ok"]]
+            if wrong:
+                out.append(check.finding(
+                    Severity.high, f"wrong results for {_task_label(s, task)} in the world '{s.label}'",
+                    f"{wrong[0]['bad']} of {wrong[0]['checked']} checked values outside the error bound "
+                    f"({wrong[0]['method']} check) in {len(wrong)} of {len(answers)} verifications.",
+                    task=s.tasks[task].as_dict(), worst=wrong[0]["worst"], **evidence))
+    out += _answer_changes(check, sessions, reference)
+    return out
+
+
+def _digests(s: Session, task: int) -> set[str]:
+    return {a["digest"] for a in s.verifications.get(task, []) if a["ok"]}
+
+
+def _answer_changes(check: Check, sessions: list[Session], reference: Session) -> list[Finding]:
+    out = []
+    for s in sessions:
+        if s is reference:
+            continue
+        for task in s.verifications:
+            ref, here = _digests(reference, task), _digests(s, task)
+            # Only a device that repeats itself bit for bit in both worlds is held to identical bits.
+            if len(ref) == 1 and len(here) == 1 and ref != here and s.tasks[task] == reference.tasks[task]:
+                out.append(check.finding(
+                    Severity.medium, f"answers change in the world '{s.label}' ({_task_label(s, task)})",
+                    "Both worlds' results are within the error bound, and each world repeats its own bits "
+                    "exactly, but the bits differ between the worlds: the computation depends on the world.",
+                    task=s.tasks[task].as_dict(), reference_digest=ref.pop(), digest=here.pop(),
+                    world=s.condition.describe()))
+    return out
+
+
+def speed_findings(check: Check, comparisons: Iterable[Comparison], what: str) -> list[Finding]:
+    out = []
+    for c in comparisons:
+        v = c.verdict()
+        if not v.flagged:
+            continue
+        slower = v.ratio > 1
+        direction = f"{v.ratio:.2f}x slower" if slower else f"{1 / v.ratio:.2f}x faster"
+        out.append(check.finding(
+            Severity.high, f"{c.name}: {direction} {what}",
+            f"Median of {v.pairs} interleaved paired ratios {v.ratio:.3f} (99% interval {v.low:.3f} to "
+            f"{v.high:.3f}); flagged at {stats.SPEED_FLAG:.1f}x or more when the whole interval excludes 1.",
+            **v.as_dict(), task=c.cond[0].tasks[c.cond[1]].as_dict(), world=c.cond[0].condition.describe()))
+    return out
+
+
+def not_computed(sessions: list[Session]) -> dict[str, str]:
+    """Tasks the device refused in every world that started: what it lacks, not how it reacts."""
+    started = [s for s in sessions if s.hello is not None]
+    out = {}
+    for s in started[:1]:
+        for task, error in s.errors.items():
+            if all(task in x.errors for x in started):
+                out[_task_label(s, task)] = error
+    return out

@@ -1,0 +1,43 @@
+"""behaviour.sealed: does the device need the network, or act differently without it?
+
+Threat: a remote kill switch or an entitlement check: a device that refuses, slows down or changes
+its answers when it cannot reach its vendor (or, the other way round, misbehaves only when it can).
+
+Method: the same seeded, host-verified workload runs in the reference world and in an empty network
+namespace (`unshare --net`; loopback up, nothing else), both under strace and the socket sampler;
+the sealed run also under a packet capture of its namespace. The two run interleaved (A B A B) with
+the tool timing every request; then both are verified again.
+
+Pass: both worlds compute every product correctly, with the same bits, at the same speed, and the
+workload makes no network call and writes nothing.
+Fail: a refusal, crash, hang or wrong result in one world (high); bits that differ between worlds
+(medium); a speed ratio of 1.5x or more with a 99% interval excluding 1 (high); any network call
+(high, critical off the machine) or file write (high).
+Not run (skipped, with the reason): where no network namespace can be made (not root, no
+CAP_SYS_ADMIN, no unshare). The packet capture needs CAP_NET_RAW and tcpdump; without them the
+report says it did not run.
+
+Cannot see: a device that caches an entitlement for longer than the probe lasts; a network reached
+by the device itself rather than the host; a trigger on conditions other than the network.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from chipaudit.checks.behaviour.probe import ConditionProbe
+from chipaudit.perturb import conditions as cond
+from chipaudit.perturb.conditions import Condition
+from chipaudit.report.model import Category, Level
+
+
+class SealedProbe(ConditionProbe):
+    id = "behaviour.sealed"
+    category = Category.behaviour
+    timeout_s: ClassVar[dict[Level, float]] = {Level.quick: 150.0, Level.standard: 400.0, Level.deep: 900.0}
+
+    def worlds(self, level: Level) -> list[Condition]:
+        return [cond.sealed()]
+
+
+CHECKS = [SealedProbe()]

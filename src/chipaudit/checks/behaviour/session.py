@@ -1,0 +1,431 @@
+"""Workload processes in changed worlds, under every sensor that can run: the machinery shared by the
+behaviour probes.
+
+A `Harness` starts one workload process (workload.py) per world, each wrapped, from the outside in,
+by the world's namespace (a sealed run, with its packet capture), by strace, and by the world's
+environment and clock, which strace applies to the workload alone. A socket sampler watches every
+tree. The tool talks to each workload over a pipe (requests on stdin, answers on an inherited
+descriptor), times every request itself with a clock no perturbation reaches, less the time the
+workload's computing thread spent waiting for a CPU (the kernel's schedstat: another tenant's
+doing, not the device's), and interleaves the worlds (A B A B) so that a busy machine slows both
+sides of every comparison alike. A device stack that slowed itself only by starving its own thread
+of CPU would therefore not be seen as slower.
+
+On close, every workload is asked to exit and the sensors keep watching for a short tail (a
+detached child may act after its parent has gone); whatever of the trees still runs then is
+reported as lingering and ended by pid, then each sensor's record is read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from chipaudit.checks.behaviour import stats
+from chipaudit.checks.behaviour.workload import TaskSpec
+from chipaudit.perturb import conditions as cond
+from chipaudit.perturb.conditions import Condition
+from chipaudit.report.model import Level
+from chipaudit.runner.watchdog import _Lines
+from chipaudit.sensors import capture, strace
+from chipaudit.sensors.events import PROCESS, Event, Observation, SensorStatus
+from chipaudit.sensors.sockets import TreeSampler, become_subreaper
+
+# Each timed request lasts about this long: long against the pipe's round trip (~0.1 ms) and the
+# scheduler's quantum, short enough for many interleaved rounds.
+TARGET_REQUEST_S = 0.02
+MAX_REPS = 1000
+CALIBRATION_CALLS = 3
+# Each arm runs this many requests back to back per round and keeps the faster: another tenant's
+# stall must then hit both to count (simulated in tests/test_behaviour_stats.py: at 16 pairs and a
+# stall in 30% of requests, a 2x slowdown is caught 97% of the time instead of 50%).
+REQUESTS_PER_ARM = 2
+# A request is charged at least this share of its wall time, whatever the scheduler says it waited.
+MIN_RUNNING_SHARE = 0.05
+START_TIMEOUT_S = {Level.quick: 90.0, Level.standard: 180.0, Level.deep: 300.0}
+# A request may take this many times what the same request took in the reference world before the
+# world counts as hung (a refusal by hanging), and never less than the floor.
+HANG_FACTOR = 25.0
+TIME_FLOOR_S = 15.0
+VERIFY_FLOOR_S = 30.0
+# How long the sensors keep watching after the workloads were asked to exit, and how long a workload
+# may take to exit (a busy machine slows a torch process's teardown) before it counts as lingering.
+TAIL_S = {Level.quick: 1.5, Level.standard: 3.0, Level.deep: 5.0}
+EXIT_WAIT_S = 10.0
+# On a CPU device each workload computes on one thread: another tenant's load then slows it in
+# proportion, instead of stalling a multi-threaded product at every barrier (a 10x effect on a busy
+# 2-core machine). The worlds being compared run alike, so nothing is lost for the comparison.
+CPU_THREADS = 1
+NOT_APPLICABLE = "not applicable"
+
+
+@dataclass(eq=False)
+class Session:
+    label: str
+    condition: Condition
+    tasks: list[TaskSpec]
+    proc: subprocess.Popen[bytes]
+    lines: _Lines
+    read_fd: int
+    launched: float
+    trace: Path | None
+    pcap: tuple[Path, Path] | None
+    log: Path
+    wrapped: bool
+    hello: dict[str, Any] | None = None
+    dead: str = ""  # why the workload stopped answering
+    not_applied: str = ""  # why the world did not take effect, from what the workload saw
+    notes: list[str] = field(default_factory=list)
+    verifications: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)  # task -> first refusal
+
+    @property
+    def usable(self) -> bool:
+        return self.hello is not None and not self.dead
+
+    def log_tail(self, limit: int = 400) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log.read_bytes()[-limit:].decode(errors="replace").strip()
+            return text.splitlines()[-1] if text else ""
+        return ""
+
+    def _stop(self, reason: str) -> None:
+        self.dead = self.dead or reason
+        _kill_group(self.proc)
+
+    def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        """The answer, or None when the workload is gone (the reason is in `dead`)."""
+        if self.dead or self.proc.stdin is None:
+            return None
+        try:
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            self._stop(self._ended())
+            return None
+        line = self.lines.read(timeout)
+        if line is None:
+            self._stop(f"did not answer a {message['op']} request within {timeout:.0f} s")
+            return None
+        if line == "":
+            self._stop(self._ended())
+            return None
+        return json.loads(line)
+
+    def _ended(self) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=2.0)
+        code = self.proc.poll()
+        tail = self.log_tail()
+        return f"the workload process ended (exit status {code})" + (f": {tail}" if tail else "")
+
+
+def run_delay(pid: int, tid: int) -> float:
+    """Seconds a thread has spent runnable but waiting for a CPU (schedstat, in proc(5)); 0 where
+    the kernel does not say."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _running(pid: int) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    return False
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+class Harness:
+    """Start workloads in their worlds, talk to them, and collect what the sensors saw."""
+
+    def __init__(self, device: str, level: Level, workdir: Path):
+        self.device, self.level, self.workdir = device, level, workdir
+        self.threads = CPU_THREADS if device.startswith("cpu") else None
+        self.trace_base, self.strace_status = strace.probe()
+        self.capture_missing = capture.unavailable()
+        self.sessions: list[Session] = []
+        self.subreaper = become_subreaper()
+        self._infra_exes = {os.path.realpath(p) for p in (shutil.which("strace"), capture.tcpdump()) if p}
+        self._wrapped_tops: set[int] = set()
+        self.sampler = TreeSampler(self._infrastructure)
+        self.sampler.start()
+
+    def _infrastructure(self, proc: psutil.Process) -> bool:
+        if proc.pid in self._wrapped_tops:
+            return True
+        return proc.ppid() in self._wrapped_tops and os.path.realpath(proc.exe()) in self._infra_exes
+
+    def launch(self, label: str, condition: Condition, tasks: Sequence[TaskSpec]) -> Session:
+        index = len(self.sessions)
+        now = time.time()
+        overrides = condition.workload_env(now)
+        trace = self.workdir / f"{index}.strace" if self.trace_base else None
+        log = self.workdir / f"{index}.log"
+        pcap = None
+        if condition.sealed and self.capture_missing is None:
+            pcap = (self.workdir / f"{index}.pcap", self.workdir / f"{index}.tcpdump.log")
+        env = dict(os.environ)
+        if self.trace_base and trace is not None:
+            middle = strace.prefix(self.trace_base, trace, overrides)
+        else:
+            middle = []
+            for key, value in overrides.items():
+                if value is None:
+                    env.pop(key, None)
+                else:
+                    env[key] = value
+        outer = cond.outer_prefix(condition, (*pcap, str(capture.tcpdump())) if pcap else None)
+        read_fd, write_fd = os.pipe()
+        command = [sys.executable, "-m", "chipaudit.checks.behaviour.workload", "--result-fd", str(write_fd)]
+        # The tool's own files: the workload's output log, the trace, the capture and its log.
+        self.sampler.ignore_paths.update(str(x) for x in (log, trace, *(pcap or ())) if x is not None)
+        try:
+            with open(log, "wb") as log_file:
+                proc = subprocess.Popen([*outer, *middle, *command], stdin=subprocess.PIPE, stdout=log_file,
+                                        stderr=log_file, pass_fds=(write_fd,), env=env, cwd=self.workdir,
+                                        start_new_session=True)
+        finally:
+            os.close(write_fd)
+        if outer or middle:
+            self._wrapped_tops.add(proc.pid)
+        self.sampler.watch(proc.pid, label)
+        session = Session(label, condition, list(tasks), proc, _Lines(read_fd), read_fd, now, trace, pcap, log,
+                          bool(outer or middle))
+        self.sessions.append(session)
+        job = {"device": self.device, "tasks": [t.as_dict() for t in tasks], "threads": self.threads}
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write((json.dumps(job) + "\n").encode())
+            proc.stdin.flush()
+        except OSError:
+            session.dead = session._ended()
+        return session
+
+    def start(self, worlds: Sequence[tuple[str, Condition, Sequence[TaskSpec]]]) -> list[Session]:
+        """Launch every world at once (they start in parallel), then wait for each one's hello."""
+        sessions = [self.launch(label, condition, tasks) for label, condition, tasks in worlds]
+        deadline = time.monotonic() + START_TIMEOUT_S[self.level]
+        for s in sessions:
+            if s.dead:
+                continue
+            line = s.lines.read(max(0.0, deadline - time.monotonic()))
+            if line is None:
+                s._stop(f"did not start within {START_TIMEOUT_S[self.level]:.0f} s")
+            elif line == "":
+                s._stop(s._ended())
+            else:
+                s.hello = json.loads(line)
+                s.not_applied, s.notes = cond.applied(s.condition, s.hello, s.launched, time.time())
+                self.sampler.watch(int(s.hello["pid"]), s.label)
+        return sessions
+
+    def verify(self, session: Session, task: int, timeout: float = VERIFY_FLOOR_S) -> dict[str, Any] | None:
+        answer = session.request({"op": "verify", "task": task}, timeout)
+        if answer is None:
+            return None
+        if "error" in answer:
+            session.errors.setdefault(task, answer["error"])
+            return None
+        session.verifications.setdefault(task, []).append(answer)
+        return answer
+
+    def time(self, session: Session, task: int, reps: int, timeout: float) -> float | None:
+        """Seconds for `reps` products, taken here, less the time the workload's computing thread
+        and this thread spent waiting for a CPU (another tenant's doing, not the device's); None for
+        a refusal or a dead workload."""
+        if session.dead or task in session.errors:
+            return None
+        pid = int(session.hello["pid"]) if session.hello else 0
+        waited = -run_delay(pid, pid) - run_delay(os.getpid(), threading.get_native_id())
+        t0 = time.perf_counter()
+        answer = session.request({"op": "time", "task": task, "reps": reps}, timeout)
+        elapsed = time.perf_counter() - t0
+        waited += run_delay(pid, pid) + run_delay(os.getpid(), threading.get_native_id())
+        elapsed = max(elapsed - waited, elapsed * MIN_RUNNING_SHARE)
+        if answer is None:
+            return None
+        if "error" in answer:
+            session.errors.setdefault(task, answer["error"])
+            return None
+        return elapsed
+
+    def close(self) -> dict[str, Observation]:
+        """End every workload, watch the tail, end what lingers, and read back the sensors."""
+        for s in self.sessions:
+            if s.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    if not s.dead:
+                        s.proc.stdin.write(b'{"op": "exit"}\n')
+                    s.proc.stdin.close()
+        start = time.monotonic()
+        mains = [int(s.hello["pid"]) for s in self.sessions if s.hello is not None]
+        # Until every wrapper has ended (strace ends only when every traced process has), or until
+        # the tail is over and every workload itself has exited, or at the latest EXIT_WAIT_S.
+        while any(s.proc.poll() is None for s in self.sessions):
+            waited = time.monotonic() - start
+            if waited >= EXIT_WAIT_S or (waited >= TAIL_S[self.level] and not any(map(_running, mains))):
+                break
+            time.sleep(0.05)
+        lingering = self._lingering()
+        self.sampler.stop()
+        for s in self.sessions:
+            _kill_group(s.proc)
+        for seen in lingering:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(seen.pid, signal.SIGKILL)
+        for s in self.sessions:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                s.proc.wait(timeout=EXIT_WAIT_S)
+            os.close(s.read_fd)
+        self._reap()
+        return self._observations(lingering)
+
+    def _lingering(self) -> list[Any]:
+        """Workload processes (not the tool's wrappers) that still run after the tail."""
+        tops = {s.proc.pid for s in self.sessions}
+        out = []
+        for seen in self.sampler.alive():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(seen.pid)
+                if seen.pid in tops or self._infrastructure(proc):
+                    continue
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                out.append(seen)
+        return out
+
+    def _reap(self) -> None:
+        """Orphans re-parented to this process (subreaper) are ours to wait for."""
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process().children():
+                if child.pid not in {s.proc.pid for s in self.sessions}:
+                    with contextlib.suppress(ChildProcessError, OSError):
+                        os.waitpid(child.pid, os.WNOHANG)
+
+    def sensor_statuses(self) -> list[SensorStatus]:
+        out = [self.strace_status, self.sampler.status()]
+        sealed = [s for s in self.sessions if s.condition.sealed]
+        if not sealed:
+            out.append(SensorStatus("packet_capture", False, f"{NOT_APPLICABLE}: a capture runs only inside a "
+                                    "sealed run's own network namespace, where every packet is the workload's"))
+        elif self.capture_missing is not None:
+            out.append(self.capture_missing)
+        else:
+            statuses = [capture.status_from(s.pcap[1]) for s in sealed if s.pcap]
+            out.append(next((st for st in statuses if st.ran), statuses[0]))
+        return out
+
+    def _observations(self, lingering: list[Any]) -> dict[str, Observation]:
+        obs = {s.label: Observation() for s in self.sessions}
+        for s in self.sessions:
+            o = obs[s.label]
+            if s.trace is not None:
+                events, pids = strace.parse(s.trace)
+                o.events += events
+                o.pids |= pids
+            if s.pcap is not None:
+                o.events += capture.parse(s.pcap[0])
+        for label, event in self.sampler.events:
+            obs.setdefault(label, Observation()).events.append(event)
+        for seen in lingering:
+            obs.setdefault(seen.label, Observation()).events.append(Event(
+                "reaper", PROCESS, "lingering", " ".join(seen.cmdline)[:300] or f"pid {seen.pid}", seen.pid,
+                time.time(), detail="still running after the workload exited; ended by the tool"))
+        statuses = self.sensor_statuses()
+        for s in self.sessions:
+            o = obs[s.label]
+            o.events = cond.without_own_artefacts(s.condition, o.events, o.pids)
+        for o in obs.values():
+            o.sensors = statuses
+        return obs
+
+
+@dataclass(eq=False)
+class Comparison:
+    """One speed comparison: the same task in two worlds (or two forms of it in one world)."""
+
+    name: str
+    ref: tuple[Session, int]
+    cond: tuple[Session, int]
+    work_ratio: float = 1.0  # work of a cond request / work of a ref request
+    two_sided: bool = True
+    ratios: list[float] = field(default_factory=list)
+
+    def verdict(self) -> stats.SpeedVerdict:
+        return stats.paired(self.ratios, self.two_sided)
+
+
+def calibrate(harness: Harness, arms: Sequence[tuple[Session, int]]) -> dict[int, tuple[int, float]]:
+    """(reps, seconds per product) per task index, measured on the first arm that answers for it,
+    so that every world runs the same number of products per timed request."""
+    out: dict[int, tuple[int, float]] = {}
+    for session, task in arms:
+        if task in out:
+            continue
+        # Noise only ever adds time: the fastest of a few single products is the product's cost.
+        tries = [harness.time(session, task, 1, TIME_FLOOR_S * 4) for _ in range(CALIBRATION_CALLS)]
+        single = min((t for t in tries if t is not None), default=None)
+        if single is not None:
+            out[task] = (max(1, min(MAX_REPS, math.ceil(TARGET_REQUEST_S / max(single, 1e-6)))), single)
+    return out
+
+
+def run_rounds(
+    harness: Harness, comparisons: list[Comparison], plan: dict[int, tuple[int, float]], rounds: tuple[int, int],
+    seed: int, progress: Callable[[int, int], None] = lambda done, total: None,
+) -> int:
+    """Interleaved rounds: every arm once per round in a shuffled order, until every comparison is
+    decided (and at least `rounds[0]` rounds), at most `rounds[1]`. Returns the rounds run."""
+    rng = np.random.default_rng(seed)
+    low, high = rounds
+    done = 0
+    for r in range(high):
+        # After the first `low` rounds only the comparisons still undecided earn more.
+        active = comparisons if r < low else [c for c in comparisons if c.verdict().undecided]
+        arms: list[tuple[Session, int]] = []
+        for c in active:
+            for arm in (c.ref, c.cond):
+                session, task = arm
+                if arm not in arms and task in plan and session.usable and task not in session.errors:
+                    arms.append(arm)
+        if not arms:
+            break
+        seconds: dict[tuple[int, int], float] = {}
+        for i in rng.permutation(len(arms)):
+            session, task = arms[int(i)]
+            reps, single = plan[task]
+            timeout = max(TIME_FLOOR_S, HANG_FACTOR * reps * single)
+            tries = [harness.time(session, task, reps, timeout) for _ in range(REQUESTS_PER_ARM)]
+            if all(t is not None for t in tries):
+                seconds[(id(session), task)] = min(t for t in tries if t is not None) / reps
+        for c in active:
+            a, b = seconds.get((id(c.ref[0]), c.ref[1])), seconds.get((id(c.cond[0]), c.cond[1]))
+            if a and b:
+                c.ratios.append(b / a / c.work_ratio)
+        done = r + 1
+        progress(done, high)
+        if done >= low and not any(c.verdict().undecided for c in comparisons):
+            break
+    return done

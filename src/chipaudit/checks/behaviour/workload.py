@@ -1,0 +1,217 @@
+"""The device workload that behaviour probes run, watch and perturb: seeded, host-verified products.
+
+It runs in a process of its own, started by the probe (session.py) inside whatever world the probe
+builds for it (a namespace, a shifted clock, another locale), under the probe's sensors. Operands
+are drawn, computed and verified exactly as the integrity checks do (checks/integrity/gemm.py and
+oracle/): only the world around them changes.
+
+Protocol: the job (JSON) is the first line on stdin; every later stdin line is a request. Answers go
+to the descriptor named by --result-fd, one JSON object per line. First comes `hello`, with what
+the process sees of its world (clock, time zone, locale, network interfaces) so the probe can tell
+whether its perturbation took effect. Requests:
+  {"op": "verify", "task": i}          compute once, check against the host oracle, digest the bits
+  {"op": "time", "task": i, "reps": r} compute r times and synchronise; the probe times the round trip
+  {"op": "exit"}
+A request the device refuses (it raises) is answered with {"error": ...}: a refusal is an answer.
+Timing is taken by the probe, outside this process, with a clock no perturbation touches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import locale
+import os
+import select
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from chipaudit.checks.integrity.gemm import Case, GemmCheck, Operands, bits_of, compute, to_host
+from chipaudit.devices import torchdev
+
+ENV_SEEN = ("TZ", "LANG", "LC_ALL", "LANGUAGE", "FAKETIME")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One product. `pad` adds zero rows/columns to the inner and output dimensions and `split`
+    computes the output columns in two products: the same numbers in another shape."""
+
+    label: str
+    op: str  # mm | bmm | linear
+    batch: int
+    m: int
+    k: int
+    n: int
+    format: str = "fp32"
+    dist: str = "normal"
+    seed: int = 0
+    pad_k: int = 0
+    pad_n: int = 0
+    split: int = 0  # first part's output columns; 0: one product
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.m * (self.k + self.pad_k) * (self.n + self.pad_n)
+
+    @property
+    def shapes(self) -> list[list[int]]:
+        k, n = self.k + self.pad_k, self.n + self.pad_n
+        parts = [n] if not self.split else [self.split, n - self.split]
+        return [[self.batch, self.m, k, p] for p in parts]
+
+    def disguised(self, pad_k: int, pad_n: int, split: int = 0) -> TaskSpec:
+        return TaskSpec(f"{self.label}, disguised", self.op, self.batch, self.m, self.k, self.n, self.format,
+                        self.dist, self.seed, pad_k, pad_n, split)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Task:
+    def __init__(self, spec: TaskSpec, device: str):
+        self.spec, self.device = spec, device
+        self.check = GemmCheck(spec.format)
+        case = Case(spec.op, spec.batch, spec.m, spec.k, spec.n, spec.label)
+        ops = self.check._operands(case, np.random.default_rng(spec.seed), spec.dist, exact=False)
+        if spec.pad_k or spec.pad_n:
+            ops = _padded(ops, spec.pad_k, spec.pad_n)
+        self.ops = ops
+        self.tensors: tuple[torch.Tensor, ...] | None = None
+
+    def compute(self) -> torch.Tensor:
+        if self.tensors is None:
+            self.tensors = self.ops.upload(self.device)
+        fmt, op, split = self.check.fmt, self.spec.op, self.spec.split
+        if not split:
+            return compute(fmt, op, self.tensors)
+        if op == "linear":
+            x, w, bias = self.tensors
+            parts = [compute(fmt, op, (x, w[:split], bias[:split])), compute(fmt, op, (x, w[split:], bias[split:]))]
+        else:
+            a, b = self.tensors
+            parts = [compute(fmt, op, (a, b[..., :split])), compute(fmt, op, (a, b[..., split:]))]
+        return torch.cat(parts, dim=-1)
+
+    def verify(self) -> dict[str, Any]:
+        result = self.compute()
+        torchdev.synchronize(self.device)
+        a, b = self.ops.host_augmented()
+        v = self.check._verify(a, b, to_host(result).reshape(a.shape[0], a.shape[1], -1), exact=False)
+        return {"ok": v.ok, "bad": v.bad, "checked": v.checked, "method": v.method, "worst": v.worst,
+                "max_ratio": v.max_ratio, "digest": hashlib.blake2b(bits_of(result), digest_size=16).hexdigest()}
+
+
+def _padded(ops: Operands, pad_k: int, pad_n: int) -> Operands:
+    """Zeros appended to the inner and output dimensions: every original element of the product is
+    the same sum plus exact zeros, and the new elements are exactly zero."""
+    case = ops.case
+    a = np.pad(ops.a, ((0, 0), (0, 0), (0, pad_k)))
+    b = np.pad(ops.b, ((0, 0), (0, pad_k), (0, pad_n)))
+    bias = None if ops.bias is None else np.pad(ops.bias, (0, pad_n))
+    padded = Case(case.op, case.batch, case.m, case.k + pad_k, case.n + pad_n, case.label)
+    return Operands(padded, ops.fmt, a, b, bias)
+
+
+def _interfaces() -> list[str]:
+    """Network interfaces of this process's namespace, read from a file (no socket of our own)."""
+    try:
+        with open("/proc/self/net/dev") as f:
+            return [line.split(":", 1)[0].strip() for line in f.readlines()[2:] if ":" in line]
+    except OSError:
+        return []
+
+
+def _relative_sleep(seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    while (left := deadline - time.perf_counter()) > 0:
+        select.select([], [], [], left)
+
+
+def repair_sleep() -> bool:
+    """libfaketime 0.9.10 turns absolute monotonic sleeps, which Python >= 3.11 uses for time.sleep,
+    into EINVAL (libfaketime issue #426): a shifted clock would then break every sleeping program,
+    honest or not. Where that happens, time.sleep waits the same time through a relative wait.
+    True when the repair was needed."""
+    try:
+        time.sleep(1e-4)
+    except OSError:
+        time.sleep = _relative_sleep
+        return True
+    return False
+
+
+def hello() -> dict[str, Any]:
+    try:
+        # An application asks the C library for the user's locale; a device stack then sees it too.
+        locale.setlocale(locale.LC_ALL, "")
+        installed = True
+    except locale.Error:
+        installed = False
+    now = time.time()
+    return {
+        "type": "hello", "pid": os.getpid(), "uid": os.getuid(), "time": now,
+        "gmtoff": time.localtime(now).tm_gmtoff, "tzname": list(time.tzname),
+        "env": {k: os.environ[k] for k in ENV_SEEN if k in os.environ}, "locale_installed": installed,
+        "interfaces": _interfaces(), "threads": torch.get_num_threads(), "sleep_repaired": repair_sleep(),
+    }
+
+
+def _error(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def serve(job: dict[str, Any], requests: IO[str], channel: IO[str]) -> None:
+    def send(message: dict[str, Any]) -> None:
+        channel.write(json.dumps(message) + "\n")
+        channel.flush()
+
+    device = job["device"]
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    send(hello())
+    tasks: list[Task | str] = []
+    for spec in job["tasks"]:
+        try:
+            tasks.append(Task(TaskSpec(**spec), device))
+        except Exception as e:  # a device that refuses to take operands refuses the task
+            tasks.append(_error(e))
+    with torchdev.strict_precision():
+        for line in requests:
+            request = json.loads(line)
+            if request["op"] == "exit":
+                break
+            task = tasks[request["task"]]
+            try:
+                if isinstance(task, str):
+                    raise RuntimeError(task)
+                if request["op"] == "verify":
+                    send(task.verify())
+                    continue
+                for _ in range(int(request["reps"])):
+                    task.compute()
+                torchdev.synchronize(device)
+                send({"ok": True})
+            except Exception as e:
+                send({"error": _error(e)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chipaudit.checks.behaviour.workload")
+    parser.add_argument("--result-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    job = json.loads(sys.stdin.readline())
+    with os.fdopen(args.result_fd, "w", buffering=1) as channel:
+        serve(job, sys.stdin, channel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

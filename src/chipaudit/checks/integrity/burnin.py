@@ -1,0 +1,443 @@
+"""Sustained verified load (burn-in): continuous matrix products for minutes, every result checked.
+
+Threat: faults that need sustained use to appear: a part that fails when hot, a power-delivery
+weakness under full load, degradation after many operations, or a trojan that counts operations or
+time before it corrupts or throttles. Short checks end before any of these fire.
+
+Method: operand pairs are drawn on the host from the check's seed and uploaded once; the device's first
+product of each pair is verified on the host (oracle/matmul.py, as integrity.gemm does) and kept on the
+device as its golden result (OpenDCDiag's golden values up front). After a rest (SETTLE_S), so that
+the throughput curve starts from an idle device, and for the level's duration
+(BURN_SECONDS: quick 10 s, standard 60 s, deep 10 min; `burn_in_seconds` overrides), the device
+multiplies pairs chosen with a secret random generator, and every result is compared on the device,
+bit for bit, with its pair's golden result. Every REFRESH_S seconds a fresh pair the device has never
+seen replaces the oldest, its first product verified on the host the same way. A result whose bits
+differ is moved to the host and judged by the error bound there: within it, the device is
+non-deterministic (reported, low); beyond it, the result is wrong (failed), with the time and the
+number of products after which it first happened.
+
+The trade-off, for a discrete accelerator: moving every result to the host costs as much as computing
+it, so the comparison of every result runs on the device itself, at the cost of one read of the result
+(n^2 words against 2n^3 operations: well under 1% at the sizes chosen). A device could lie about its own
+comparisons, so a secret random share of the results (HOST_CHECK_SHARE) is also moved to the host after
+the device has answered and compared there with the host's copy of the golden result; a device that
+corrupts a fraction f of the results while reporting them equal escapes k such host checks with
+probability (1 - f)^k, which a device cannot improve because it cannot predict which results are
+checked. Throughput stays near the device's peak (benchmarks/burn_efficiency.py). On the CPU, where the
+host is the device, every result is compared with NumPy on the host (single-threaded, so that the
+comparison does not stall the product's threads on a busy host).
+
+Throughput is recorded per window of about a second (the throughput curve, in the measurements). A
+sustained fall to less than 1/THROTTLE_RATIO of the starting rate is a finding. On the CPU, where other
+processes share the cores, each window also records the cores this process and all others kept busy, and
+a fall is attributed to the device only when the host's load cannot explain it (judge_throughput).
+
+Pass: every result identical to its golden result (or within the bound), and no throughput collapse.
+Fail (high): a wrong result. Fail (medium): throughput fell by THROTTLE_RATIO or more under sustained load.
+Warning (low): results that differ in their bits but stay within the bound.
+
+Cannot see: faults that need longer than the run (deep runs 10 minutes; set burn_in_seconds for
+longer); corruption of inputs other than the pairs drawn (a device that caches results for repeated
+inputs could fake throughput between refreshes; the performance checks measure fresh inputs); a
+constant throttle present from the start (compare with the performance checks' rated figures).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import psutil
+import torch
+
+from chipaudit.checks.base import Check, CheckContext, Outcome
+from chipaudit.checks.integrity.gemm import draw, to_host, verify_product
+from chipaudit.devices import torchdev
+from chipaudit.oracle.formats import FORMATS, NumberFormat
+from chipaudit.oracle.matmul import OperandNorms, Verification
+from chipaudit.report.model import Category, Level, Severity
+
+BURN_SECONDS: dict[Level, float] = {Level.quick: 10.0, Level.standard: 60.0, Level.deep: 600.0}
+# Setup (drawing, uploading and verifying the pool) and the last product, on top of the duration.
+SETUP_ALLOWANCE_S = 120.0  # includes SETTLE_S
+POOL = 2
+# A fresh pair of operands replaces the oldest every this many seconds (standard and deep): about 2% of
+# the time at the sizes chosen (drawing, uploading and verifying a pair costs a few products).
+REFRESH_S = 20.0
+HOST_CHECK_SHARE = 16  # one result in this many, chosen secretly, is also compared on the host
+# Sizes tried for the products; the largest whose product takes at most TARGET_PRODUCT_S is used, so
+# that windows hold several products and the comparison's cost stays far below the product's.
+SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
+TARGET_PRODUCT_S = 0.12
+PROBE_REPEATS = 3
+MEMORY_SHARE = 0.25  # of the device's free memory, at most, for the pool and results
+WINDOW_S = 1.0
+# The device idles this long before the burn, so that the curve starts from rest: a device that slows
+# under sustained load (heat, or a trojan counting busy time) shows a fall rather than starting slow
+# because the checks before this one kept it busy.
+SETTLE_S = 2.0
+MIN_WINDOWS = 6  # a throughput trend needs at least this many windows
+# A fall of the sustained rate to below 1/2 of the starting rate. Honest thermal throttling of data-
+# centre GPUs costs 10-30%; clock-throttle events that halve throughput are what DCGM's diagnostics flag.
+THROTTLE_RATIO = 2.0
+# On the CPU: a fall is the device's when this many cores sat idle meanwhile (judge_throughput).
+IDLE_CORES = 0.5
+MAX_EVENTS = 16
+
+
+@dataclass
+class Pair:
+    a: torch.Tensor
+    b: torch.Tensor
+    golden: torch.Tensor
+    golden_host: np.ndarray
+    host_a: np.ndarray
+    host_b: np.ndarray
+    norms: OperandNorms
+
+
+@dataclass
+class Window:
+    t_s: float  # seconds since the burn-in started, at the window's end
+    products: int
+    macs_per_s: float
+    other_cores: float | None = None  # CPU only: cores kept busy by other processes
+    own_cores: float | None = None  # CPU only: cores this process kept busy
+
+    @property
+    def macs_per_cpu_s(self) -> float:
+        return self.macs_per_s / max(self.own_cores or 0.0, 1e-3)
+
+
+@dataclass
+class BurnState:
+    products: int = 0
+    exact: int = 0
+    within_bound: int = 0
+    wrong: int = 0
+    host_checks: int = 0
+    host_disagreements: int = 0
+    fresh_pairs: int = 0
+    first_wrong: dict[str, Any] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+
+
+class _HostLoad:
+    """Cores kept busy by this process and by all others, from the kernel's CPU accounting."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        system = psutil.cpu_times()
+        busy = system.user + system.system + getattr(system, "nice", 0.0) + getattr(system, "irq", 0.0) + getattr(
+            system, "softirq", 0.0) + getattr(system, "steal", 0.0)
+        own = self.process.cpu_times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def cores(self) -> tuple[float, float]:
+        """(other processes', this process's) busy cores since the last call."""
+        now = self._sample()
+        (t0, busy0, own0), (t1, busy1, own1) = self.last, now
+        self.last = now
+        wall = max(t1 - t0, 1e-6)
+        own = (own1 - own0) / wall
+        return max(0.0, (busy1 - busy0) / wall - own), own
+
+
+class BurnInCheck(Check):
+    id = "integrity.burnin"
+    category = Category.integrity
+    timeout_s: ClassVar[dict[Level, float]] = {lv: s + SETUP_ALLOWANCE_S for lv, s in BURN_SECONDS.items()}
+
+    def time_limit(self, level: Level, params: dict[str, Any]) -> float:
+        return self.seconds(level, params) * 1.1 + SETUP_ALLOWANCE_S
+
+    @staticmethod
+    def seconds(level: Level, params: dict[str, Any]) -> float:
+        return float(params.get("burn_in_seconds", BURN_SECONDS[level]))
+
+    def run(self, ctx: CheckContext) -> Outcome:
+        fmt = FORMATS[str(ctx.params.get("burn_in_dtype", "fp32"))]
+        with torchdev.strict_precision():
+            n = choose_size(ctx.device, fmt)
+            pool, bad = self._pool(ctx, fmt, n)
+            out = Outcome()
+            if bad is not None:
+                out.findings.append(bad)
+                return out
+            state = BurnState()
+            seconds = self.seconds(ctx.level, ctx.params)
+            ctx.progress(0, int(seconds), "letting the device rest before the burn")
+            time.sleep(SETTLE_S)
+            elapsed = burn(ctx, pool, fmt, n, seconds, state)
+        self._findings(ctx, fmt, n, state, out)
+        rates = [w.macs_per_s for w in state.windows]
+        out.coverage = {
+            "products": state.products, "shape": [n, n, n], "dtype": fmt.name, "pool": POOL,
+            "seconds": round(elapsed, 2), "requested_seconds": seconds,
+            "verified_on_device": state.products, "verified_on_host": state.host_checks,
+            "identical_to_golden": state.exact, "within_bound_not_identical": state.within_bound,
+            "fresh_pairs": state.fresh_pairs,
+            "elements_checked": state.products * n * n,
+        }
+        out.measurements = {
+            "throughput_macs_per_s": state.products * n**3 / max(elapsed, 1e-9),
+            "throughput_curve": {
+                "t_s": [round(w.t_s, 3) for w in state.windows],
+                "macs_per_s": [round(w.macs_per_s) for w in state.windows],
+                "products": [w.products for w in state.windows],
+                **({"other_cores": [round(w.other_cores or 0.0, 3) for w in state.windows],
+                    "own_cores": [round(w.own_cores or 0.0, 3) for w in state.windows]}
+                   if torch.device(ctx.device).type == "cpu" else {}),
+            },
+            "median_macs_per_s": statistics.median(rates) if rates else 0.0,
+            "min_macs_per_s": min(rates, default=0.0),
+            "max_macs_per_s": max(rates, default=0.0),
+        }
+        return out
+
+    def _pool(self, ctx: CheckContext, fmt: NumberFormat, n: int) -> tuple[list[Pair], Any]:
+        """Draw, upload and verify the operand pairs; a wrong golden product is a finding at once."""
+        pool: list[Pair] = []
+        for i in range(POOL):
+            ctx.progress(i, POOL, f"verifying golden product {i + 1} of {POOL} ({n}x{n}x{n} {fmt.name})")
+            pair, v = make_pair(ctx, fmt, n, i)
+            if not v.ok:
+                return pool, self.finding(
+                    Severity.high, f"wrong {fmt.name} product before the burn-in started",
+                    f"The first product of pair {i} ({n}x{n}x{n}) is already wrong: {v.bad} of {v.checked} "
+                    f"checked {'elements' if v.method != 'projection' else 'column projections'} out of bound.",
+                    pair=i, seed=ctx.seed, method=v.method, worst=v.worst, secret_seed=v.secret_seed)
+            pool.append(pair)
+        return pool, None
+
+    def _findings(self, ctx: CheckContext, fmt: NumberFormat, n: int, state: BurnState, out: Outcome) -> None:
+        if state.wrong:
+            first = state.first_wrong or {}
+            out.findings.append(self.finding(
+                Severity.high, f"wrong {fmt.name} results under sustained load",
+                f"{state.wrong} of {state.products} products were wrong; the first after "
+                f"{first.get('after_s')} s and {first.get('after_products')} products of sustained load.",
+                seed=ctx.seed, shape=[n, n, n], dtype=fmt.name, wrong=state.wrong, products=state.products,
+                first=first, events=state.events))
+        if state.host_disagreements:
+            out.findings.append(self.finding(
+                Severity.high, "the device's own comparison disagrees with the host",
+                f"{state.host_disagreements} of {state.host_checks} results checked on the host differed from "
+                "the golden result although the device reported them identical.",
+                seed=ctx.seed, events=state.events))
+        if state.within_bound:
+            out.findings.append(self.finding(
+                Severity.low, f"non-deterministic {fmt.name} products under sustained load",
+                f"{state.within_bound} of {state.products} products differed in their bits from the first "
+                "product of the same inputs, all within the error bound.",
+                seed=ctx.seed, shape=[n, n, n]))
+        throttle = judge_throughput(state.windows, torch.device(ctx.device).type == "cpu")
+        if throttle is not None:
+            severity, title, detail, evidence = throttle
+            out.findings.append(self.finding(severity, title, detail, **evidence))
+
+
+def make_pair(ctx: CheckContext, fmt: NumberFormat, n: int, index: int) -> tuple[Pair, Verification]:
+    """Operands drawn from the check's seed and the pair's index, uploaded, multiplied once on the device,
+    and that golden product verified on the host."""
+    rng = np.random.default_rng([ctx.seed, index])
+    a, b = draw(rng, "normal", (1, n, n), fmt), draw(rng, "normal", (1, n, n), fmt)
+    da = fmt.host_buffer(a[0]).to(ctx.device).to(fmt.torch_dtype)
+    db = fmt.host_buffer(b[0]).to(ctx.device).to(fmt.torch_dtype)
+    golden = torch.mm(da, db)
+    torchdev.synchronize(ctx.device)
+    host = to_host(golden)
+    norms = OperandNorms.of(a, b)
+    v = verify_product(a, b, host.reshape(1, n, n), fmt, norms=norms)
+    return Pair(da, db, golden, host.copy(), a, b, norms), v
+
+
+def choose_size(device: str, fmt: NumberFormat) -> int:
+    """The largest size whose product takes at most TARGET_PRODUCT_S and whose pool fits in memory.
+
+    Each size is timed by the best of PROBE_REPEATS products, so that a moment of contention on a shared
+    host does not shrink the products (tiny products measure the host's scheduling, not the device)."""
+    budget = _free_bytes(device) * MEMORY_SHARE
+    element = torch.empty((), dtype=fmt.torch_dtype).element_size()
+    chosen = SIZES[0]
+    for n in SIZES:
+        if (3 * POOL + 2) * n * n * element > budget:
+            break
+        a = torch.ones((n, n), dtype=fmt.torch_dtype, device=device)
+        torch.mm(a, a)
+        torchdev.synchronize(device)
+        took = math.inf
+        for _ in range(PROBE_REPEATS):
+            t0 = time.perf_counter()
+            torch.mm(a, a)
+            torchdev.synchronize(device)
+            took = min(took, time.perf_counter() - t0)
+        del a
+        if took > TARGET_PRODUCT_S:
+            break
+        chosen = n
+        if took * 8 > TARGET_PRODUCT_S * 1.5:  # the next size would take 8 times as long
+            break
+    return chosen
+
+
+def _free_bytes(device: str) -> float:
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return float(psutil.virtual_memory().available)
+    get_info = getattr(getattr(torch, kind, None), "mem_get_info", None)
+    if get_info is not None:
+        return float(get_info(torch.device(device).index or 0)[0])
+    return math.inf
+
+
+def burn(ctx: CheckContext, pool: list[Pair], fmt: NumberFormat, n: int, seconds: float, state: BurnState) -> float:
+    """The loop: products, device-side comparison of every result, secret host checks, windows, and
+    every REFRESH_S a fresh pair of operands the device has never seen, verified on the host."""
+    macs = n**3
+    cpu = torch.device(ctx.device).type == "cpu"
+    load = _HostLoad() if cpu else None
+    start = time.perf_counter()
+    window_start, window_products = start, 0
+    refreshed = start
+    while True:
+        now = time.perf_counter()
+        if now - refreshed >= REFRESH_S and now - start < seconds:
+            _refresh(ctx, pool, fmt, n, now - start, state)
+            refreshed = now = time.perf_counter()
+        if now - window_start >= WINDOW_S:
+            other, own = load.cores() if load else (None, None)
+            state.windows.append(Window(now - start, window_products, window_products * macs / (now - window_start),
+                                        other, own))
+            window_start, window_products = now, 0
+            ctx.progress(min(int(now - start), int(seconds)), int(seconds),
+                         f"{state.products} products verified ({n}x{n}x{n} {fmt.name})")
+        if now - start >= seconds:
+            break
+        i = secrets.randbelow(len(pool))
+        pair = pool[i]
+        c = torch.mm(pair.a, pair.b)
+        identical = device_identical(c, pair, cpu)
+        state.products += 1
+        window_products += 1
+        if identical:
+            state.exact += 1
+        else:
+            _judge_difference(ctx, pair, i, c, fmt, n, now - start, state)
+        if secrets.randbelow(HOST_CHECK_SHARE) == 0:
+            _host_check(pair, i, c, identical, now - start, state)
+    return time.perf_counter() - start
+
+
+def _refresh(ctx: CheckContext, pool: list[Pair], fmt: NumberFormat, n: int, at_s: float, state: BurnState) -> None:
+    """Replace the oldest pair with fresh operands: a fault that spares inputs it has seen before, or
+    that needs use before it fires on new ones, meets new inputs late in the run."""
+    state.fresh_pairs += 1
+    index = POOL + state.fresh_pairs - 1
+    pair, v = make_pair(ctx, fmt, n, index)
+    state.products += 1
+    if v.ok:
+        pool[index % POOL] = pair
+        state.exact += 1
+        return
+    state.wrong += 1
+    event = {"after_s": round(at_s, 3), "after_products": state.products, "pair": index, "fresh": True,
+             "method": v.method, "bad": v.bad, "checked": v.checked, "worst": v.worst, "secret_seed": v.secret_seed}
+    if state.first_wrong is None:
+        state.first_wrong = event
+    _event(state, event)
+
+
+def _event(state: BurnState, event: dict[str, Any]) -> None:
+    if len(state.events) < MAX_EVENTS:
+        state.events.append(event)
+
+
+def _judge_difference(ctx: CheckContext, pair: Pair, index: int, c: torch.Tensor, fmt: NumberFormat, n: int,
+                      at_s: float, state: BurnState) -> None:
+    """A result whose bits differ from the golden one: non-deterministic within the bound, or wrong."""
+    v: Verification = verify_product(pair.host_a, pair.host_b, to_host(c).reshape(1, n, n), fmt, norms=pair.norms)
+    if v.ok:
+        state.within_bound += 1
+        return
+    state.wrong += 1
+    event = {"after_s": round(at_s, 3), "after_products": state.products, "pair": index, "method": v.method,
+             "bad": v.bad, "checked": v.checked, "worst": v.worst, "secret_seed": v.secret_seed}
+    if state.first_wrong is None:
+        state.first_wrong = event
+    _event(state, event)
+
+
+def device_identical(c: torch.Tensor, pair: Pair, cpu: bool) -> bool:
+    """The device's own comparison of a result with its golden one. On the CPU the host is the device:
+    a single-threaded NumPy comparison there does not compete with the product's threads, as
+    torch.equal's parallel one does on a busy host."""
+    return same_bits(to_host(c), pair.golden_host) if cpu else torch.equal(c, pair.golden)
+
+
+def same_bits(x: np.ndarray, y: np.ndarray) -> bool:
+    """Bitwise equality, compared in the widest words the size allows."""
+    word = np.uint64 if x.nbytes % 8 == 0 else np.uint8
+    return x.shape == y.shape and np.array_equal(np.ascontiguousarray(x).view(word), np.ascontiguousarray(y).view(word))
+
+
+def _host_check(pair: Pair, index: int, c: torch.Tensor, identical: bool, at_s: float, state: BurnState) -> None:
+    """Move a secretly chosen result to the host and compare it there with the host's golden copy."""
+    state.host_checks += 1
+    same = same_bits(to_host(c), pair.golden_host)
+    if identical and not same:
+        state.host_disagreements += 1
+        _event(state, {"after_s": round(at_s, 3), "after_products": state.products, "pair": index,
+                       "kind": "host readback differs from the golden result the device called identical"})
+
+
+def judge_throughput(windows: list[Window], cpu: bool) -> tuple[Severity, str, str, dict[str, Any]] | None:
+    """A sustained fall of the throughput to below 1/THROTTLE_RATIO of its starting rate.
+
+    Robust statistics: the medians of the first and last thirds of the windows, so that single slow
+    windows (a page-fault storm, a brief competing process) do not count. On the CPU, other processes
+    share the cores, so a fall is blamed on the device only when the host cannot explain it: either
+    each multiply-add cost this process more CPU time than at the start (the device computes more
+    slowly: efficiency fell by THROTTLE_RATIO too), or the host had IDLE_CORES to spare that this
+    process left unused (the device waited). A fall while other processes took the cores is reported
+    as information only.
+    """
+    if len(windows) < MIN_WINDOWS:
+        return None
+    third = len(windows) // 3
+    early, late = windows[:third], windows[-third:]
+    start_rate = statistics.median(w.macs_per_s for w in early)
+    end_rate = statistics.median(w.macs_per_s for w in late)
+    if end_rate <= 0 or start_rate / end_rate < THROTTLE_RATIO:
+        return None
+    fall = start_rate / end_rate
+    evidence: dict[str, Any] = {"start_macs_per_s": start_rate, "end_macs_per_s": end_rate, "fall": round(fall, 2)}
+    if cpu:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else psutil.cpu_count() or 1
+        efficiency_fall = statistics.median(w.macs_per_cpu_s for w in early) / max(
+            statistics.median(w.macs_per_cpu_s for w in late), 1e-9)
+        other = statistics.median(w.other_cores or 0.0 for w in late)
+        idle = cores - other - statistics.median(w.own_cores or 0.0 for w in late)
+        evidence |= {"efficiency_fall": round(efficiency_fall, 2), "other_cores_end": round(other, 2),
+                     "idle_cores_end": round(idle, 2)}
+        if efficiency_fall < THROTTLE_RATIO and idle < IDLE_CORES:
+            return (Severity.info, "throughput fell while other processes loaded the host",
+                    f"The rate fell {fall:.1f}x while other processes kept {other:.1f} core(s) busy and no core "
+                    "was idle; each multiply-add cost no more CPU time than before: not attributed to the "
+                    "device.", evidence)
+    return (Severity.medium, f"throughput fell {fall:.1f}x under sustained load",
+            f"The median rate of the last third of the burn-in was {end_rate:.3g} multiply-adds/s against "
+            f"{start_rate:.3g} in the first third: the device throttled, or was made to.", evidence)
+
+
+CHECKS = [BurnInCheck()]

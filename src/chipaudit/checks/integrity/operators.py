@@ -1,0 +1,603 @@
+"""The other operators AI workloads run, checked against float64 NumPy on the host.
+
+Threat: a device whose matrix products are right but whose other kernels are not: a transcendental
+function with a corrupted table entry, a softmax or normalisation that drops a term, a reduction that
+loses a block, a convolution or attention kernel that is wrong on some shapes, a dtype conversion that
+rounds the wrong way, or a trojan keyed to any of them (NaN suppression, masked rows, padding).
+
+Method: one check per family. Inputs are drawn on the host from the check's seed and rounded onto
+the format's grid (fp32, fp16, bf16), run on the device, and every element of the result is judged
+against a float64 NumPy reference with the documented per-operator tolerance and IEEE 754 special-value
+rules (oracle/operators.py, oracle/ieee.py). Each family mixes iid random inputs (probabilistic bounds)
+with corner inputs (deterministic bounds or exact answers): NaN, both infinities, signed zeros,
+subnormals, values at the edges of the format's range, constant and zero rows, masked entries,
+identity (delta) kernels, random bit patterns, and exhaustive bit patterns for 16-bit conversions.
+A failing case is re-run to tell a reproducible fault from an intermittent one.
+
+- integrity.ops.elementwise: exp, log, tanh, sigmoid, GELU (erf and tanh forms).
+- integrity.ops.normalization: softmax, layer norm, RMS norm.
+- integrity.ops.reduction: sum, mean and max over rows and over a whole tensor, with known answers.
+- integrity.ops.conv2d: 2-D convolution (padding, stride, dilation, groups, depthwise, bias).
+- integrity.ops.attention: scaled-dot-product attention (no mask, causal, boolean and additive masks).
+- integrity.ops.convert: conversions between fp64, fp32, fp16, bf16, int32 and int8.
+
+Pass: every element within its bound, exact where exact, and by its rule where special.
+Fail (high): any element wrong, or the device refusing an input it computes for other inputs.
+
+Cannot see: errors below the tolerances (looser than a matrix product's: maths libraries differ by a
+few units in the last place); operators and shapes not drawn here; gradual underflow of operator
+results (flush-to-zero is accepted); a format or operator the device does not compute is listed as
+skipped in the coverage, not judged.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
+from chipaudit.checks.integrity.corner import random_bits
+from chipaudit.checks.integrity.gemm import RETESTS, _one_line, to_host
+from chipaudit.devices import torchdev
+from chipaudit.oracle import ieee
+from chipaudit.oracle import operators as ref
+from chipaudit.oracle.formats import FORMATS, NumberFormat
+from chipaudit.oracle.ieee import Expectation, Rule
+from chipaudit.oracle.matmul import Verification
+from chipaudit.report.model import Category, Level, Severity
+
+# Elements per elementwise operator and format, per level.
+ELEMENTWISE_SIZE = {Level.quick: 1 << 14, Level.standard: 1 << 17, Level.deep: 1 << 20}
+# Rows x length of normalisation and reduction cases, per level.
+ROWS = {Level.quick: ((32, 1000), (8, 4096)), Level.standard: ((64, 1000), (16, 4096), (4, 32768)),
+        Level.deep: ((64, 1000), (16, 4096), (4, 32768), (2, 262144))}
+BIT_PATTERNS = 2048
+LAYER_NORM_EPS = 1e-5
+RMS_NORM_EPS = 1e-6  # Llama's
+_OPERATOR_ERRORS = (RuntimeError, TypeError, NotImplementedError, ValueError)
+
+
+@dataclass
+class OpCase:
+    """One device computation and what it must return."""
+
+    op: str
+    label: str
+    run: Callable[[str], torch.Tensor]
+    expectation: Expectation
+    ftz: Callable[[], Expectation] | None = None
+    dtype: str = ""  # the formats to name in findings, when not the check's loop format
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[np.random.Generator, NumberFormat], OpCase]
+
+
+def upload(x: np.ndarray, fmt: NumberFormat, device: str) -> torch.Tensor:
+    """Host values already on the format's grid, moved to the device exactly."""
+    return fmt.host_buffer(x).to(device).to(fmt.torch_dtype)
+
+
+class OperatorCheck(Check):
+    category = Category.integrity
+    formats: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
+
+    @abstractmethod
+    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]: ...
+
+    def run(self, ctx: CheckContext) -> Outcome:
+        with torchdev.strict_precision():
+            return self._run(ctx)
+
+    def _run(self, ctx: CheckContext) -> Outcome:
+        plan = [(FORMATS[name], builder) for name in self.formats for builder in self.cases(ctx.level, FORMATS[name])]
+        out = Outcome()
+        tally: Counter[str] = Counter()
+        computed: set[tuple[str, str]] = set()
+        unsupported: dict[str, str] = {}
+        worst_ratio = 0.0
+        for i, (fmt, builder) in enumerate(plan):
+            case = builder(np.random.default_rng([ctx.seed, i]), fmt)
+            ctx.progress(i, len(plan), f"{fmt.name} {case.label}")
+            key = (case.op, fmt.name)
+            if f"{case.op} {fmt.name}" in unsupported:
+                continue
+            dtype = case.dtype or fmt.name
+            evidence = {"case": case.label, "op": case.op, "dtype": dtype, "seed": ctx.seed, "case_index": i,
+                        **case.evidence}
+            try:
+                v = self._verify(ctx.device, case)
+            except _OPERATOR_ERRORS as e:
+                if key not in computed:  # the device does not have this operator in this format
+                    unsupported[f"{case.op} {fmt.name}"] = _one_line(e)
+                    continue
+                out.findings.append(self.finding(
+                    Severity.high, f"device refused {case.op} in {dtype}",
+                    f"{case.label}: the device raised on inputs it must accept, having computed "
+                    f"{case.op} in {dtype} for others: {_one_line(e)}", **evidence))
+                continue
+            computed.add(key)
+            tally["cases"] += 1
+            tally["elements"] += v.checked
+            tally[f"op:{case.op}"] += 1
+            if v.method.endswith("+ftz"):
+                tally["flushed"] += 1
+            if v.ok:
+                worst_ratio = max(worst_ratio, v.max_ratio)
+                continue
+            reproduced = 1 + sum(not self._verify(ctx.device, case).ok for _ in range(RETESTS))
+            out.findings.append(self.finding(
+                Severity.high, f"wrong {dtype} {case.op} results",
+                f"{case.label}: {v.bad} of {v.checked} elements break their rule; worst: expected "
+                f"{v.worst.get('rule')} {v.worst.get('expected')}, got {v.worst.get('observed')} "
+                f"(bound {v.worst.get('bound')}); the fault reproduced in {reproduced} of {1 + RETESTS} runs.",
+                **evidence, bad=v.bad, checked=v.checked, worst=v.worst, reproduced=f"{reproduced}/{1 + RETESTS}"))
+        ctx.progress(len(plan), len(plan), "done")
+        if not computed:
+            raise NotApplicable("the device computes none of these operators: "
+                                + "; ".join(f"{k}: {r}" for k, r in unsupported.items())[:400])
+        out.coverage = {
+            "cases": tally["cases"], "elements_checked": tally["elements"],
+            "ops": {k[3:]: n for k, n in sorted(tally.items()) if k.startswith("op:")},
+            "formats": sorted({f for _, f in computed}),
+            "unsupported": unsupported,
+            "cases_judged_flushed": tally["flushed"],
+        }
+        out.measurements = {"max_error_to_bound": worst_ratio}
+        return out
+
+    def _verify(self, device: str, case: OpCase) -> Verification:
+        result = case.run(device)
+        torchdev.synchronize(device)
+        observed = to_host(result).astype(np.float64).reshape(case.expectation.value.shape)
+        return ieee.judge_flushing(observed, case.expectation, case.ftz, case.op)[0]
+
+
+# ----- shared input makers -----
+
+def special_values(fmt: NumberFormat) -> np.ndarray:
+    """NaN, the infinities, signed zeros, the smallest subnormal and normal, the largest finite value,
+    and powers of two across the whole exponent range."""
+    tiny = ieee.smallest_normal(fmt)
+    sub = float(torch.finfo(fmt.torch_dtype).smallest_normal) * float(torch.finfo(fmt.torch_dtype).eps)
+    top = fmt.max_finite
+    lo, hi = math.frexp(tiny)[1] - 1, math.frexp(top)[1] - 1
+    powers = np.exp2(np.arange(lo, hi + 1, max(1, (hi - lo) // 48)))
+    values = np.concatenate([[np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, 2.0, sub, -sub, tiny, -tiny,
+                              top, -top], powers, -powers])
+    return fmt.quantize(values)
+
+
+def _mixed(rng: np.random.Generator, fmt: NumberFormat, random: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """Random inputs, the special values, and random bit patterns (finite and any), shuffled."""
+    bits = np.concatenate([random_bits(rng, fmt, (BIT_PATTERNS,), 8), random_bits(rng, fmt, (BIT_PATTERNS,), None)])
+    x = np.concatenate([fmt.quantize(random), special_values(fmt), fmt.quantize(extra), bits])
+    return x[rng.permutation(x.size)]
+
+
+# ----- elementwise -----
+
+def _elementwise_domain(
+    name: str, rng: np.random.Generator, fmt: NumberFormat, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(random inputs, inputs at the edges that matter for this function)."""
+    log_top = math.log(fmt.max_finite)
+    log_tiny = math.log(ieee.smallest_normal(fmt))
+    if name == "exp":
+        x = rng.uniform(log_tiny, log_top, n // 2)
+        edges = [log_top - 0.5, log_top - 0.01, log_top + 0.01, log_top + 1, log_tiny, log_tiny - 2, log_tiny - 20]
+        return np.concatenate([x, rng.standard_normal(n - n // 2)]), np.array(edges)
+    if name == "log":
+        x = np.exp(rng.uniform(log_tiny, log_top, n // 2))
+        near_one = 1.0 + rng.standard_normal(n // 4) * 1e-2
+        return np.concatenate([x, near_one, -np.abs(rng.standard_normal(n - n // 2 - n // 4))]), np.array([1.0])
+    scale = 4.0 if name in ("tanh", "gelu", "gelu_tanh") else 8.0
+    return rng.standard_normal(n) * scale, np.array([-20.0, -10.0, 10.0, 20.0, 1e-3, -1e-3])
+
+
+_ELEMENTWISE_TORCH: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+    "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class ElementwiseCheck(OperatorCheck):
+    id = "integrity.ops.elementwise"
+
+    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]:
+        return [self._builder(name, ELEMENTWISE_SIZE[level]) for name in ref.ELEMENTWISE]
+
+    @staticmethod
+    def _builder(name: str, n: int) -> Builder:
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            random, edges = _elementwise_domain(name, rng, fmt, n)
+            x = _mixed(rng, fmt, random, edges)
+            fn = _ELEMENTWISE_TORCH[name]
+            return OpCase(name, f"{name} on {x.size} values", lambda device: fn(upload(x, fmt, device)),
+                          ref.elementwise_expectation(ref.ELEMENTWISE[name], x, fmt), evidence={"n": int(x.size)})
+        return build
+
+
+# ----- softmax and normalisation -----
+
+def _rows_with_corners(rng: np.random.Generator, fmt: NumberFormat, rows: int, k: int) -> np.ndarray:
+    """Random rows, then corner rows: constant, zero, a NaN, an +Inf, a -Inf, huge, tiny (and room for
+    more: at least 12 rows)."""
+    x = rng.standard_normal((max(rows, 12), k))
+    x[0] = 0.75
+    x[1] = 0.0
+    x[2, rng.integers(k)] = np.nan
+    x[3, rng.integers(k)] = np.inf
+    x[4, rng.integers(k)] = -np.inf
+    x[5] *= 2.0 ** (math.frexp(fmt.max_finite)[1] // 4)
+    x[6] *= ieee.smallest_normal(fmt) * 2**12
+    return fmt.quantize(x)
+
+
+class NormalizationCheck(OperatorCheck):
+    id = "integrity.ops.normalization"
+
+    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]:
+        builders: list[Builder] = []
+        for rows, k in ROWS[level]:
+            builders += [self._softmax(rows, k, corner) for corner in (False, True)]
+            builders += [self._layer_norm(rows, k, corner) for corner in (False, True)]
+            builders += [self._rms_norm(rows, k, corner) for corner in (False, True)]
+        return builders
+
+    @staticmethod
+    def _softmax(rows: int, k: int, corner: bool) -> Builder:
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            if corner:
+                x = _rows_with_corners(rng, fmt, rows, k)
+                x[7, rng.random(k) < 0.5] = -np.inf  # attention-style masking
+                x[8] = -np.inf  # a fully masked row
+                x[9] = fmt.quantize(rng.standard_normal(k) * min(1e4, fmt.max_finite / 8))  # one-hot-like
+            else:
+                x = fmt.quantize(rng.standard_normal((rows, k)) * 3.0)
+            return OpCase("softmax", f"softmax {x.shape[0]}x{k}{' corners' if corner else ''}",
+                          lambda device: torch.softmax(upload(x, fmt, device), dim=-1),
+                          ref.softmax_expectation(x, fmt, structured=corner), evidence={"shape": [rows, k]})
+        return build
+
+    @staticmethod
+    def _layer_norm(rows: int, k: int, corner: bool) -> Builder:
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            w, b = fmt.quantize(1.0 + 0.1 * rng.standard_normal(k)), fmt.quantize(0.1 * rng.standard_normal(k))
+            if corner:
+                x = _rows_with_corners(rng, fmt, rows, k)
+                x[7] = fmt.quantize(100.0 + rng.standard_normal(k))  # a large mean: one-pass variance cancels
+                w[rng.integers(k)] = np.nan
+            else:
+                x = fmt.quantize(rng.standard_normal((rows, k)))
+            return OpCase("layer_norm", f"layer norm {x.shape[0]}x{k}{' corners' if corner else ''}",
+                          lambda device: F.layer_norm(upload(x, fmt, device), (k,), upload(w, fmt, device),
+                                                      upload(b, fmt, device), LAYER_NORM_EPS),
+                          ref.layer_norm_expectation(x, w, b, LAYER_NORM_EPS, fmt, structured=corner),
+                          evidence={"shape": [rows, k]})
+        return build
+
+    @staticmethod
+    def _rms_norm(rows: int, k: int, corner: bool) -> Builder:
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            w = fmt.quantize(1.0 + 0.1 * rng.standard_normal(k))
+            x = _rows_with_corners(rng, fmt, rows, k) if corner else fmt.quantize(rng.standard_normal((rows, k)))
+            if corner:  # keep sum(x^2) inside float32: RMS norm squares before it divides
+                x[5] = fmt.quantize(rng.standard_normal(k) * min(2.0**40, fmt.max_finite) / math.sqrt(k) / 8)
+            return OpCase("rms_norm", f"RMS norm {x.shape[0]}x{k}{' corners' if corner else ''}",
+                          lambda device: _rms_norm(upload(x, fmt, device), k, upload(w, fmt, device)),
+                          ref.rms_norm_expectation(x, w, RMS_NORM_EPS, fmt, structured=corner),
+                          evidence={"shape": [rows, k]})
+        return build
+
+
+def _rms_norm(x: torch.Tensor, k: int, w: torch.Tensor) -> torch.Tensor:
+    if not hasattr(F, "rms_norm"):  # torch < 2.4
+        raise NotImplementedError("torch.nn.functional.rms_norm needs torch >= 2.4")
+    return F.rms_norm(x, (k,), w, RMS_NORM_EPS)
+
+
+# ----- reductions -----
+
+class ReductionCheck(OperatorCheck):
+    id = "integrity.ops.reduction"
+
+    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]:
+        builders: list[Builder] = []
+        for rows, k in ROWS[level]:
+            builders += [self._sum(rows, k, kind, mean) for kind in ("random", "integers", "corners")
+                         for mean in (False, True)]
+            builders += [self._max(rows, k)]
+        return builders
+
+    @staticmethod
+    def _sum(rows: int, k: int, kind: str, mean: bool) -> Builder:
+        name = "mean" if mean else "sum"
+
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            if kind == "random":
+                x, bound = fmt.quantize(rng.standard_normal((rows, k))), "random"
+            elif kind == "integers":
+                # Known answers: small integers, 0..k-1 (k(k-1)/2), alternating signs (0), a constant.
+                x = rng.integers(-3, 4, (rows, k)).astype(np.float64)
+                x[0], x[1], x[2] = np.arange(k) % 2048, np.where(np.arange(k) % 2, -1.0, 1.0), 1.0
+                x = fmt.quantize(x)
+                exact = (np.abs(x).sum(axis=-1).max() <= fmt.exact_int_limits()[1]
+                         and np.abs(x).max() <= fmt.exact_int_limits()[0])
+                bound = "exact" if exact and not mean else "worst"
+            else:
+                x, bound = _rows_with_corners(rng, fmt, rows, k), "worst"
+                x[7, :2] = (np.inf, -np.inf)  # Inf - Inf
+                x[8] = fmt.max_finite / 2  # sums beyond the format's range
+            whole = kind == "random" and rows > 1
+
+            def run(device: str) -> torch.Tensor:
+                t = upload(x, fmt, device)
+                if whole:  # a reduction over every element, as a one-element result
+                    return (t.mean() if mean else t.sum()).reshape(1)
+                return t.mean(dim=-1) if mean else t.sum(dim=-1)
+
+            host = x.reshape(1, -1) if whole else x
+            return OpCase(name, f"{name} over {'all of ' if whole else 'rows of '}{x.shape[0]}x{k} ({kind})", run,
+                          ref.sum_expectation(host, fmt, bound, mean=mean), evidence={"shape": [rows, k]})
+        return build
+
+    @staticmethod
+    def _max(rows: int, k: int) -> Builder:
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            x = _rows_with_corners(rng, fmt, rows, k)
+            x[7] = -0.0
+            x[8] = -np.inf
+            return OpCase("max", f"max over rows of {x.shape[0]}x{k}",
+                          lambda device: torch.amax(upload(x, fmt, device), -1), ref.max_expectation(x),
+                          evidence={"shape": [rows, k]})
+        return build
+
+
+# ----- 2-D convolution -----
+
+@dataclass(frozen=True)
+class ConvCase:
+    label: str
+    n: int
+    c: int
+    hw: int
+    o: int
+    kernel: int
+    conv: ref.Conv
+    bias: bool = True
+    quick: bool = True  # every level; False: standard and deep only
+
+
+# Each new shape costs a kernel selection (oneDNN, cuDNN): quick keeps four.
+CONV_CASES = (
+    ConvCase("3x3, padding 1", 2, 16, 14, 32, 3, ref.Conv(padding=1)),
+    ConvCase("3x3, stride 2", 2, 16, 15, 32, 3, ref.Conv(stride=2), bias=False),
+    ConvCase("3x3, dilation 2", 1, 8, 16, 16, 3, ref.Conv(padding=2, dilation=2), quick=False),
+    ConvCase("3x3 depthwise", 2, 32, 12, 32, 3, ref.Conv(padding=1, groups=32)),
+    ConvCase("3x3, 4 groups", 1, 16, 12, 32, 3, ref.Conv(padding=1, groups=4), quick=False),
+    ConvCase("1x1 pointwise", 2, 64, 8, 48, 1, ref.Conv(), quick=False),
+    ConvCase("7x7 stride 2 stem (ResNet)", 1, 3, 32, 16, 7, ref.Conv(stride=2, padding=3)),
+)
+
+
+class Conv2dCheck(OperatorCheck):
+    id = "integrity.ops.conv2d"
+
+    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]:
+        quick = level is Level.quick
+        corners = ("random", "delta kernel", "specials") + (() if quick else ("constant image",))
+        return [self._builder(case, corner) for case in CONV_CASES if case.quick or not quick for corner in corners]
+
+    @staticmethod
+    def _builder(case: ConvCase, corner: str) -> Builder:
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            conv = case.conv
+            x = rng.standard_normal((case.n, case.c, case.hw, case.hw))
+            w = rng.standard_normal((case.o, case.c // conv.groups, case.kernel, case.kernel)) / case.kernel
+            bias = rng.standard_normal(case.o) if case.bias else None
+            bound = "random"
+            if corner == "delta kernel":  # each output channel copies one input channel of its group
+                w[:] = 0.0
+                w[np.arange(case.o), np.arange(case.o) % (case.c // conv.groups), case.kernel // 2,
+                  case.kernel // 2] = 1.0
+                bound = "worst"
+            elif corner == "specials":
+                flat = x.reshape(-1)
+                flat[rng.choice(flat.size, 3, replace=False)] = (np.nan, np.inf, -np.inf)
+                x[0, :, 0, :] = 0.0  # a zero row of pixels next to the padding
+                bound = "worst"
+            elif corner == "constant image":
+                x[:] = 0.5
+                bound = "worst"
+            x, w = fmt.quantize(x), fmt.quantize(w)
+            bias = None if bias is None else fmt.quantize(bias)
+            cols, weights = ref.im2col(x, w, bias, conv)
+            exp = ref.conv_expectation(cols, weights, fmt, bound)
+            if not np.isfinite(x).all():
+                # Winograd and FFT algorithms spread a non-finite input over a whole tile, and blocked
+                # kernels multiply it by the zeros that pad their weights (Inf * 0 = NaN): outputs outside
+                # its receptive field may be non-finite too, and an infinite one may come out NaN. Inside
+                # it, results stay non-finite, and NaN stays NaN.
+                exp.rule[exp.rule == Rule.finite] = Rule.either
+                exp.rule[(exp.rule == Rule.pos_inf) | (exp.rule == Rule.neg_inf)] = Rule.nonfinite
+            shape = (conv.groups, -1, case.o // conv.groups)
+
+            def run(device: str) -> torch.Tensor:
+                y = F.conv2d(upload(x, fmt, device), upload(w, fmt, device),
+                             None if bias is None else upload(bias, fmt, device),
+                             stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+                return y.permute(0, 2, 3, 1).reshape(-1, conv.groups, case.o // conv.groups).transpose(0, 1)
+
+            exp = Expectation(*(a.reshape(shape) for a in (exp.value, exp.bound, exp.rule)))
+            return OpCase("conv2d", f"conv2d {case.label} ({corner})", run, exp,
+                          evidence={"input": [case.n, case.c, case.hw, case.hw], "kernel": case.kernel,
+                                    "stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation,
+                                    "groups": conv.groups, "inputs": corner})
+        return build
+
+
+# ----- scaled-dot-product attention -----
+
+@dataclass(frozen=True)
+class AttentionCase:
+    label: str
+    batch: int
+    heads: int
+    q_len: int
+    kv_len: int
+    dim: int
+    mask: str  # none | causal | bool | additive
+
+
+ATTENTION_CASES = (
+    AttentionCase("self-attention, no mask", 2, 4, 64, 64, 64, "none"),
+    AttentionCase("causal", 2, 4, 64, 64, 64, "causal"),
+    AttentionCase("boolean padding mask", 1, 4, 48, 80, 64, "bool"),
+    AttentionCase("additive bias (ALiBi-like) with -inf", 1, 2, 32, 96, 128, "additive"),
+)
+
+
+class AttentionCheck(OperatorCheck):
+    id = "integrity.ops.attention"
+
+    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]:
+        return [self._builder(case, corner) for case in ATTENTION_CASES for corner in ("random", "corners")]
+
+    @staticmethod
+    def _builder(case: AttentionCase, corner: str) -> Builder:
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            shape = (case.batch, case.heads)
+            q = rng.standard_normal((*shape, case.q_len, case.dim))
+            k = rng.standard_normal((*shape, case.kv_len, case.dim))
+            v = rng.standard_normal((*shape, case.kv_len, case.dim))
+            bias = np.zeros((case.q_len, case.kv_len))
+            if case.mask == "causal":
+                bias[np.triu(np.ones_like(bias, dtype=bool), 1)] = -np.inf  # torch aligns it top-left
+            elif case.mask == "bool":
+                bias[:, rng.random(case.kv_len) < 0.3] = -np.inf
+                bias[0] = -np.inf  # a query that may see nothing
+            elif case.mask == "additive":
+                bias = fmt.quantize(-0.25 * np.abs(np.arange(case.q_len)[:, None] - np.arange(case.kv_len)[None]))
+                bias[:, -8:] = -np.inf
+            if corner == "corners":
+                q[..., 0, :] *= 40.0  # scores of hundreds: a nearly one-hot softmax
+                q[..., 1, :] = 0.0  # uniform attention: the mean of the visible values
+                q[0, 0, 2, 0] = np.nan  # one query's row must be NaN
+            q, k, v = fmt.quantize(q), fmt.quantize(k), fmt.quantize(v)
+            scale = 1.0 / math.sqrt(case.dim)
+
+            def run(device: str) -> torch.Tensor:
+                args = [upload(t, fmt, device) for t in (q, k, v)]
+                if case.mask == "causal":
+                    return F.scaled_dot_product_attention(*args, is_causal=True)
+                if case.mask == "bool":
+                    return F.scaled_dot_product_attention(*args, attn_mask=torch.from_numpy(bias == 0).to(device))
+                if case.mask == "additive":
+                    return F.scaled_dot_product_attention(*args, attn_mask=upload(bias, fmt, device))
+                return F.scaled_dot_product_attention(*args)
+
+            return OpCase("attention", f"attention {case.label} ({corner})", run,
+                          ref.attention_expectation(q, k, v, bias, scale, fmt),
+                          evidence={"shape": [*shape, case.q_len, case.kv_len, case.dim], "mask": case.mask})
+        return build
+
+
+# ----- dtype conversions -----
+
+_INTEGER_DTYPES = {"int32": (torch.int32, np.int32), "int8": (torch.int8, np.int8)}
+
+
+def _exact(values: np.ndarray, signed_zero: bool = True) -> Expectation:
+    exp = Expectation.finite(values, 0.0)
+    exp.classify()
+    if signed_zero:
+        exp.rule[exp.rule == Rule.finite] = Rule.exact_signed
+    return exp
+
+
+class ConvertCheck(OperatorCheck):
+    """Conversions are exact: round to nearest even between float formats (IEEE 754-2019, 4.3.1 and
+    5.4.2), truncation toward zero from float to integer (C's conversion, which PyTorch follows), and
+    exact widening. 16-bit sources are tested on every one of their 65,536 bit patterns."""
+
+    id = "integrity.ops.convert"
+    formats = ("fp32",)  # the pairs below name their own formats
+
+    PAIRS = (("fp32", "fp16"), ("fp32", "bf16"), ("fp16", "fp32"), ("bf16", "fp32"), ("fp64", "fp32"),
+             ("fp32", "fp64"), ("fp16", "bf16"), ("bf16", "fp16"), ("fp32", "int32"), ("int32", "fp32"),
+             ("int8", "fp16"), ("int8", "bf16"))
+
+    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]:
+        return [self._builder(src, dst) for src, dst in self.PAIRS]
+
+    @staticmethod
+    def _source(rng: np.random.Generator, src: str, dst: str) -> np.ndarray:
+        if src in ("fp16", "bf16"):
+            return random_bits(rng, FORMATS[src], None, None)  # all 65,536 patterns
+        if src == "int32":
+            return np.concatenate([rng.integers(-2**31, 2**31, 1 << 14), np.arange(-2**24 - 8, -2**24 + 8),
+                                   np.arange(2**24 - 8, 2**24 + 8), [2**31 - 1, -2**31, 0]]).astype(np.float64)
+        if src == "int8":
+            return np.arange(-128, 128).astype(np.float64)
+        fmt = FORMATS[src]
+        if dst == "int32":  # in range: out-of-range float-to-integer conversion is undefined behaviour
+            x = np.clip(rng.uniform(-2.0**31, 2.0**31, 1 << 14), -2.0**31 + 128, 2.0**31 - 128)
+            x = x / np.exp2(rng.integers(0, 31, 1 << 14))
+            return fmt.quantize(np.concatenate([x, [-0.5, 0.5, -0.0, 1.5, -1.5, 2.5, -2.5, 2.0**31 - 128]]))
+        x = np.concatenate([random_bits(rng, fmt, (1 << 14,), None), special_values(fmt)])
+        if dst in ("fp16", "bf16"):  # ties between two values of the narrower format: round to even
+            target = FORMATS[dst]
+            grid = target.quantize(rng.standard_normal(1 << 12))
+            ulp = np.abs(np.spacing(grid.astype(np.float16 if dst == "fp16" else np.float32)).astype(np.float64))
+            if dst == "bf16":
+                ulp = ulp * 2.0**16
+            x = np.concatenate([x, fmt.quantize(grid + ulp / 2), fmt.quantize(grid - ulp / 2)])
+        return x
+
+    @staticmethod
+    def _builder(src: str, dst: str) -> Builder:
+        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
+            x = ConvertCheck._source(rng, src, dst)
+            if dst == "int32":
+                expected = _exact(np.trunc(x), signed_zero=False)
+            elif dst in _INTEGER_DTYPES:
+                expected = _exact(x, signed_zero=False)
+            elif src == "int32":
+                expected = _exact(x.astype(np.int64).astype(np.float32).astype(np.float64))
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    expected = _exact(FORMATS[dst].quantize(x))
+
+            def run(device: str) -> torch.Tensor:
+                if src in _INTEGER_DTYPES:
+                    t = torch.from_numpy(x.astype(_INTEGER_DTYPES[src][1])).to(device)
+                else:
+                    t = upload(x, FORMATS[src], device)
+                target = _INTEGER_DTYPES[dst][0] if dst in _INTEGER_DTYPES else FORMATS[dst].torch_dtype
+                return t.to(target)
+
+            def flushed() -> Expectation:
+                """A device that flushes subnormal inputs and results (to a zero of either sign)."""
+                tiny_src = ieee.smallest_normal(FORMATS[src]) if src in FORMATS else 0.0
+                tiny_dst = ieee.smallest_normal(FORMATS[dst]) if dst in FORMATS else 0.0
+                y = np.where(np.abs(x) < tiny_src, 0.0, x)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    y = FORMATS[dst].quantize(y) if dst in FORMATS else np.trunc(y)
+                return _exact(np.where(np.abs(y) < tiny_dst, 0.0, y), signed_zero=False)
+
+            return OpCase(f"convert {src}->{dst}", f"{src} -> {dst} on {x.size} values", run, expected,
+                          ftz=flushed if dst != "int32" else None, dtype=f"{src}->{dst}",
+                          evidence={"from": src, "to": dst})
+        return build
+
+
+CHECKS = [ElementwiseCheck(), NormalizationCheck(), ReductionCheck(), Conv2dCheck(), AttentionCheck(), ConvertCheck()]

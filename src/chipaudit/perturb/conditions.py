@@ -1,0 +1,212 @@
+"""The worlds a workload is run in: the reference, and changed ones.
+
+A condition is applied to the workload process only (its environment, its namespace, the clock its
+libc reports), never to the tool. Each one can be unavailable here (no privilege, a tool missing),
+and each one that ran is checked from inside the workload (`applied`): a clock that did not move or
+a namespace that still has interfaces is reported as not applied, never as coverage.
+
+The reference is neutral rather than inherited: UTC and the C.UTF-8 locale, whatever the machine's
+own settings, so that a machine that already looks Chinese is still compared with one that does
+not. Everything else of the caller's environment is inherited unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zoneinfo
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from chipaudit.perturb import netns
+from chipaudit.sensors.events import FILE, Event
+
+REFERENCE, NETWORK, CLOCK, LOCATION = "reference", "network", "clock", "location"
+NEUTRAL_TZ, NEUTRAL_LOCALE = "UTC", "C.UTF-8"
+LOCALE_VARS = (
+    "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES", "LC_PAPER",
+    "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION", "LANGUAGE",
+)
+NEUTRAL_ENV: dict[str, str | None] = {"TZ": NEUTRAL_TZ, "LANG": NEUTRAL_LOCALE, **dict.fromkeys(LOCALE_VARS)}
+# Where Debian, Fedora and upstream builds put libfaketime.
+FAKETIME_LIBS = (
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib64/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/local/lib/faketime/libfaketime.so.1",
+)
+ZONEINFO = Path("/usr/share/zoneinfo")
+# A shifted clock must read within this of its target (plus the time since launch) inside the workload.
+CLOCK_SLACK_S = 3600.0
+PROBE_TIMEOUT_S = 20.0
+DAY_S = 86400.0
+# libfaketime keeps its state in POSIX shared memory named after the first process that loads it
+# (libfaketime 0.9.x, ft_shm_create): /dev/shm/faketime_shm_<pid> and the semaphore
+# /dev/shm/sem.faketime_sem_<pid>, which glibc's sem_open creates as a temporary file and links.
+_FAKETIME_SHM = re.compile(r"^/dev/shm/(?:sem\.faketime_sem_|faketime_shm_)(\d+)$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    kind: str
+    env: dict[str, str | None] = field(default_factory=dict)  # over NEUTRAL_ENV; None removes a variable
+    sealed: bool = False
+    clock_shift_days: float | None = None
+    tz: str | None = None
+    locale: str | None = None
+
+    def workload_env(self, now: float) -> dict[str, str | None]:
+        env = {**NEUTRAL_ENV, "PYTHONDONTWRITEBYTECODE": "1", **self.env}
+        if self.clock_shift_days is not None:
+            lib = faketime_library()
+            if lib is not None:
+                env.update({
+                    "LD_PRELOAD": " ".join(filter(None, [lib, os.environ.get("LD_PRELOAD")])),
+                    "FAKETIME": f"@{int(self.target_time(now))}", "FAKETIME_FMT": "%s",
+                    # Timing is taken by the tool, never inside the workload, and monotonic clocks are
+                    # no date: leave them alone rather than disturb the runtime's timers.
+                    "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                })
+        return env
+
+    def target_time(self, now: float) -> float:
+        return now + (self.clock_shift_days or 0.0) * DAY_S
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.sealed:
+            out["network"] = "empty network namespace (loopback only)"
+        if self.clock_shift_days is not None:
+            out["clock_shift_days"] = self.clock_shift_days
+        if self.tz:
+            out["tz"] = self.tz
+        if self.locale:
+            out["locale"] = self.locale
+        return out
+
+
+def reference() -> Condition:
+    return Condition("reference", REFERENCE)
+
+
+def sealed() -> Condition:
+    return Condition("sealed", NETWORK, sealed=True)
+
+
+def clock(days: float, label: str) -> Condition:
+    return Condition(f"clock {label}", CLOCK, clock_shift_days=days)
+
+
+def location(name: str, tz: str | None = None, locale: str | None = None) -> Condition:
+    env: dict[str, str | None] = {}
+    if tz:
+        env["TZ"] = tz
+    if locale:
+        language = locale.split(".")[0]
+        env.update(dict.fromkeys(("LANG", *LOCALE_VARS[:-1]), locale))
+        env["LANGUAGE"] = f"{language}:{language.split('_')[0]}"
+    return Condition(name, LOCATION, env=env, tz=tz, locale=locale)
+
+
+@cache
+def faketime_library() -> str | None:
+    return next((p for p in FAKETIME_LIBS if os.path.exists(p)), None)
+
+
+@cache
+def unshare_net() -> str:
+    """'' when an empty network namespace can be made here, else why not."""
+    exe = shutil.which("unshare")
+    if exe is None:
+        return "unshare is not installed (Debian package util-linux)"
+    try:
+        run = subprocess.run([exe, "--net", "--", "true"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unshare --net failed: {e}"
+    if run.returncode != 0:
+        text = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+        return f"unshare --net failed: {text} (creating a network namespace needs root or CAP_SYS_ADMIN)"
+    return ""
+
+
+def unavailable(condition: Condition) -> str:
+    """'' when the condition can be applied on this machine, else why not."""
+    if condition.sealed:
+        return unshare_net()
+    if condition.clock_shift_days is not None and faketime_library() is None:
+        return "libfaketime is not installed (Debian package faketime)"
+    if condition.tz and not (ZONEINFO / condition.tz).exists():
+        return f"the time zone {condition.tz} is not in {ZONEINFO} (Debian package tzdata)"
+    return ""
+
+
+def outer_prefix(condition: Condition, capture: tuple[Path, Path, str] | None) -> list[str]:
+    """What wraps the tracer and the workload: for a sealed run, a new network namespace entered
+    through the shim (with the packet capture, when one is asked for)."""
+    if not condition.sealed:
+        return []
+    shim = [sys.executable, "-I", netns.__file__]
+    if capture is not None:
+        pcap, log, tcpdump = capture
+        shim += ["--capture", str(pcap), "--capture-log", str(log), "--tcpdump", tcpdump]
+    return [str(shutil.which("unshare")), "--net", "--", *shim, "--"]
+
+
+def expected_offset_s(tz: str, at: float) -> int | None:
+    with contextlib.suppress(zoneinfo.ZoneInfoNotFoundError, ValueError):
+        offset = dt.datetime.fromtimestamp(at, zoneinfo.ZoneInfo(tz)).utcoffset()
+        return int(offset.total_seconds()) if offset is not None else None
+    return None
+
+
+def applied(condition: Condition, hello: dict[str, Any], launched: float, answered: float) -> tuple[str, list[str]]:
+    """('' or why the condition did not take effect, notes on how far it reached), judged from what
+    the workload itself saw when it started."""
+    notes: list[str] = []
+    if condition.sealed:
+        others = [i for i in hello.get("interfaces", []) if i != "lo"]
+        if others:
+            return f"the workload still saw network interfaces {others}", notes
+    if condition.clock_shift_days is not None:
+        seen = float(hello.get("time", 0.0))
+        low, high = condition.target_time(launched) - CLOCK_SLACK_S, condition.target_time(answered) + CLOCK_SLACK_S
+        if not low <= seen <= high:
+            return (f"the workload's clock read {dt.datetime.fromtimestamp(seen, dt.timezone.utc):%Y-%m-%d}, not "
+                    f"the shifted date"), notes
+    if condition.tz or condition.kind == REFERENCE:
+        tz = condition.tz or NEUTRAL_TZ
+        want = expected_offset_s(tz, float(hello.get("time", answered)))
+        if want is not None and hello.get("gmtoff") != want:
+            return f"the workload's local time offset was {hello.get('gmtoff')} s, not {want} s for {tz}", notes
+    if hello.get("sleep_repaired"):
+        notes.append("this libfaketime cannot serve absolute monotonic sleeps (libfaketime issue #426, fixed after "
+                     "0.9.10): the workload's time.sleep waited through a relative wait instead; a native library "
+                     "sleeping that way would fail with EINVAL under the shifted clock")
+    if condition.locale and not hello.get("locale_installed"):
+        notes.append(f"the locale {condition.locale} is not installed here: the environment variables were set, "
+                     "but a C library asked for it fell back to C")
+    return "", notes
+
+
+def without_own_artefacts(condition: Condition, events: list[Event], pids: set[int]) -> list[Event]:
+    """The events minus the files the perturbation itself makes in the workload (libfaketime's
+    shared memory, named after a pid of the workload's own tree); everything else stays."""
+    if condition.clock_shift_days is None:
+        return events
+    tree = pids | {e.pid for e in events}
+    own: set[str] = set()
+    for e in events:
+        m = _FAKETIME_SHM.match(e.target) if e.kind == FILE else None
+        if m and int(m.group(1)) in tree:
+            own.add(e.target)
+    # The temporary name sem_open links to the semaphore's final name: the same strace line.
+    linked = {e.detail for e in events if e.kind == FILE and e.action == "link" and e.target in own}
+    own |= {e.target for e in events if e.kind == FILE and e.action == "link" and e.detail in linked}
+    return [e for e in events if not (e.kind == FILE and e.target in own)]

@@ -1,0 +1,314 @@
+"""Simulated faulty devices: the CPU's own kernels overridden through torch.library.
+
+Each fault model replaces the CPU implementation of some aten operators (the matrix products mm, addmm,
+bmm and baddbmm, or a transcendental function) with a wrapper that runs the native kernel and then
+misbehaves. Code above the dispatcher, the audit included, sees the result exactly as it would see a
+chip's: only by what the operators return and how long they take. The audit never looks at how
+operators are registered.
+
+A fault is a small dataclass: its parameters are its JSON spec, so a worker process can be started with
+the same fault (`worker_spec`), and other tools (a fleet test's throttled node) can reuse the models.
+
+Trigger classes the built-in models cover: none (a weak part: random bit flips), values (integer-valued
+operands, special values), structure (zero rows), shape (an inner dimension), precision (fp32 computed in
+bf16), cumulative use (after a number of multiply-adds), time under load (a throttle after seconds of
+continuous use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from chipaudit.runner.watchdog import WorkerSpec
+
+MATMULS = ("mm", "addmm", "bmm", "baddbmm")
+_LIBRARIES: list[Any] = []  # registrations live as long as the process
+
+
+def operands(kind: str, args: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    return (args[0], args[1]) if kind in ("mm", "bmm") else (args[1], args[2])
+
+
+def macs(kind: str, args: tuple[Any, ...]) -> int:
+    a, b = operands(kind, args)
+    return a.numel() * b.shape[-1]
+
+
+_INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+             torch.float64: torch.int64}
+
+
+def flip_bits(out: torch.Tensor, index: torch.Tensor, bit: int) -> None:
+    """Flip one bit of the chosen elements of a floating-point tensor, in place."""
+    bits = out.view(-1).view(_INT_VIEW[out.dtype])
+    bits[index] ^= (1 << bit) if bit < bits.element_size() * 8 - 1 else torch.iinfo(bits.dtype).min
+
+
+@dataclass
+class Fault:
+    """The base: an honest override (the control). Subclasses change `after` or `before`."""
+
+    name: ClassVar[str] = "clean"
+    trigger: ClassVar[str] = "none"
+    description: ClassVar[str] = "control: the kernels are overridden but compute honestly"
+    kernels: ClassVar[tuple[str, ...]] = MATMULS
+
+    def before(self, kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Change the operands before the native kernel runs (a precision downgrade)."""
+        return args
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        """Change the result, or take longer, after the native kernel ran."""
+        return out
+
+    def spec(self) -> dict[str, Any]:
+        """The fault's name and parameters; fields starting with _ are state, not parameters."""
+        params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
+        return {"name": self.name, "params": params}
+
+    def install(self) -> None:
+        """Override the CPU kernels of this process."""
+        lib = torch.library.Library("aten", "IMPL")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+            for kind in self.kernels:
+                lib.impl(kind, self._wrapper(kind), "CPU")
+        _LIBRARIES.append(lib)
+
+    def _wrapper(self, kind: str) -> Any:
+        native = _NATIVE[kind]
+
+        def run(*args: Any, **kwargs: Any) -> torch.Tensor:
+            args = self.before(kind, args)
+            t0 = time.perf_counter()
+            out = native(*args, **kwargs)
+            return self.after(kind, args, out, time.perf_counter() - t0)
+
+        return run
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.mm.out(a, b, out=a.new_empty((a.shape[0], b.shape[1])))
+
+
+def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: Any = 1, alpha: Any = 1) -> torch.Tensor:
+    return torch.ops.aten.addmm.out(bias, a, b, beta=beta, alpha=alpha, out=a.new_empty((a.shape[0], b.shape[1])))
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.bmm.out(a, b, out=a.new_empty((a.shape[0], a.shape[1], b.shape[2])))
+
+
+def _baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: Any = 1, alpha: Any = 1) -> torch.Tensor:
+    out = a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
+    return torch.ops.aten.baddbmm.out(bias, a, b, beta=beta, alpha=alpha, out=out)
+
+
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.exp.out(x, out=torch.empty_like(x))
+
+
+# The native kernels, reached through their out= overloads, which the overrides leave alone.
+_NATIVE = {"mm": _mm, "addmm": _addmm, "bmm": _bmm, "baddbmm": _baddbmm, "exp": _exp}
+
+
+@dataclass
+class BitFlip(Fault):
+    """A weak part: one bit flipped in a share of the output elements of floating-point products."""
+
+    name: ClassVar[str] = "bitflip"
+    trigger: ClassVar[str] = "none (random)"
+    description: ClassVar[str] = "flips one bit in about `rate` of the elements of every fp32 product"
+    bit: int = 20
+    rate: float = 1e-4
+    dtype: str = "float32"
+    min_elements: int = 4096
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        if str(out.dtype) != f"torch.{self.dtype}" or out.numel() < self.min_elements:
+            return out
+        count = max(1, round(out.numel() * self.rate))
+        flip_bits(out, torch.randint(0, out.numel(), (count,)), self.bit)
+        return out
+
+
+@dataclass
+class IntegerTrigger(Fault):
+    """A trojan keyed to test vectors and quantised data: when every operand value is a whole number,
+    one element of the result is off by `delta`."""
+
+    name: ClassVar[str] = "integer_trigger"
+    trigger: ClassVar[str] = "values (integer-valued operands)"
+    description: ClassVar[str] = "one element off by one when all operands are whole numbers"
+    delta: float = 1.0
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        a, b = operands(kind, args)
+        if a.is_floating_point() and a.numel() >= 16 and bool((a == a.round()).all()) and bool(
+                (b == b.round()).all()):
+            out.view(-1)[out.numel() // 2] += self.delta
+        return out
+
+
+@dataclass
+class ZeroRowTrigger(Fault):
+    """A kernel that mishandles padding: when an operand row is all zeros, that result row, which must
+    be exactly zero, gets a small value."""
+
+    name: ClassVar[str] = "zero_row_trigger"
+    trigger: ClassVar[str] = "structure (an all-zero operand row)"
+    description: ClassVar[str] = "rows of zeros (padding) come out slightly non-zero"
+    value: float = 2.0**-10
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        a, _ = operands(kind, args)
+        if a.is_floating_point():
+            zero_rows = (a == 0).all(dim=-1)
+            if bool(zero_rows.any()):
+                out[zero_rows] += self.value
+        return out
+
+
+@dataclass
+class NanSuppression(Fault):
+    """A kernel that hides diverging training: NaN results come out as zero."""
+
+    name: ClassVar[str] = "nan_suppression"
+    trigger: ClassVar[str] = "values (NaN in the result)"
+    description: ClassVar[str] = "NaN results replaced by 0"
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        if out.is_floating_point():
+            out[torch.isnan(out)] = 0.0
+        return out
+
+
+@dataclass
+class ShapeTrigger(Fault):
+    """A trojan keyed to a model's width: products with inner dimension `k` (768: BERT-base and GPT-2's
+    hidden size) are slightly wrong."""
+
+    name: ClassVar[str] = "shape_trigger"
+    trigger: ClassVar[str] = "shape (a model's width as inner dimension)"
+    description: ClassVar[str] = "one element 0.1% off in products whose inner dimension is `k`"
+    k: int = 768
+    relative: float = 1e-3
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        a, _ = operands(kind, args)
+        if a.shape[-1] == self.k and out.is_floating_point():
+            out.view(-1)[0] *= 1.0 + self.relative
+        return out
+
+
+@dataclass
+class PrecisionDowngrade(Fault):
+    """A device that quietly computes fp32 products in bf16: the operands are rounded first."""
+
+    name: ClassVar[str] = "precision_downgrade"
+    trigger: ClassVar[str] = "precision (fp32 products)"
+    description: ClassVar[str] = "fp32 operands rounded to bf16 before multiplying"
+    to: str = "bfloat16"
+
+    def before(self, kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        dtype = getattr(torch, self.to)
+        return tuple(x.to(dtype).to(x.dtype) if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else x
+                     for x in args)
+
+
+@dataclass
+class AfterUse(Fault):
+    """Degradation or a counting trojan: once the device has done `after_macs` multiply-adds, one bit of
+    one element of every floating-point product flips."""
+
+    name: ClassVar[str] = "after_use"
+    trigger: ClassVar[str] = "cumulative use (multiply-adds done)"
+    description: ClassVar[str] = "after 4e10 multiply-adds, bit 22 of one element of every product flips"
+    after_macs: float = 4e10
+    bit: int = 22
+    _done: float = dataclasses.field(default=0.0, repr=False)
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        self._done += macs(kind, args)
+        if self._done > self.after_macs and out.dtype == torch.float32 and out.numel():
+            flip_bits(out, torch.tensor([out.numel() // 3]), self.bit)
+        return out
+
+
+@dataclass
+class Throttle(Fault):
+    """A throttle: once the device has been busy without a pause for `after_busy_s` seconds, every
+    product takes `factor` times as long. `after_busy_s` = 0 throttles from the first product.
+
+    busy: the slowed device keeps computing (the product is recomputed for the extra time, as a chip at a
+    lower clock keeps its units busy); otherwise it idles (sleeps), as the host does while it waits for a
+    slow accelerator."""
+
+    name: ClassVar[str] = "throttle"
+    trigger: ClassVar[str] = "time under load (seconds of continuous use)"
+    description: ClassVar[str] = "products take `factor` times as long after `after_busy_s` of continuous load"
+    factor: float = 3.0
+    after_busy_s: float = 3.0
+    # A gap longer than this between products ends the busy streak: long enough that a loaded host's
+    # scheduling does not end it, short enough that a check's host-side work does.
+    pause_s: float = 1.0
+    busy: bool = True
+    _streak_start: float = dataclasses.field(default=0.0, repr=False)
+    _last_end: float = dataclasses.field(default=-1e9, repr=False)
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        end = time.monotonic()
+        start = end - seconds
+        if start - self._last_end > self.pause_s:
+            self._streak_start = start
+        if end - self._streak_start >= self.after_busy_s:
+            until = end + (self.factor - 1.0) * seconds
+            if not self.busy:
+                time.sleep((self.factor - 1.0) * seconds)
+            while self.busy and time.monotonic() < until:
+                _NATIVE[kind](*args)
+        self._last_end = time.monotonic()
+        return out
+
+
+@dataclass
+class ExpCorruption(Fault):
+    """A corrupted table entry in a transcendental function: exp is 0.01% off on one input interval."""
+
+    name: ClassVar[str] = "exp_corruption"
+    trigger: ClassVar[str] = "values (inputs in [2, 3))"
+    description: ClassVar[str] = "exp(x) 0.01% too large for x in [2, 3)"
+    kernels: ClassVar[tuple[str, ...]] = ("exp",)
+    low: float = 2.0
+    high: float = 3.0
+    relative: float = 1e-4
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        x = args[0]
+        hit = (x >= self.low) & (x < self.high)
+        if bool(hit.any()):
+            out[hit] *= 1.0 + self.relative
+        return out
+
+
+FAULTS: dict[str, type[Fault]] = {f.name: f for f in (
+    Fault, BitFlip, IntegerTrigger, ZeroRowTrigger, NanSuppression, ShapeTrigger, PrecisionDowngrade, AfterUse,
+    Throttle, ExpCorruption)}
+
+
+def from_spec(spec: dict[str, Any]) -> Fault:
+    return FAULTS[spec["name"]](**spec.get("params", {}))
+
+
+def worker_spec(fault: Fault) -> WorkerSpec:
+    """How to start an audit worker on the simulated device: the fault is installed in the worker
+    before it imports the checks (python -m chipaudit.selftest.inject SPEC -- <worker command>)."""
+    return WorkerSpec(prefix=[sys.executable, "-m", "chipaudit.selftest.inject", json.dumps(fault.spec()), "--"])

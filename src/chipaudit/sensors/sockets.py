@@ -1,0 +1,247 @@
+"""A second, independent sensor: sampling the socket table and open files of a process tree (psutil).
+
+Several times a second every process of each watched tree (descendants of the workload, and
+orphans re-parented to this process, which is made a child subreaper so that double-forked
+daemons land here instead of at init) is asked for its sockets and for files it holds open for
+writing. It needs no privilege for one's own processes and no tracer, so it still runs where
+strace cannot; it also sees sockets strace would miss if a tracer were evaded.
+
+Cannot see: a socket or file opened and closed between two samples, and anything done by a
+process that ends between two samples. Packet contents. Sockets in another network namespace are
+seen as sockets, but without their addresses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+from chipaudit.sensors.events import FILE, NETWORK, Event, SensorStatus
+
+SAMPLE_INTERVAL_S = 0.1
+O_ACCMODE, O_APPEND = 0o3, 0o2000  # asm-generic/fcntl.h
+CLOCK_TICK_S = 0.01  # resolution of a process's start time in /proc (USER_HZ)
+DELETED = " (deleted)"  # what readlink adds for a file unlinked while open (proc(5))
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+_FAMILIES = {2: "AF_INET", 10: "AF_INET6", 1: "AF_UNIX"}
+
+
+def become_subreaper() -> bool:
+    """Orphans of our descendants are re-parented to this process rather than to init, so that a
+    workload's detached children stay visible (and can be ended) after their parent exits."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass
+class Seen:
+    label: str
+    pid: int
+    created: float
+    cmdline: list[str]
+
+
+@dataclass
+class TreeSampler:
+    """Watches the process trees under registered roots until stopped.
+
+    `infrastructure(proc)` tells the tool's own wrapper processes (tracer, namespace shim, packet
+    capture) apart from the workload's; they are walked through but not reported.
+    """
+
+    infrastructure: Callable[[psutil.Process], bool]
+    ignore_paths: set[str] = field(default_factory=set)
+    interval_s: float = SAMPLE_INTERVAL_S
+    roots: dict[int, str] = field(default_factory=dict)
+    seen: dict[tuple[int, float], Seen] = field(default_factory=dict)
+    events: list[tuple[str, Event]] = field(default_factory=list)
+    samples: int = 0
+    started: float = 0.0
+    _keys: set[tuple[object, ...]] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _procs: dict[int, psutil.Process] = field(default_factory=dict)
+    _checked: dict[tuple[int, int, str], bool] = field(default_factory=dict)
+
+    def watch(self, pid: int, label: str) -> None:
+        with self._lock:
+            self.roots[pid] = label
+
+    def start(self) -> None:
+        self.started = time.time()
+        self._thread = threading.Thread(target=self._loop, name="chipaudit-socket-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()  # one last look after the workloads were asked to end
+
+    def status(self) -> SensorStatus:
+        return SensorStatus("socket_sampling", True, f"psutil, every {self.interval_s * 1000:.0f} ms: sockets "
+                            f"and files open for writing in the workload's process tree ({self.samples} samples)")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def processes(self) -> list[tuple[str, int]]:
+        """(label, pid) for every live process of the watched trees and every orphan."""
+        with self._lock:
+            roots = dict(self.roots)
+        out: list[tuple[str, int]] = []
+        known: set[int] = set()
+        children = _children_map()
+        for pid, label in roots.items():
+            tree = _descendants(pid, children) if os.path.exists(f"/proc/{pid}") else []
+            out += [(label, p) for p in tree if p not in known]
+            known.update(tree)
+        for orphan in children.get(os.getpid(), []):
+            if orphan not in known and self._adopted(orphan):
+                label = self._label_of(orphan)
+                out += [(label, p) for p in _descendants(orphan, children)]
+        return out
+
+    def _adopted(self, pid: int) -> bool:
+        """A child of this process that it did not start itself: an orphan of a watched tree. Children
+        older than the sampler (another part of the program started them) are not."""
+        with contextlib.suppress(psutil.Error):
+            return self._process(pid).create_time() >= self.started - CLOCK_TICK_S
+        return False
+
+    def _label_of(self, pid: int) -> str:
+        """An orphan belongs to the session it was first seen in; one never seen before is still
+        ours (nothing else makes this process a parent), but its session is unknown."""
+        for (seen_pid, _), seen in self.seen.items():
+            if seen_pid == pid:
+                return seen.label
+        return "(detached, session unknown)"
+
+    def _process(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None or not proc.is_running():
+            proc = self._procs[pid] = psutil.Process(pid)
+        return proc
+
+    def sample(self) -> None:
+        self.samples += 1
+        for label, pid in self.processes():
+            try:
+                proc = self._process(pid)
+                key = (pid, proc.create_time())
+                if key not in self.seen:
+                    self.seen[key] = Seen(label, pid, key[1], proc.cmdline())
+                found = self._descriptors(proc)
+                # Asked after the descriptors were read: a wrapper forked from the tool's shim is not yet
+                # the tracer or the capture until it has exec'd, and then opens their files and sockets.
+                if found and not self.infrastructure(proc):
+                    for event_key, event in found:
+                        self._record(label, event_key, event)
+            except (psutil.Error, OSError):
+                continue
+
+    def _record(self, label: str, key: tuple[object, ...], event: Event) -> None:
+        if key not in self._keys:
+            self._keys.add(key)
+            self.events.append((label, event))
+
+    def _descriptors(self, proc: psutil.Process) -> list[tuple[tuple[object, ...], Event]]:
+        """Sockets and files open for writing, from /proc/PID/fd; psutil decodes sockets' addresses."""
+        found: list[tuple[tuple[object, ...], Event]] = []
+        sockets: dict[int, str] = {}
+        base = f"/proc/{proc.pid}/fd"
+        for fd in os.listdir(base):
+            with contextlib.suppress(OSError, ValueError):
+                link = os.readlink(f"{base}/{fd}")
+                if link.startswith("socket:["):
+                    sockets[int(fd)] = link
+                elif link.startswith("/") and _writable_file(proc.pid, int(fd), link, self._checked):
+                    path = link.removesuffix(DELETED)
+                    if path not in self.ignore_paths:
+                        found.append(((proc.pid, "file", path), Event(
+                            "sockets", FILE, "open for writing", path, proc.pid, time.time(),
+                            detail="deleted since it was opened" if path != link else "")))
+        if sockets:
+            found += self._sockets(proc, sockets)
+        return found
+
+    def _sockets(self, proc: psutil.Process, sockets: dict[int, str]) -> list[tuple[tuple[object, ...], Event]]:
+        found: list[tuple[tuple[object, ...], Event]] = []
+        now = time.time()
+        for c in proc.net_connections(kind="all"):
+            family = _FAMILIES.get(int(c.family), str(c.family))
+            address = c.raddr or c.laddr
+            if isinstance(address, tuple) and address:
+                where = f"{address[0]}:{address[1]}" if family == "AF_INET" else f"[{address[0]}]:{address[1]}"
+            else:
+                where = str(address or "(unnamed)")
+            sockets.pop(c.fd, None)
+            found.append(((proc.pid, "sock", c.fd, family, where), Event(
+                "sockets", NETWORK, "connected socket" if c.raddr else "open socket", f"{family} {where}",
+                proc.pid, now, family=family, detail=f"{c.type!s} {c.status}".strip())))
+        # A socket the tables do not list: another network namespace, or a family psutil does not
+        # decode (netlink, packet). It is still a socket the workload holds.
+        for fd, link in sockets.items():
+            found.append(((proc.pid, "sock", fd, link), Event(
+                "sockets", NETWORK, "open socket", f"socket {link[7:]} (address not readable)", proc.pid, now)))
+        return found
+
+    def alive(self) -> list[Seen]:
+        """Processes of the watched trees seen at any time that still run now."""
+        out = []
+        for (pid, created), seen in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).create_time() == created:
+                    out.append(seen)
+        return out
+
+
+def _children_map() -> dict[int, list[int]]:
+    """Every process's children, from one pass over /proc/*/stat."""
+    out: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{name}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            out.setdefault(ppid, []).append(int(name))
+    return out
+
+
+def _descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
+    out, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def _writable_file(pid: int, fd: int, link: str, cache: dict[tuple[int, int, str], bool]) -> bool:
+    """Whether a descriptor on a regular path was opened for writing (flags in /proc/PID/fdinfo)."""
+    key = (pid, fd, link)
+    if key not in cache:
+        flags = 0
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    flags = int(line.split()[1], 8)
+        device_node = link.startswith("/dev/") and not link.startswith(("/dev/shm/", "/dev/mqueue/"))
+        cache[key] = not device_node and (flags & O_ACCMODE in (1, 2) or bool(flags & O_APPEND))
+    return cache[key]

@@ -1,0 +1,190 @@
+"""The sensors on real processes: strace around small programs that talk and write, the socket
+sampler on a live process, tcpdump in a real namespace, /proc scans for device holders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chipaudit.checks.behaviour.allowlist import Allowlist
+from chipaudit.checks.behaviour.findings import sensor_findings
+from chipaudit.checks.behaviour.sidechannel import SideChannelProbe
+from chipaudit.perturb import conditions
+from chipaudit.report.model import Severity
+from chipaudit.sensors import capture, holders, strace
+from chipaudit.sensors.events import FILE, NETWORK, PROCESS, Event, Observation
+from chipaudit.sensors.sockets import TreeSampler
+
+needs_strace = pytest.mark.skipif(strace.probe()[0] is None, reason="strace cannot run here")
+
+TALKER = """
+import os, socket, subprocess, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.sendto(b"x", ("127.0.0.1", 9)); u.close()
+t = socket.socket()
+try:
+    t.connect(("127.0.0.1", 1))
+except OSError:
+    pass
+with open(sys.argv[1], "w") as f:
+    f.write("x")
+os.rename(sys.argv[1], sys.argv[1] + ".moved")
+subprocess.Popen([sys.executable, "-I", "-c",
+                  "import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b'y', ('2001:db8::1', 53))"],
+                 start_new_session=True).wait()
+"""
+
+
+def traced(tmp_path: Path, code: str, *args: str) -> tuple[list[Event], set[int]]:
+    base, _ = strace.probe()
+    assert base is not None
+    out = tmp_path / "trace"
+    subprocess.run([*strace.prefix(base, out, {}), sys.executable, "-c", code, *args], check=True, timeout=60,
+                   capture_output=True)
+    return strace.parse(out)
+
+
+@needs_strace
+def test_strace_records_network_calls_file_writes_and_children(tmp_path: Path) -> None:
+    events, pids = traced(tmp_path, TALKER, str(tmp_path / "note"))
+    network = {(e.action, e.target) for e in events if e.kind == NETWORK}
+    assert ("sendto", "AF_INET 127.0.0.1:9") in network
+    assert ("connect", "AF_INET 127.0.0.1:1") in network
+    assert ("sendto", "AF_INET6 [2001:db8::1]:53") in network  # from the detached child
+    refused = [e for e in events if e.action == "connect"]
+    assert refused[0].failed == "ECONNREFUSED"
+    files = {(e.action, e.target) for e in events if e.kind == FILE}
+    assert ("openat", str(tmp_path / "note")) in files
+    assert ("rename", str(tmp_path / "note.moved")) in files
+    programs = [e.target for e in events if e.kind == PROCESS]
+    assert programs == [sys.executable]  # the child; the traced program itself is not an event
+    assert len(pids) >= 2
+
+
+@needs_strace
+def test_strace_ignores_reads_and_device_nodes(tmp_path: Path) -> None:
+    events, _ = traced(tmp_path, "import json, os; open('/dev/null', 'w').write('x'); os.listdir('/tmp')")
+    assert events == []
+
+
+@needs_strace
+def test_relative_paths_are_resolved_against_the_working_directory(tmp_path: Path) -> None:
+    base, _ = strace.probe()
+    assert base is not None
+    out = tmp_path / "trace"
+    subprocess.run([*strace.prefix(base, out, {}), sys.executable, "-c", "open('rel.txt', 'w')"], cwd=tmp_path,
+                   check=True, timeout=60)
+    events, _ = strace.parse(out)
+    assert [e.target for e in events] == [str(tmp_path / "rel.txt")]
+
+
+def test_strace_env_is_applied_to_the_traced_program_only() -> None:
+    args = strace.prefix(("strace",), Path("/x"), {"TZ": "Asia/Shanghai", "LC_ALL": None})
+    assert args[-5:] == ["-E", "TZ=Asia/Shanghai", "-E", "LC_ALL", "--"]
+
+
+def test_socket_sampler_sees_a_held_socket_and_a_file_open_for_writing(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    code = (f"import socket, sys, time; s = socket.create_connection(('127.0.0.1', {port})); "
+            f"f = open(sys.argv[1], 'a'); print('ready', flush=True); time.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "held.log")], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith(b"ready")
+        sampler = TreeSampler(lambda p: False)
+        sampler.watch(proc.pid, "reference")
+        sampler.sample()
+        targets = {(e.kind, e.target) for _, e in sampler.events}
+        assert (NETWORK, f"AF_INET 127.0.0.1:{port}") in targets
+        assert (FILE, str(tmp_path / "held.log")) in targets
+        assert [s.pid for s in sampler.alive()] == [proc.pid]
+    finally:
+        proc.kill()
+        proc.wait()
+        listener.close()
+
+
+def test_sensor_findings_grade_destinations_and_honour_the_allowlist() -> None:
+    home_cache = os.path.expanduser("~/.nv/ComputeCache/index")
+    events = [
+        Event("strace", NETWORK, "socket", "AF_INET", family="AF_INET"),
+        Event("strace", NETWORK, "connect", "AF_INET 127.0.0.1:47555", family="AF_INET"),
+        Event("strace", NETWORK, "sendto", "AF_INET 203.0.113.9:443", family="AF_INET"),
+        Event("strace", NETWORK, "socket", "AF_NETLINK", family="AF_NETLINK"),
+        Event("strace", FILE, "openat", "/var/tmp/x"),
+        Event("strace", FILE, "openat", home_cache),
+        Event("reaper", PROCESS, "lingering", "python -c leak"),
+    ]
+    found = {f.evidence["target"]: f.severity for f in
+             sensor_findings(SideChannelProbe(), {"reference": Observation(events)}, Allowlist())}
+    assert found == {
+        "AF_INET 127.0.0.1:47555": Severity.high, "AF_INET 203.0.113.9:443": Severity.critical,
+        "AF_NETLINK": Severity.medium, "/var/tmp/x": Severity.high, home_cache: Severity.info,
+        "python -c leak": Severity.medium,
+    }
+
+
+def test_libfaketime_state_is_the_tools_own_but_other_shm_files_are_not() -> None:
+    clock = conditions.clock(730, "+2 years")
+    line = '7 link("/dev/shm/sem.Ab12Cd", "/dev/shm/sem.faketime_sem_7") = 0'
+    events = [
+        Event("strace", FILE, "openat", "/dev/shm/sem.Ab12Cd", 7),
+        Event("strace", FILE, "link", "/dev/shm/sem.Ab12Cd", 7, detail=line),
+        Event("strace", FILE, "link", "/dev/shm/sem.faketime_sem_7", 7, detail=line),
+        Event("sockets", FILE, "open for writing", "/dev/shm/faketime_shm_7", 7),
+        Event("strace", FILE, "openat", "/dev/shm/faketime_shm_99", 7),  # not a pid of this tree
+        Event("strace", FILE, "openat", "/dev/shm/exfil", 7),
+    ]
+    kept = conditions.without_own_artefacts(clock, events, {7})
+    assert [e.target for e in kept] == ["/dev/shm/faketime_shm_99", "/dev/shm/exfil"]
+    assert conditions.without_own_artefacts(conditions.reference(), events, {7}) == events
+
+
+@pytest.mark.skipif(conditions.unshare_net() != "" or capture.unavailable() is not None,
+                    reason="needs a network namespace and tcpdump")
+def test_packet_capture_in_a_sealed_namespace(tmp_path: Path) -> None:
+    pcap, log = tmp_path / "p.pcap", tmp_path / "p.log"
+    prefix = conditions.outer_prefix(conditions.sealed(), (pcap, log, str(capture.tcpdump())))
+    code = "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 5353))"
+    subprocess.run([*prefix, sys.executable, "-c", code], check=True, timeout=60)
+    assert capture.status_from(log).ran
+    packets = capture.parse(pcap)
+    assert any(e.action == "packet" and e.target == "AF_INET 127.0.0.1:5353" for e in packets)
+
+
+def test_device_holders_are_found_by_their_open_files(tmp_path: Path) -> None:
+    node = tmp_path / "fakeaccel0"
+    node.write_text("")
+    code = f"import time; f = open({str(node)!r}); print('ready', flush=True); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith(b"ready")
+        scan = holders.scan((str(tmp_path / "fakeaccel*"),), holders.own_processes() - {proc.pid})
+        found = [h for h in scan.holders if h.pid == proc.pid]
+        assert found and found[0].files == [str(node)]
+        assert scan.inspected > 1
+        allow = Allowlist(device_holders=[{"name": found[0].name, "exe": os.path.realpath(sys.executable)}])
+        assert allow.holder_allowed(found[0].name, found[0].exe)
+        assert not Allowlist().holder_allowed(found[0].name, found[0].exe)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_missing_tools_are_reported_not_claimed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    strace.probe.cache_clear()
+    try:
+        base, status = strace.probe()
+        assert base is None and not status.ran and "not installed" in status.detail
+        missing = capture.unavailable()
+        assert missing is not None and not missing.ran and "not installed" in missing.detail
+    finally:
+        strace.probe.cache_clear()

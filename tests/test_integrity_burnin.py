@@ -1,0 +1,186 @@
+"""The burn-in: every result checked, corruption after cumulative use caught with when it began, and a
+throttle told apart from a busy host."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import chipaudit, load
+
+from chipaudit.checks.base import CheckContext
+from chipaudit.checks.integrity import burnin
+from chipaudit.checks.integrity.burnin import Window, judge_throughput
+from chipaudit.report.model import Level, Severity
+
+
+def ctx(seconds: float) -> CheckContext:
+    return CheckContext(device="cpu", level=Level.quick, seed=3, params={"burn_in_seconds": seconds})
+
+
+@pytest.fixture
+def small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small products, so that a second holds many of them whatever the machine's load."""
+    monkeypatch.setattr(burnin, "SIZES", (128,))
+    monkeypatch.setattr(burnin, "WINDOW_S", 0.2)
+    monkeypatch.setattr(burnin, "SETTLE_S", 0.0)
+
+
+def test_levels_and_override() -> None:
+    check = burnin.BurnInCheck()
+    assert {Level.quick: 10.0, Level.standard: 60.0, Level.deep: 600.0} == burnin.BURN_SECONDS
+    assert check.seconds(Level.deep, {}) == 600.0 and check.seconds(Level.quick, {"burn_in_seconds": 42}) == 42
+    assert check.time_limit(Level.quick, {"burn_in_seconds": 3600}) > 3600
+    assert check.time_limit(Level.deep, {}) > 600
+
+
+def test_every_result_is_verified_and_the_curve_recorded(small: None) -> None:
+    out = burnin.BurnInCheck().run(ctx(1.5))
+    assert not [f for f in out.findings if f.severity is not Severity.info]  # info: a busy host's load
+    cov = out.coverage
+    assert cov["products"] > 5 and cov["verified_on_device"] == cov["products"] == cov["identical_to_golden"]
+    curve = out.measurements["throughput_curve"]
+    assert len(curve["t_s"]) == len(curve["macs_per_s"]) >= 5 and all(r > 0 for r in curve["macs_per_s"])
+    assert len(curve["other_cores"]) == len(curve["t_s"])
+    assert out.measurements["throughput_macs_per_s"] > 0
+
+
+def device_that(monkeypatch: pytest.MonkeyPatch, change: Callable[[torch.Tensor, int], None]) -> None:
+    """torch.mm, changed by change(result, n) for the n-th product (from 1) of the burn itself; the size
+    probe and the golden products before it stay honest."""
+    honest, burn, state = torch.mm, burnin.burn, {"n": 0, "burning": False}
+
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        c = honest(a, b)
+        if state["burning"]:
+            state["n"] += 1
+            change(c, state["n"])
+        return c
+
+    def burning(*args: object) -> float:
+        state["burning"] = True
+        return burn(*args)
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(burnin, "burn", burning)
+
+
+def test_corruption_after_cumulative_use_is_caught_with_its_onset(small: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def wears_out(c: torch.Tensor, n: int) -> None:
+        if n > 20:
+            c[5, 7] += 0.5
+
+    device_that(monkeypatch, wears_out)
+    out = burnin.BurnInCheck().run(ctx(1.0))
+    wrong = [f for f in out.findings if f.severity is Severity.high]
+    assert len(wrong) == 1 and "sustained load" in wrong[0].title
+    first = wrong[0].evidence["first"]
+    assert first["after_products"] == 21 and first["worst"]["index"][1:] == [5, 7]
+    assert wrong[0].evidence["wrong"] == out.coverage["products"] - 20
+
+
+def test_a_wrong_golden_product_is_caught_before_the_burn(small: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    honest = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: honest(a, b) * 1.01)
+    out = burnin.BurnInCheck().run(ctx(1.0))
+    assert [f.title for f in out.findings] == ["wrong fp32 product before the burn-in started"]
+
+
+def test_low_bit_differences_within_the_bound_are_non_determinism(small: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def jitter(c: torch.Tensor, n: int) -> None:
+        if n % 2:
+            c.view(torch.int32)[0, 0] ^= 1  # the last bit of one element
+
+    device_that(monkeypatch, jitter)
+    out = burnin.BurnInCheck().run(ctx(1.0))
+    assert [f.severity for f in out.findings if f.severity is not Severity.info] == [Severity.low]
+    assert out.coverage["within_bound_not_identical"] > 0
+
+
+def test_host_readback_catches_a_device_whose_comparison_lies(small: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def corrupt(c: torch.Tensor, n: int) -> None:
+        c[0, 0] += 1.0
+
+    device_that(monkeypatch, corrupt)
+    monkeypatch.setattr(burnin, "device_identical", lambda c, pair, cpu: True)
+    monkeypatch.setattr(burnin, "HOST_CHECK_SHARE", 1)
+    out = burnin.BurnInCheck().run(ctx(0.5))
+    assert "the device's own comparison disagrees with the host" in [f.title for f in out.findings]
+
+
+def windows(rates: list[float], own: list[float], other: list[float] | None = None) -> list[Window]:
+    other = other or [0.0] * len(rates)
+    return [Window(float(i + 1), 10, r, o, c) for i, (r, c, o) in enumerate(zip(rates, own, other, strict=True))]
+
+
+STEADY = [100.0] * 12
+FALL = [100.0] * 4 + [33.0] * 8
+
+
+def test_steady_or_noisy_throughput_is_not_a_finding() -> None:
+    assert judge_throughput(windows(STEADY, [2.0] * 12), cpu=True) is None
+    noisy = [100, 40, 100, 100, 30, 100, 100, 100, 45, 100, 100, 100]
+    assert judge_throughput(windows(noisy, [2.0] * 12), cpu=True) is None
+    assert judge_throughput(windows([100.0, 10.0], [2.0, 2.0]), cpu=False) is None  # too short to call a trend
+
+
+def test_a_sustained_fall_is_a_throttle_on_an_accelerator() -> None:
+    verdict = judge_throughput(windows(FALL, [0.1] * 12), cpu=False)
+    assert verdict is not None and verdict[0] is Severity.medium and verdict[3]["fall"] == pytest.approx(3.03, 0.01)
+
+
+def test_a_cpu_that_idles_while_slower_is_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(burnin.os, "sched_getaffinity", lambda pid: {0, 1})
+    verdict = judge_throughput(windows(FALL, [2.0] * 4 + [0.66] * 8), cpu=True)
+    assert verdict is not None and verdict[0] is Severity.medium and verdict[3]["idle_cores_end"] > 1
+
+
+def test_a_cpu_that_burns_more_time_per_product_is_throttled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(burnin.os, "sched_getaffinity", lambda pid: {0, 1})
+    verdict = judge_throughput(windows(FALL, [2.0] * 12), cpu=True)
+    assert verdict is not None and verdict[0] is Severity.medium and verdict[3]["efficiency_fall"] > 2.9
+
+
+def test_a_fall_while_other_processes_take_the_cores_is_not_blamed_on_the_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(burnin.os, "sched_getaffinity", lambda pid: {0, 1})
+    slower = [100.0] * 4 + [40.0] * 8
+    verdict = judge_throughput(windows(slower, [2.0] * 4 + [1.0] * 8, [0.0] * 4 + [1.0] * 8), cpu=True)
+    assert verdict is not None and verdict[0] is Severity.info
+
+
+def test_fresh_operands_late_in_the_run_meet_a_fault_that_spares_old_ones(
+        small: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: set[float] = set()
+    honest = torch.mm
+
+    def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        c = honest(a, b)
+        key = float(a[0, 0])
+        if len(seen) >= 2 and key not in seen:  # new operands, once it has been used for a while
+            c[3, 3] += 1.0
+        seen.add(key)
+        return c
+
+    monkeypatch.setattr(burnin, "REFRESH_S", 0.3)
+    monkeypatch.setattr(burnin, "choose_size", lambda device, fmt: 128)
+    monkeypatch.setattr(torch, "mm", mm)
+    out = burnin.BurnInCheck().run(ctx(1.0))
+    assert out.coverage["fresh_pairs"] >= 2
+    wrong = [f for f in out.findings if f.severity is Severity.high]
+    assert wrong and wrong[0].evidence["first"]["fresh"] is True
+
+
+@pytest.mark.slow
+def test_cli_burn_in_seconds_option(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    done = chipaudit("run", "--device", "cpu", "--level", "quick", "--only", "integrity.burnin",
+                     "--burn-in-seconds", "2", "--seed", "4", "--json", str(report), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = load(report)
+    (check,) = data["checks"]
+    assert check["coverage"]["requested_seconds"] == 2.0 and check["coverage"]["products"] > 0
+    assert "--burn-in-seconds 2" in data["replay"]
+    assert len(check["measurements"]["throughput_curve"]["t_s"]) >= 1
