@@ -96,6 +96,8 @@ def test_after_use_corrupts_only_past_its_threshold() -> None:
     assert (first == 4).all()  # 64 multiply-adds done
     second = fault.after("mm", (a, a), a @ a, 0.0)
     assert (second != 4).sum() == 1  # 128 > 100
+    by_count = AfterUse(after_calls=2)
+    assert [(by_count.after("mm", (a, a), a @ a, 0.0) != 4).sum().item() for _ in range(4)] == [0, 0, 1, 1]
 
 
 def test_throttle_waits_only_after_continuous_load() -> None:

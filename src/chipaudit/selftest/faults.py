@@ -226,19 +226,24 @@ class PrecisionDowngrade(Fault):
 
 @dataclass
 class AfterUse(Fault):
-    """Degradation or a counting trojan: once the device has done `after_macs` multiply-adds, one bit of
-    one element of every floating-point product flips."""
+    """Degradation or a counting trojan: once the device has done `after_macs` multiply-adds or
+    `after_calls` products, whichever comes first, one bit of one element of every fp32 product flips."""
 
     name: ClassVar[str] = "after_use"
-    trigger: ClassVar[str] = "cumulative use (multiply-adds done)"
-    description: ClassVar[str] = "after 4e10 multiply-adds, bit 22 of one element of every product flips"
+    trigger: ClassVar[str] = "cumulative use (multiply-adds or products done)"
+    description: ClassVar[str] = "after `after_macs` multiply-adds or `after_calls` products, bit `bit` of one " \
+                                 "element of every fp32 product flips"
     after_macs: float = 4e10
+    after_calls: int = 400
     bit: int = 22
     _done: float = dataclasses.field(default=0.0, repr=False)
+    _calls: int = dataclasses.field(default=0, repr=False)
 
     def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
         self._done += macs(kind, args)
-        if self._done > self.after_macs and out.dtype == torch.float32 and out.numel():
+        self._calls += 1
+        used = self._done > self.after_macs or self._calls > self.after_calls
+        if used and out.dtype == torch.float32 and out.numel():
             flip_bits(out, torch.tensor([out.numel() // 3]), self.bit)
         return out
 

@@ -92,8 +92,16 @@ class DriftProbe(Check):
             raise RuntimeError(f"the workload did not start: {sustained.dead}")
         out = Outcome()
         out.findings += findings.session_findings(self, harness.sessions, sustained)
-        out.findings += findings.speed_findings(self, comparisons, "after sustained use than in a fresh process")
         trends = {t.label: self._trend(ctx, series, i, telemetry.readings) for i, t in enumerate(tasks)}
+
+        def slowed_in_use(c: Comparison) -> bool:
+            """A used process slower than a fresh one counts when it also slowed down while it was
+            being used: one that was slower from its start differs as a process, not by its use."""
+            trend = trends[tasks[c.cond[1]].label][0]
+            return c.verdict().flagged and trend.get("ratio", 0.0) >= stats.UNDECIDED
+
+        out.findings += findings.speed_findings(self, comparisons, "after sustained use than in a fresh process",
+                                                slowed_in_use)
         out.findings += [f for _, f in trends.values() if f is not None]
         out.findings += findings.sensor_findings(self, observations, allow)
         out.coverage = {

@@ -15,7 +15,7 @@ Severities (issue #3):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,19 +213,21 @@ def _answer_changes(check: Check, sessions: list[Session], reference: Session) -
     return out
 
 
-def speed_findings(check: Check, comparisons: Iterable[Comparison], what: str) -> list[Finding]:
+def speed_findings(check: Check, comparisons: Iterable[Comparison], what: str,
+                   confirmed: Callable[[Comparison], bool] = Comparison.confirmed) -> list[Finding]:
     out = []
     for c in comparisons:
         v = c.verdict()
-        if not v.flagged:
+        if not confirmed(c):
             continue
         slower = v.ratio > 1
         direction = f"{v.ratio:.2f}x slower" if slower else f"{1 / v.ratio:.2f}x faster"
         out.append(check.finding(
             Severity.high, f"{c.name}: {direction} {what}",
             f"Median of {v.pairs} interleaved paired ratios {v.ratio:.3f} (99% interval {v.low:.3f} to "
-            f"{v.high:.3f}); flagged at {stats.SPEED_FLAG:.1f}x or more when the whole interval excludes 1.",
-            **v.as_dict(), task=c.cond[0].tasks[c.cond[1]].as_dict(), world=c.cond[0].condition.describe()))
+            f"{v.high:.3f}); flagged at {stats.SPEED_FLAG:.1f}x or more when the whole interval excludes 1"
+            + (f", and again between new processes ({c.retest.verdict().ratio:.3f})." if c.retest else "."),
+            **c.as_dict(), task=c.cond[0].tasks[c.cond[1]].as_dict(), world=c.cond[0].condition.describe()))
     return out
 
 

@@ -372,9 +372,26 @@ class Comparison:
     work_ratio: float = 1.0  # work of a cond request / work of a ref request
     two_sided: bool = True
     ratios: list[float] = field(default_factory=list)
+    retest: Comparison | None = None  # the same comparison between new processes of the two worlds
 
     def verdict(self) -> stats.SpeedVerdict:
         return stats.paired(self.ratios, self.two_sided)
+
+    def confirmed(self) -> bool:
+        """Flagged, and flagged again the same way between new processes: two processes of one world
+        can differ in speed for reasons of their own (memory placement, a core shared with a tenant),
+        which a second, independent pair of processes does not repeat; a world's effect does."""
+        v = self.verdict()
+        if not v.flagged or self.retest is None:
+            return False
+        again = self.retest.verdict()
+        return again.flagged and (again.ratio > 1) == (v.ratio > 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.verdict().as_dict())
+        if self.retest is not None:
+            out["retest"] = self.retest.verdict().as_dict()
+        return out
 
 
 def calibrate(harness: Harness, arms: Sequence[tuple[Session, int]]) -> dict[int, tuple[int, float]]:
@@ -429,3 +446,21 @@ def run_rounds(
         if done >= low and not any(c.verdict().undecided for c in comparisons):
             break
     return done
+
+
+def retest(harness: Harness, comparisons: list[Comparison], plan: dict[int, tuple[int, float]],
+           rounds: tuple[int, int], seed: int) -> None:
+    """Measure every flagged comparison again, between new processes of its two worlds (started
+    like the first ones, and warmed by one product each), so that `confirmed` can ask for both."""
+    flagged = [c for c in comparisons if c.verdict().flagged]
+    if not flagged:
+        return
+    olds = list(dict.fromkeys(s for c in flagged for s in (c.ref[0], c.cond[0])))
+    news = dict(zip(olds, harness.start([(s.label, s.condition, s.tasks) for s in olds]), strict=True))
+    for c in flagged:
+        c.retest = Comparison(c.name, (news[c.ref[0]], c.ref[1]), (news[c.cond[0]], c.cond[1]), c.work_ratio,
+                              c.two_sided)
+    for session, task in dict.fromkeys(arm for c in flagged if c.retest for arm in (c.retest.ref, c.retest.cond)):
+        if task in plan:
+            harness.time(session, task, 1, max(TIME_FLOOR_S, HANG_FACTOR * plan[task][1]))
+    run_rounds(harness, [c.retest for c in flagged if c.retest], plan, rounds, seed + 1)
