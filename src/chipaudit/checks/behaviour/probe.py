@@ -134,12 +134,12 @@ def _verify_all(harness: Harness, sessions: list[Session]) -> None:
                 harness.verify(s, task)
 
 
-def same_task_comparisons(sessions: list[Session], what: str) -> list[Comparison]:
+def same_task_comparisons(sessions: list[Session]) -> list[Comparison]:
     """Each world against the reference (the first session), task by task."""
     if not sessions or sessions[0].condition.kind != cond.REFERENCE:
         return []
     ref = sessions[0]
-    return [Comparison(f"{t.label} in the world '{s.label}'{what}", (ref, i), (s, i))
+    return [Comparison(f"{t.label} in the world '{s.label}'", (ref, i), (s, i))
             for s in sessions[1:] for i, t in enumerate(s.tasks)]
 
 
@@ -155,5 +155,4 @@ class ConditionProbe(Check):
         if not usable:
             raise NotApplicable("; ".join(f"{k}: {v}" for k, v in skipped.items()))
         worlds = [World("reference", cond.reference(), tasks), *usable]
-        return run_worlds(self, ctx, worlds, lambda s: same_task_comparisons(s, ""),
-                          "than in the reference world", skipped)
+        return run_worlds(self, ctx, worlds, same_task_comparisons, "than in the reference world", skipped)
