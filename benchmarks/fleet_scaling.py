@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -26,9 +27,21 @@ PORT = 6393
 AUDIT = ["--level", "quick", "--only", "integrity.gemm.int8", "--seed", "1"]
 
 
+def stop_namespace(pid: str) -> None:
+    """Kill every process in the namespace: this cluster only (`ray stop` would stop every Ray on the machine)."""
+    ours = os.readlink(f"/proc/{pid}/ns/net")
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.name != pid and os.readlink(entry / "ns" / "net") == ours:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fleet-scaling-"))
     env = {**os.environ, "XDG_DATA_HOME": str(work / "data")}
+    env.pop("RAY_ADDRESS", None)
     holder = subprocess.Popen(["unshare", "--net", "--fork", "--kill-child", "sleep", "3600"])
     time.sleep(0.5)
     pid = subprocess.run(["pgrep", "-P", str(holder.pid)], capture_output=True, text=True).stdout.split()[0]
@@ -40,7 +53,7 @@ def main() -> None:
     try:
         ns("ip", "link", "set", "lo", "up")
         ns("ray", "start", "--head", "--port", str(PORT), "--num-cpus", str(max(SIZES)), "--include-dashboard=false",
-           "--resources", json.dumps({"slot": N_AUDITS}), "--disable-usage-stats")
+           "--temp-dir", str(work / "ray"), "--resources", json.dumps({"slot": N_AUDITS}), "--disable-usage-stats")
         lone = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -56,7 +69,7 @@ def main() -> None:
             walls[k] = time.perf_counter() - t0
             print(f"{k} in flight: {N_AUDITS} audits in {walls[k]:.1f} s, {N_AUDITS / walls[k]:.3f} audits/s")
     finally:
-        subprocess.run(["nsenter", "-t", pid, "-n", "ray", "stop", "--force"], env=env, capture_output=True)
+        stop_namespace(pid)
         holder.kill()
     print(f"fleet_overhead_s: {(walls[1] - N_AUDITS * single) / N_AUDITS:.2f}")
 
