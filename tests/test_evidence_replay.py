@@ -57,3 +57,11 @@ def test_config_replays_only_the_checks_this_version_has() -> None:
     config = config_for(synthetic_report(), "cpu")
     assert config.only == ["integrity.gemm.fp32", "integrity.gemm.tf32", "integrity.gemm.bf16"]
     assert (config.seed, config.level.value, config.device) == (1234, "quick", "cpu")
+
+
+def test_config_replays_with_the_recorded_parameters() -> None:
+    recorded = synthetic_report()
+    recorded.params = {"burn_in_seconds": 3.0, "baseline": "/recorded/trusted.json"}
+    assert config_for(recorded, "cpu").params == recorded.params
+    moved = config_for(recorded, "cpu", baseline="/here/trusted.json")
+    assert moved.params == {"burn_in_seconds": 3.0, "baseline": "/here/trusted.json"}

@@ -182,5 +182,5 @@ def test_cli_burn_in_seconds_option(tmp_path: Path) -> None:
     data = load(report)
     (check,) = data["checks"]
     assert check["coverage"]["requested_seconds"] == 2.0 and check["coverage"]["products"] > 0
-    assert "--burn-in-seconds 2" in data["replay"]
+    assert "--burn-in-seconds 2" in data["replay"] and data["params"] == {"burn_in_seconds": 2.0}
     assert len(check["measurements"]["throughput_curve"]["t_s"]) >= 1

@@ -84,6 +84,32 @@ def test_a_changed_byte_in_a_mapped_library_is_high_for_exactly_that_file(
         lib.write_bytes(original)
 
 
+def test_replay_compares_with_the_recorded_baseline(preloaded: tuple[Path, dict[str, str], Path],
+                                                   tmp_path: Path) -> None:
+    lib, env, saved = preloaded
+    original = lib.read_bytes()
+    out = tmp_path / "r.json"
+    try:
+        lib.write_bytes(original.replace(MARKER, MARKER[:-1] + b"C"))
+        p = chipaudit("run", "--device", "cpu", "--level", "quick", "--only", "stack.fingerprint", "--baseline",
+                      str(saved), "--json", str(out), env=env)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert load(out)["params"] == {"baseline": str(saved.resolve())}
+        again = chipaudit("replay", str(out), env=env)
+        assert again.returncode == 0, again.stdout + again.stderr  # the difference is found again
+        moved = tmp_path / "moved.json"
+        saved.rename(moved)
+        try:
+            lost = chipaudit("replay", str(out), env=env)
+            assert lost.returncode == 2 and "pass --baseline" in lost.stderr and "Traceback" not in lost.stderr
+            elsewhere = chipaudit("replay", str(out), "--baseline", str(moved), env=env)
+            assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
+        finally:
+            moved.rename(saved)
+    finally:
+        lib.write_bytes(original)
+
+
 def test_run_with_a_baseline_embeds_the_inventory_and_compares_the_stack(
         preloaded: tuple[Path, dict[str, str], Path], tmp_path: Path) -> None:
     _lib, env, saved = preloaded

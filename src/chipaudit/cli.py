@@ -322,10 +322,12 @@ def replay(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder, or a report JSON file.")],
     device: Annotated[str | None, typer.Option(help="Run on this device instead of the recorded one.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the reproduced report here.")] = None,
+    baseline: Annotated[Path | None, typer.Option(help="The stack baseline the audit was compared with, where "
+                                                  "it lies on this machine (default: its recorded path).")] = None,
 ) -> None:
-    """Re-run a recorded audit's checks here with its seeds and level, and print whether each check
-    agrees with the record. Exit 0 when every check agrees, 1 otherwise. Signatures are not checked:
-    run chipaudit verify for that."""
+    """Re-run a recorded audit's checks here with its seeds, level and parameters (burn-in length, stack
+    baseline), and print whether each check agrees with the record. Exit 0 when every check agrees, 1
+    otherwise. Signatures are not checked: run chipaudit verify for that."""
     from rich.table import Table
 
     from chipaudit.devices.torchdev import DeviceError, resolve
@@ -345,7 +347,13 @@ def replay(
     except DeviceError as e:
         raise UsageError(f"the recorded device {device or recorded.device.spec}: {e} (choose one with --device)") \
             from None
-    config = config_for(recorded, resolved)
+    recorded_baseline = recorded.params.get("baseline")
+    if baseline is None and recorded_baseline and not Path(recorded_baseline).is_file():
+        raise UsageError(f"the audit compared its stack with the baseline {recorded_baseline}, which is not on "
+                         "this machine: pass --baseline FILE")
+    if baseline is not None:
+        _existing(baseline, "--baseline")
+    config = config_for(recorded, resolved, _baseline_params(baseline, resolved).get("baseline"))
     _say(f"chipaudit: replaying {len(config.only or [])} check(s) of a {recorded.level.value} audit "
          f"(seed {recorded.seed}) on {resolved}")
     reproduced = None

@@ -56,11 +56,13 @@ class Agreement:
     figures: list[FigureComparison] = field(default_factory=list)
 
 
-def config_for(report: Report, device: str) -> AuditConfig:
-    """The recorded checks this version of chipaudit can run, with the recorded seed and level."""
+def config_for(report: Report, device: str, baseline: str | None = None) -> AuditConfig:
+    """The recorded checks this version of chipaudit can run, with the recorded seed, level and
+    parameters; `baseline` stands in for a recorded stack baseline that lies elsewhere on this machine."""
     known = by_id()
     runnable = [c.id for c in report.checks if c.id in known and report.level in known[c.id].levels]
-    return AuditConfig(device=device, level=report.level, seed=report.seed, only=runnable)
+    params = {**report.params, **({"baseline": baseline} if baseline else {})}
+    return AuditConfig(device=device, level=report.level, seed=report.seed, only=runnable, params=params)
 
 
 def _failing(report: Report, check_id: str) -> set[tuple[str, str]]:

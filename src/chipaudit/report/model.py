@@ -126,6 +126,9 @@ class Report(_Model):
     findings: list[Finding] = Field(default_factory=list)
     limits: list[str] = Field(default_factory=list, description="What this audit cannot observe.")
     replay: str = Field(default="", description="The command line that repeats this audit.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Audit parameters beyond level and seed that shaped the checks "
+        "(baseline, burn_in_seconds, ...); replay runs with the same.")
     inventory: dict[str, Any] | None = Field(
         default=None, description="The host, its CPU and every accelerator present, as the vendor libraries and "
         "the PCI bus report them (chipaudit.inventory/1).")

@@ -19,6 +19,7 @@ from chipaudit.checks import select
 from chipaudit.checks.base import derive_seed
 from chipaudit.devices import torchdev
 from chipaudit.devices.inventory import collect_isolated
+from chipaudit.evidence.bundle import EVIDENCE_DIR_PARAM
 from chipaudit.report.model import (
     Category,
     CheckResult,
@@ -50,6 +51,11 @@ class AuditConfig:
     only: list[str] | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
+    def recorded_params(self) -> dict[str, Any]:
+        """The parameters that shape what the checks do, for the report (and so for replay); not the
+        local plumbing such as where this run stages its evidence."""
+        return {k: v for k, v in sorted(self.params.items()) if k != EVIDENCE_DIR_PARAM}
+
 
 def environment() -> Environment:
     return Environment(
@@ -78,7 +84,8 @@ def new_report(config: AuditConfig) -> Report:
     return Report(
         tool=ToolInfo(version=chipaudit.__version__), level=config.level, seed=config.seed,
         started=datetime.now(timezone.utc), device=torchdev.describe(config.device), environment=environment(),
-        replay=replay_command(config), limits=list(STANDING_LIMITS), inventory=collect_isolated(),
+        replay=replay_command(config), params=config.recorded_params(), limits=list(STANDING_LIMITS),
+        inventory=collect_isolated(),
     )
 
 
