@@ -280,6 +280,7 @@ def test_a_killed_node_is_retried_or_lost_never_missing(workdir: Path) -> None:
     (["run", "--address", "127.0.0.1:1"], "no Ray cluster answers"),
     (["run", "--db", "mysql://nope"], "a SQLite file path or a postgresql:// URL"),
     (["report", "no-such-run"], "no fleet run no-such-run"),
+    (["run", "--only", "integrity.nosuch"], "no check has that id or prefix"),
 ])
 def test_bad_addresses_stores_and_run_ids_fail_fast_with_one_line(args: list[str], message: str, workdir: Path,
                                                                   ) -> None:

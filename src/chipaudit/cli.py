@@ -74,7 +74,6 @@ def run(
 
     Example: chipaudit run --device cuda:0 --level quick --json report.json
     """
-    from chipaudit.checks import select
     from chipaudit.devices.torchdev import DeviceError, resolve
     from chipaudit.evidence.publish import Outputs
     from chipaudit.report.terminal import render
@@ -86,8 +85,7 @@ def run(
         _writable(path, option)
     if bundle is not None and bundle.exists() and (not bundle.is_dir() or any(bundle.iterdir())):
         raise UsageError(f"--bundle {bundle}: exists and is not an empty folder")
-    if only and not select(only):
-        raise UsageError(f"--only {' '.join(only)}: no check has that id or prefix (see 'chipaudit checks')")
+    _known_checks(only)
     try:
         resolved = resolve(device)
     except DeviceError as e:
@@ -206,6 +204,13 @@ def _publish(report: Report, outputs: Outputs) -> None:
         _say(line)
     for line in failed:
         fail(line)
+
+
+def _known_checks(only: list[str] | None) -> None:
+    from chipaudit.checks import select
+
+    if only and not select(only):
+        raise UsageError(f"--only {' '.join(only)}: no check has that id or prefix (see 'chipaudit checks')")
 
 
 def _existing(path: Path, option: str, folder: bool = False) -> Path:
@@ -747,6 +752,8 @@ def fleet_run(
     seed: Annotated[int | None, typer.Option(min=0, help="One seed for every audit, so every device gets the "
                                              "same inputs. Default: random, recorded.")] = None,
     only: Annotated[list[str] | None, typer.Option(help="Checks to run on every device (repeatable).")] = None,
+    burn_in_seconds: Annotated[float | None, typer.Option(min=1.0, help="How long each audit's sustained verified "
+                                                          "load runs. Default: the level's.")] = None,
     resource: Annotated[str | None, typer.Option(help="Audit one device per unit of this Ray resource (NPU, "
                                                  "MLU, ...) instead of per GPU.")] = None,
     device: Annotated[str, typer.Option(help="Torch device inside each task when --resource is given.")] = "cpu",
@@ -760,7 +767,9 @@ def fleet_run(
     """
     from chipaudit.fleet import FleetOptions, start
 
-    options = FleetOptions(address, level, seed, only or [], resource, device, max_attempts, node_wait, max_parallel)
+    _known_checks(only)
+    options = FleetOptions(address, level, seed, only or [], resource, device, max_attempts, node_wait, max_parallel,
+                           burn_in_seconds)
     run_ids: list[str] = []
     try:
         run_ids.append(str(_fleet_call(lambda update: start(options, db, update, run_ids.append))))

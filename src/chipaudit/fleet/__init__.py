@@ -35,9 +35,12 @@ class FleetOptions:
     max_attempts: int
     node_wait_s: float
     max_parallel: int
+    burn_in_seconds: float | None = None
 
     def audit_argv(self, seed: int) -> list[str]:
-        return ["--level", self.level.value, "--seed", str(seed), *(x for p in self.only for x in ("--only", p))]
+        burn = ["--burn-in-seconds", f"{self.burn_in_seconds:g}"] if self.burn_in_seconds else []
+        return ["--level", self.level.value, "--seed", str(seed), *(x for p in self.only for x in ("--only", p)),
+                *burn]
 
 
 def open_store(db: str | None) -> tuple[FleetStore, Path | None]:

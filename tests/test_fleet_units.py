@@ -1,0 +1,104 @@
+"""The fleet store's idempotency and the fleet summary's judgements, without a cluster (the cluster runs:
+test_fleet_ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from evidence_support import synthetic_report
+
+from chipaudit.fleet import FleetOptions
+from chipaudit.fleet.store import DONE, FAILED, LOST, PENDING, RUNNING, Audit, FleetStore, StoreProblem
+from chipaudit.fleet.summary import MIN_OUTLIER_FACTOR, modified_z, summarize
+from chipaudit.report.model import Category, CheckResult, Level, Report, Status
+
+RUN = "run-1"
+GEMM = "performance.gemm.fp32"
+
+
+def _store(tmp_path: Path, devices: int) -> FleetStore:
+    store = FleetStore.open(str(tmp_path / "fleet.sqlite3"))
+    store.create_run(RUN, {"level": "quick"}, [Audit(RUN, f"n{i}", "cpu", "cpu", PENDING, 0) for i in range(devices)])
+    return store
+
+
+def _report(flops: float, stack: str = "driver 1") -> Report:
+    report = synthetic_report()
+    report.add(CheckResult(id=GEMM, category=Category.performance, status=Status.passed, duration_s=1.0,
+                           measurements={"flops": flops}), [])
+    report.add(CheckResult(id="stack.fingerprint", category=Category.stack, status=Status.passed, duration_s=1.0,
+                           measurements={"fingerprint": {"stack": stack}}), [])
+    return report
+
+
+def _finish(store: FleetStore, node: str, report: Report) -> bool:
+    return store.finish(RUN, (node, "cpu"), report.verdict.value, report.device.name, report.model_dump_json(), None)
+
+
+def test_a_finished_audit_is_written_once_and_never_overwritten(tmp_path: Path) -> None:
+    store = _store(tmp_path, 1)
+    store.start(RUN, ("n0", "cpu"))
+    assert store.counts(RUN) == {RUNNING: 1}
+    assert _finish(store, "n0", _report(1e9))
+    assert not _finish(store, "n0", _report(2e9))  # a retried task that finished too
+    store.fail(RUN, ("n0", "cpu"), LOST, "the node died")  # a late failure report
+    store.start(RUN, ("n0", "cpu"))
+    store.plan([Audit(RUN, "n0", "cpu", "cpu", PENDING, 0)])  # planned again by a resume
+    store.requeue(RUN)
+    (audit,) = store.audits(RUN)
+    assert (audit.state, audit.attempts, audit.reason) == (DONE, 1, None)
+    assert Report.model_validate_json(audit.report or "").checks[-2].measurements["flops"] == 1e9
+
+
+def test_resume_requeues_everything_unfinished(tmp_path: Path) -> None:
+    store = _store(tmp_path, 4)
+    assert _finish(store, "n0", _report(1e9))
+    store.fail(RUN, ("n1", "cpu"), FAILED, "chipaudit exited 2 without a report")
+    store.fail(RUN, ("n2", "cpu"), LOST, "the node did not come back")
+    store.start(RUN, ("n3", "cpu"))
+    store.set_run_state(RUN, "interrupted")
+    store.requeue(RUN)
+    assert store.counts(RUN) == {DONE: 1, PENDING: 3}
+    assert (store.run(RUN) or {})["state"] == "running"
+
+
+@pytest.mark.parametrize("url", ["mysql://host/db", "/no/such/folder/fleet.sqlite3"])
+def test_an_unusable_store_is_one_clear_problem(url: str) -> None:
+    with pytest.raises(StoreProblem):
+        FleetStore.open(url)
+
+
+def test_the_throttled_device_and_the_odd_stack_stand_out_among_their_peers(tmp_path: Path) -> None:
+    store = _store(tmp_path, 6)
+    # A busy fleet: healthy devices spread by 10%; n4 runs at a third of their speed; n5 has another driver.
+    for i, flops in enumerate([1.00e9, 1.05e9, 0.95e9, 1.10e9, 0.33e9, 0.98e9]):
+        assert _finish(store, f"n{i}", _report(flops, "driver 2" if i == 5 else "driver 1"))
+    summary = summarize(store.run(RUN) or {}, store.audits(RUN))
+    assert (summary["devices"], summary["audited"], summary["passed"], summary["lost"]) == (6, 6, 6, 0)
+    (outlier,) = summary["outliers"]
+    assert (outlier["node"], outlier["figure"], outlier["kind"]) == ("n4", f"{GEMM}/flops", "slow")
+    assert outlier["z"] < -3.5 and outlier["value"] * MIN_OUTLIER_FACTOR <= outlier["peer_median"]
+    (deviant,) = summary["stack_deviants"]
+    assert deviant["node"] == "n5" and deviant["majority_size"] == 5
+
+
+def test_small_differences_in_a_tight_group_are_not_outliers(tmp_path: Path) -> None:
+    store = _store(tmp_path, 5)
+    # Statistically far from a very tight group (huge z), but only 10% slower: load, not a capped chip.
+    for i, flops in enumerate([1.000e9, 1.001e9, 0.999e9, 1.000e9, 0.90e9]):
+        _finish(store, f"n{i}", _report(flops))
+    assert modified_z([1.000e9, 1.001e9, 0.999e9, 1.000e9, 0.90e9])[-1] < -3.5
+    assert summarize(store.run(RUN) or {}, store.audits(RUN))["outliers"] == []
+
+
+def test_modified_z_falls_back_to_the_mean_deviation_when_most_values_agree() -> None:
+    z = modified_z([5.0, 5.0, 5.0, 5.0, 1.0])
+    assert z[:4] == [0.0] * 4 and z[4] < -1
+    assert modified_z([2.0, 2.0, 2.0]) == [0.0, 0.0, 0.0]
+
+
+def test_every_audit_gets_the_same_options() -> None:
+    options = FleetOptions(None, Level.standard, 7, ["integrity.gemm"], None, "cpu", 2, 60.0, 0, burn_in_seconds=5)
+    assert options.audit_argv(7) == ["--level", "standard", "--seed", "7", "--only", "integrity.gemm",
+                                     "--burn-in-seconds", "5"]
