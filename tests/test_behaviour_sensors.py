@@ -111,6 +111,29 @@ def test_socket_sampler_sees_a_held_socket_and_a_file_open_for_writing(tmp_path:
         listener.close()
 
 
+@pytest.mark.skipif(conditions.unshare_net() != "", reason="needs a network namespace")
+def test_socket_sampler_places_sockets_in_another_network_namespace() -> None:
+    """The sealed world's workload runs in its own namespace, whose sockets our /proc/net does not list."""
+    code = ("import socket, time; u = socket.socket(socket.AF_UNIX); u.bind('\\0cuda-uvmfd-1-2'); u.listen(); "
+            "t = socket.socket(); t.bind(('127.0.0.1', 4711)); t.listen(); print('ready', flush=True); time.sleep(30)")
+    proc = subprocess.Popen(["unshare", "--net", "--", sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith(b"ready")
+        sampler = TreeSampler(lambda p: False)
+        sampler.watch(proc.pid, "sealed")
+        sampler.sample()
+        targets = {e.target: e for _, e in sampler.events}
+        assert {"AF_UNIX @cuda-uvmfd-1-2", "AF_INET 127.0.0.1:4711"} <= set(targets)
+        assert not [t for t in targets if "not readable" in t]
+        found = sensor_findings(SideChannelProbe(), {"sealed": Observation([e for _, e in sampler.events])},
+                                Allowlist())
+        assert {f.evidence["target"]: f.severity for f in found if f.evidence["event"] == NETWORK} == {
+            "AF_UNIX @cuda-uvmfd-1-2": Severity.info, "AF_INET 127.0.0.1:4711": Severity.high}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_sensor_findings_grade_destinations_and_honour_the_allowlist() -> None:
     home_cache = os.path.expanduser("~/.nv/ComputeCache/index")
     events = [
@@ -118,6 +141,8 @@ def test_sensor_findings_grade_destinations_and_honour_the_allowlist() -> None:
         Event("strace", NETWORK, "connect", "AF_INET 127.0.0.1:47555", family="AF_INET"),
         Event("strace", NETWORK, "sendto", "AF_INET 203.0.113.9:443", family="AF_INET"),
         Event("strace", NETWORK, "socket", "AF_NETLINK", family="AF_NETLINK"),
+        Event("sockets", NETWORK, "open socket", "AF_UNIX @cuda-uvmfd-4026531836-1367@", family="AF_UNIX"),
+        Event("sockets", NETWORK, "open socket", "AF_UNIX @uvmfd-lookalike", family="AF_UNIX"),
         Event("strace", FILE, "openat", "/var/tmp/x"),
         Event("strace", FILE, "openat", home_cache),
         Event("reaper", PROCESS, "lingering", "python -c leak"),
@@ -127,6 +152,7 @@ def test_sensor_findings_grade_destinations_and_honour_the_allowlist() -> None:
     assert found == {
         "AF_INET 127.0.0.1:47555": Severity.high, "AF_INET 203.0.113.9:443": Severity.critical,
         "AF_NETLINK": Severity.medium, "/var/tmp/x": Severity.high, home_cache: Severity.info,
+        "AF_UNIX @cuda-uvmfd-4026531836-1367@": Severity.info, "AF_UNIX @uvmfd-lookalike": Severity.high,
         "python -c leak": Severity.medium,
     }
 

@@ -82,9 +82,12 @@ def test_a_padded_product_computes_the_same_numbers() -> None:
 
 def test_the_allowlist_extends_from_a_file_and_a_bad_file_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "allow.json"
-    path.write_text(json.dumps({"file_writes": ["/var/cache/vendor/*"], "programs": ["/usr/sbin/ldconfig*"]}))
+    path.write_text(json.dumps({"file_writes": ["/var/cache/vendor/*"], "programs": ["/usr/sbin/ldconfig*"],
+                                "local_sockets": ["/run/vendor/*.sock"]}))
     allow = allowlist.load({allowlist.PARAM: str(path)})
     assert allow.file_allowed("/var/cache/vendor/kernels.bin") and allow.program_allowed("/usr/sbin/ldconfig.real")
+    assert allow.local_socket_allowed("/run/vendor/ipc.sock") and allow.local_socket_allowed("@cuda-uvmfd-1-2@")
+    assert not allow.local_socket_allowed("/run/other.sock")
     assert not allow.file_allowed("/var/tmp/leak") and str(path) in allow.source
     with pytest.raises(FileNotFoundError):
         allowlist.load({allowlist.PARAM: str(tmp_path / "missing.json")})

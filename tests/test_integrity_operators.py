@@ -143,6 +143,41 @@ def test_conv2d_nan_pixel_reaches_its_receptive_field() -> None:
     assert nan[1:4, 1:4].all() and nan.sum() == 9
 
 
+@pytest.mark.parametrize("fmt", [FP16, BF16], ids=lambda f: f.name)
+def test_half_precision_conv2d_may_round_its_partial_results(fmt) -> None:
+    """cuDNN on an H200 rounds the convolution to the output format before adding the bias in a second
+    kernel: honest, and accepted. A result off by a few percent of the products' spread is not."""
+    case = checks.CONV_CASES[0]
+    rng = np.random.default_rng(5)
+    x = fmt.quantize(rng.standard_normal((case.n, case.c, case.hw, case.hw)))
+    w = fmt.quantize(rng.standard_normal((case.o, case.c, case.kernel, case.kernel)) / case.kernel)
+    bias = fmt.quantize(rng.standard_normal(case.o))
+    cols, weights = ref.im2col(x, w, bias, case.conv)
+    exp = ref.conv_expectation(cols, weights, fmt, "random")
+    staged = fmt.quantize(fmt.quantize(cols[..., :-1] @ weights[:, :-1]) + weights[:, -1:])
+    assert ieee.judge(staged, exp, "t").ok
+    assert not ieee.judge(staged + 0.05 * np.sqrt((cols * cols) @ (weights * weights)), exp, "t").ok
+    fp32 = ref.conv_expectation(cols, weights, FP32, "random")
+    assert not ieee.judge(FP32.quantize(staged), fp32, "t").ok  # fp32 accumulates in fp32: no staging
+
+
+def test_attention_rows_with_no_visible_key_accept_any_implementations_fill() -> None:
+    """0/0: NaN, zero, the mean of the values or the unmasked attention (an H200's answer) are honest;
+    a value outside the values' range is not."""
+    rng = np.random.default_rng(3)
+    q, k, v = (FP16.quantize(rng.standard_normal((1, 1, 4, 8))) for _ in range(3))
+    bias = np.zeros((4, 4))
+    bias[0] = -np.inf
+    exp = ref.attention_expectation(q, k, v, bias, 1 / math.sqrt(8), FP16)
+    unmasked = _sdpa64(q, k, v, np.zeros((4, 4)))
+    for fill in (np.full(8, np.nan), np.zeros(8), v[0, 0].mean(axis=0), unmasked[0, 0, 0]):
+        observed = exp.value.copy()
+        observed[0, 0, 0] = fill
+        assert ieee.judge(observed, exp, "t").ok
+    observed[0, 0, 0, 3] = np.abs(v).max() + 1.0
+    assert not ieee.judge(observed, exp, "t").ok
+
+
 def _sdpa64(q, k, v, bias) -> np.ndarray:
     mask = torch.from_numpy(bias)
     return F.scaled_dot_product_attention(torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v),

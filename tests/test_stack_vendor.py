@@ -64,6 +64,20 @@ def test_nvml_h100_recording_parses_into_the_inventory_fields() -> None:
     assert result["devices"][1]["pcie"]["bus_id"] == "00000000:2A:00.0"
 
 
+def test_a_recording_made_on_a_real_h200_replays_to_the_inventory_printed_there() -> None:
+    """docs/validation/nvidia-h200-2026-11-27: `chipaudit inventory --record` on a loaned H200."""
+    printed = json.loads((Path(__file__).parents[1] / "docs" / "validation" / "nvidia-h200-2026-11-27"
+                          / "inventory.json").read_text())
+    result = nvml.collect(replay("nvml_h200_recorded.json"))
+    assert_fully_recorded(result)
+    live = [{k: v for k, v in a.items() if k != "source"} for a in printed["accelerators"] if a["source"] == "nvml"]
+    assert result["devices"] == live
+    gpu = result["devices"][0]
+    assert (gpu["model"], gpu["firmware"]["vbios"], gpu["driver"]["version"]) == (
+        "NVIDIA H200", "96.00.A5.00.1A", "580.159.04")
+    assert gpu["retired_pages"] is None and gpu["remapped_rows"]["uncorrectable"] == 0
+
+
 def test_amdsmi_mi300x_recording_parses_into_the_inventory_fields() -> None:
     result = amd.collect(replay("amdsmi_mi300x.json"))
     assert_fully_recorded(result)

@@ -62,11 +62,12 @@ class Expectation:
         return cls(value, np.broadcast_to(np.asarray(bound, dtype=np.float64), value.shape).copy(),
                    np.zeros(value.shape, dtype=np.int8))
 
-    def set(self, mask: np.ndarray, rule: Rule, value: float | np.ndarray | None = None, bound: float = 0.0) -> None:
+    def set(self, mask: np.ndarray, rule: Rule, value: float | np.ndarray | None = None,
+            bound: float | np.ndarray = 0.0) -> None:
         self.rule[mask] = rule
         if value is not None:
             self.value[mask] = value if np.ndim(value) == 0 else np.asarray(value)[mask]
-            self.bound[mask] = bound
+            self.bound[mask] = bound if np.ndim(bound) == 0 else np.asarray(bound)[mask]
 
     def classify(self) -> None:
         """Rules for values the float64 reference already holds as NaN or infinite."""

@@ -23,7 +23,9 @@ Tolerances, per operator (|y| the exact result, x the input):
   one-pass variance E[x^2] - E[x]^2 some devices use loses u*E[x^2] absolutely.
 - RMS norm: |y|*(2*u_out + (16 + g(k))*u_int).
 - sum and mean: the matrix-product bound with a vector of ones (ieee.dot_expectation); max: exact.
-- conv2d: the matrix-product bound of its im2col product, times CONV_ALGORITHM_FACTOR.
+- conv2d: the matrix-product bound of its im2col product, times CONV_ALGORITHM_FACTOR, plus, for
+  formats narrower than their accumulator, STAGED_ROUNDINGS*u_out times the spread of the products
+  (sum|a*b| for structured inputs, LAMBDA*(|y| + s2) for random ones): see `conv_expectation`.
 - scaled-dot-product attention: see `attention_expectation`.
 - dtype conversions: exact (round to nearest even; float to integer truncates toward zero).
 
@@ -50,6 +52,13 @@ OUTPUT_ROUNDINGS = 2.0  # roundings of the result allowed, in u_out
 # Algorithms for Convolutional Neural Networks", CVPR 2016; Barabasz et al., "Error analysis and
 # improving the accuracy of Winograd convolution", ACM TOMS 2020). cuDNN and oneDNN choose them freely.
 CONV_ALGORITHM_FACTOR = 16.0
+# Half-precision convolutions keep partial results in the operation's own format: the convolution
+# before its bias (added by a second kernel), Winograd's transformed tiles. Seen on an NVIDIA H200
+# with cuDNN 9.19 (docs/validation/nvidia-h200-2026-11-27): fp16 and bf16 errors of up to 2 units of
+# u_out in absolute terms on outputs that cancel to near zero, 10^3 to 10^4 times what fp32
+# accumulation alone allows. Two such roundings are allowed, each of up to u_out times the largest
+# partial result.
+STAGED_ROUNDINGS = 2.0
 
 
 def growth(k: int, structured: bool) -> float:
@@ -275,8 +284,16 @@ def conv_output_as_product(y: np.ndarray, groups: int) -> np.ndarray:
 
 
 def conv_expectation(cols: np.ndarray, weights: np.ndarray, fmt: NumberFormat, bound: str) -> Expectation:
+    """The im2col product's bound, widened by the fast algorithms' amplification, plus the staged
+    roundings of formats narrower than their accumulator. A partial result is at most the sum of its
+    products' magnitudes, and for random inputs about |y| + s2 (the random walk of tolerance.py)."""
     exp = ieee.dot_expectation(cols, weights, fmt, bound)
     exp.bound *= CONV_ALGORITHM_FACTOR
+    if fmt.u_out > fmt.u_acc:
+        fa, fb = (np.where(np.isfinite(m), m, 0.0) for m in (cols, weights))
+        spread = (np.abs(fa) @ np.abs(fb) if bound == "worst"
+                  else tolerance.LAMBDA * (np.abs(exp.value) + np.sqrt((fa * fa) @ (fb * fb))))
+        exp.bound += STAGED_ROUNDINGS * fmt.u_out * spread
     return exp
 
 
@@ -297,8 +314,14 @@ def attention_expectation(
         E_i = 2*max_l err(s_il) + u_in + (16 + g(S))*u_int,
         err(s_il) = (u_in + g(d)*u_int) * (|s_il| + scale*s2_qk,il)
     where u_in is the input format's unit roundoff (scores may be rounded to it) and s2 the root-sum-
-    squares of the products. Rows with no visible key are NaN by the formula and 0 in flash attention:
-    either is accepted there.
+    squares of the products.
+
+    A row with no visible key is 0/0 by the formula, and each implementation fills it its own way:
+    NaN (the formula), 0 (flash attention skips it), the mean of all values (a mask made finite, e.g.
+    the most negative float, swamps every score equally), or the unmasked attention (a finite mask
+    added to the scores shifts them all alike). Every such answer is a weighted mean of the value rows,
+    or zero: any value between min(0, min_l v_lj) and max(0, max_l v_lj), or NaN, is accepted there.
+    Seen on an NVIDIA H200 (torch 2.11, cuDNN 9.19): the unmasked attention, not 0.
     """
     u_int, u_in = fmt.u_acc, fmt.u_out
     d, s_len = q.shape[-1], k.shape[-2]
@@ -321,8 +344,14 @@ def attention_expectation(
         bound = (e_row * pv_abs + g_s * u_int * (np.abs(o) + s2_pv) + OUTPUT_ROUNDINGS * fmt.u_out * np.abs(o)
                  + _ftz_floor(fmt))
     exp = Expectation.finite(np.nan_to_num(o, nan=0.0), np.nan_to_num(bound, nan=0.0))
-    none_visible = ~visible.any(axis=-1)
-    exp.set(np.broadcast_to(none_visible[..., None], o.shape), Rule.either, 0.0)
+    none_visible = np.broadcast_to(~visible.any(axis=-1)[..., None], o.shape)
+    low = np.broadcast_to(np.nanmin(v, axis=-2, keepdims=True, initial=0.0), o.shape)
+    high = np.broadcast_to(np.nanmax(v, axis=-2, keepdims=True, initial=0.0), o.shape)
+    bounded = np.isfinite(low) & np.isfinite(high)
+    middle = np.where(bounded, (low + high) / 2, 0.0)
+    half = np.where(bounded, (high - low) / 2 + OUTPUT_ROUNDINGS * fmt.u_out * np.abs(middle) + _ftz_floor(fmt),
+                    np.inf)
+    exp.set(none_visible, Rule.either, middle, half)
 
     def reaches(mask: np.ndarray, nan: np.ndarray) -> np.ndarray:
         return (mask.astype(np.float64) @ nan.astype(np.float64)) > 0

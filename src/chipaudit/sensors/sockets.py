@@ -6,15 +6,19 @@ daemons land here instead of at init) is asked for its sockets and for files it 
 writing. It needs no privilege for one's own processes and no tracer, so it still runs where
 strace cannot; it also sees sockets strace would miss if a tracer were evaded.
 
+Sockets in another network namespace (the sealed world) are placed from that namespace's own
+tables, /proc/PID/net/*, which list the sockets of the namespace PID is in.
+
 Cannot see: a socket or file opened and closed between two samples, and anything done by a
-process that ends between two samples. Packet contents. Sockets in another network namespace are
-seen as sockets, but without their addresses.
+process that ends between two samples. Packet contents. Addresses of socket families the kernel's
+tables do not list (netlink, packet): those are seen as sockets without an address.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import os
 import sys
 import threading
@@ -32,6 +36,9 @@ CLOCK_TICK_S = 0.01  # resolution of a process's start time in /proc (USER_HZ)
 DELETED = " (deleted)"  # what readlink adds for a file unlinked while open (proc(5))
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 _FAMILIES = {2: "AF_INET", 10: "AF_INET6", 1: "AF_UNIX"}
+# A network namespace's socket tables (proc(5)): /proc/PID/net/<table>.
+_NET_TABLES = (("unix", "AF_UNIX"), ("tcp", "AF_INET"), ("udp", "AF_INET"), ("tcp6", "AF_INET6"),
+               ("udp6", "AF_INET6"))
 
 
 def become_subreaper() -> bool:
@@ -194,11 +201,20 @@ class TreeSampler:
             found.append(((proc.pid, "sock", c.fd, family, where), Event(
                 "sockets", NETWORK, "connected socket" if c.raddr else "open socket", f"{family} {where}",
                 proc.pid, now, family=family, detail=f"{c.type!s} {c.status}".strip())))
-        # A socket the tables do not list: another network namespace, or a family psutil does not
-        # decode (netlink, packet). It is still a socket the workload holds.
+        # Sockets our namespace's tables do not list: the process's own namespace's tables place those
+        # of another namespace; what is left is a family no table decodes (netlink, packet). Either
+        # way it is a socket the workload holds.
+        placed = namespace_sockets(proc.pid) if sockets else {}
         for fd, link in sockets.items():
-            found.append(((proc.pid, "sock", fd, link), Event(
-                "sockets", NETWORK, "open socket", f"socket {link[7:]} (address not readable)", proc.pid, now)))
+            where = placed.get(link[8:-1])
+            if where is None:
+                found.append(((proc.pid, "sock", fd, link), Event(
+                    "sockets", NETWORK, "open socket", f"socket {link[7:]} (address not readable)", proc.pid, now)))
+                continue
+            family, address, connected = where
+            found.append(((proc.pid, "sock", fd, family, address), Event(
+                "sockets", NETWORK, "connected socket" if connected else "open socket", f"{family} {address}",
+                proc.pid, now, family=family, detail="in the workload's own network namespace")))
         return found
 
     def alive(self) -> list[Seen]:
@@ -209,6 +225,39 @@ class TreeSampler:
                 if psutil.Process(pid).create_time() == created:
                     out.append(seen)
         return out
+
+
+def namespace_sockets(pid: int) -> dict[str, tuple[str, str, bool]]:
+    """Socket inode -> (family, address, connected) from the tables of PID's network namespace.
+
+    psutil reads /proc/net/*, the tables of the caller's namespace, so it cannot place the sockets of a
+    workload in another one. Addresses are written as psutil writes them: 'host:port', '[host]:port',
+    and UNIX paths with '@' for each NUL byte (abstract names start with one).
+    """
+    out: dict[str, tuple[str, str, bool]] = {}
+    for table, family in _NET_TABLES:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as f:
+            next(f, None)  # the header
+            for line in f:
+                fields = line.split()
+                with contextlib.suppress(IndexError, ValueError):
+                    if family == "AF_UNIX":
+                        out[fields[6]] = (family, " ".join(fields[7:]) or "(unnamed)", False)
+                    else:
+                        local, remote = _inet(fields[1]), _inet(fields[2])
+                        connected = not remote.endswith(":0")
+                        out[fields[9]] = (family, remote if connected else local, connected)
+    return out
+
+
+def _inet(hex_address: str) -> str:
+    """'0100007F:0035' -> '127.0.0.1:53' (on a little-endian host): the kernel prints each 32-bit word
+    of the address in host byte order, and the port in hex."""
+    host, port = hex_address.split(":")
+    words = [bytes.fromhex(host[i:i + 8]) for i in range(0, len(host), 8)]
+    raw = b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
+    address = ipaddress.ip_address(raw)
+    return f"{address}:{int(port, 16)}" if address.version == 4 else f"[{address}]:{int(port, 16)}"
 
 
 def _children_map() -> dict[int, list[int]]:

@@ -6,6 +6,7 @@ operator extends them with a JSON file named by the audit parameter `behaviour_a
 environment variable CHIPAUDIT_BEHAVIOUR_ALLOWLIST:
 
     {"file_writes": ["~/.cache/myvendor/**"], "programs": ["/usr/bin/ldconfig"],
+     "local_sockets": ["@myvendor-ipc-*"],
      "device_holders": [{"name": "my-scheduler-agent", "exe": "/opt/agent/bin/*"}]}
 
 Globs follow fnmatch (`*` also matches '/'); `~` is the workload user's home.
@@ -31,6 +32,15 @@ DEFAULT_FILE_WRITES = (
     "~/ascend/log/*",  # Huawei CANN's default plog directory
 )
 DEFAULT_PROGRAMS: tuple[str, ...] = ()
+# UNIX sockets (paths, or abstract names written with a leading '@') that driver libraries make for
+# themselves. They never leave the machine: an AF_UNIX socket reaches only processes on it, and an
+# abstract name only those in the same network namespace.
+DEFAULT_LOCAL_SOCKETS = (
+    # libcuda listens on "cuda-uvmfd-<namespace inode>-<pid>" (the PID namespace's inode, as seen) to
+    # hand its unified-memory file descriptor to peer processes (CUDA IPC). Seen on an NVIDIA H200,
+    # driver 580.159.04, in every workload process (docs/validation/nvidia-h200-2026-11-27).
+    "@cuda-uvmfd-*",
+)
 # Vendor management daemons and the display stack, which hold accelerator device files on honest
 # machines. Matching is by process name and, where given, executable path.
 DEFAULT_DEVICE_HOLDERS: tuple[dict[str, str], ...] = (
@@ -44,6 +54,7 @@ DEFAULT_DEVICE_HOLDERS: tuple[dict[str, str], ...] = (
 class Allowlist:
     file_writes: list[str] = field(default_factory=lambda: list(DEFAULT_FILE_WRITES))
     programs: list[str] = field(default_factory=lambda: list(DEFAULT_PROGRAMS))
+    local_sockets: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_SOCKETS))
     device_holders: list[dict[str, str]] = field(default_factory=lambda: list(DEFAULT_DEVICE_HOLDERS))
     source: str = "built-in defaults"
 
@@ -52,6 +63,9 @@ class Allowlist:
 
     def program_allowed(self, path: str) -> bool:
         return _match(path, self.programs)
+
+    def local_socket_allowed(self, address: str) -> bool:
+        return any(fnmatch.fnmatchcase(address, g) for g in self.local_sockets)
 
     def holder_allowed(self, name: str, exe: str) -> bool:
         return any(entry.get("name") in (None, name) and fnmatch.fnmatchcase(exe or "", entry.get("exe", "*"))
@@ -73,6 +87,7 @@ def load(params: dict[str, Any]) -> Allowlist:
     data = json.loads(Path(path).read_text())
     allow.file_writes += list(data.get("file_writes", []))
     allow.programs += list(data.get("programs", []))
+    allow.local_sockets += list(data.get("local_sockets", []))
     allow.device_holders += list(data.get("device_holders", []))
     allow.source = f"built-in defaults and {path}"
     return allow

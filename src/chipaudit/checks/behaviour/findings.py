@@ -3,7 +3,8 @@
 Severities (issue #3):
 - A network call with a destination off the machine: critical. With a destination on it (loopback,
   a UNIX socket path) or a packet captured in the sealed namespace: high. A socket made without a
-  destination seen (socket(), netlink, a socket the sampler could not place): medium.
+  destination seen (socket(), netlink, a socket the sampler could not place): medium. A UNIX socket
+  the allow-list names (a driver's own): info.
 - A file created, written, renamed or removed by the workload: high, unless allow-listed (info).
 - A program started by the workload, or a workload process still running after the workload exited:
   medium (info when the program is allow-listed).
@@ -100,6 +101,9 @@ def _judge(g: _Group, allow: Allowlist) -> tuple[Severity, str]:
         if "packet" in g.actions:
             return (Severity.critical if dest and not is_loopback(dest) else Severity.high,
                     f"packets sent to {g.target} from the sealed namespace")
+        if g.target.startswith("AF_UNIX ") and allow.local_socket_allowed(dest):
+            return Severity.info, f"the workload held a driver's local socket ({', '.join(sorted(g.actions))}): " \
+                f"{g.target}"
         if dest and dest != "(unnamed)":
             inet = g.target.startswith(("AF_INET ", "AF_INET6 "))
             sev = Severity.critical if inet and not is_loopback(dest) and not dest.startswith(("0.0.0.0", "[::]")) \
