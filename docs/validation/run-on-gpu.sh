@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One pass of chipaudit on a real accelerator: inventory (with the NVML recording), a stack baseline and
+# its diff, a quick audit, and a standard bench. Every step runs under its own time limit and the pass goes
+# on when one fails, so that a short hardware loan always returns whatever it measured.
+#
+# Usage: docs/validation/run-on-gpu.sh OUT_DIR [DEVICE]      (DEVICE defaults to cuda:0)
+# Python packages chipaudit needs that the machine lacks can travel as wheels in .whl/ (see README.md).
+set -uo pipefail
+out=${1:?usage: run-on-gpu.sh OUT_DIR [DEVICE]}
+device=${2:-cuda:0}
+mkdir -p "$out/nvml"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+ca=(python3 -m chipaudit)  # timeout runs programs, not shell functions
+
+step() {  # step NAME LIMIT_S COMMAND...: time one step, keep its exit code, never stop the pass
+    local name=$1 limit=$2; shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@"
+    echo "=== $name: exit $? after $((SECONDS - start)) s"
+}
+
+{
+    date -u +"%F %T UTC"
+    nvidia-smi --query-gpu=name,uuid,driver_version,vbios_version,memory.total,clocks.max.sm,power.limit \
+        --format=csv 2>&1 || true
+    python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+    step inventory 60 "${ca[@]}" inventory --device "$device" --json "$out/inventory.json" --record "$out/nvml"
+    step baseline-create 60 "${ca[@]}" baseline create /tmp/chipaudit-baseline.json --device "$device" --force
+    step baseline-diff 60 "${ca[@]}" baseline diff /tmp/chipaudit-baseline.json --json "$out/baseline-diff.json"
+    step quick-audit 200 "${ca[@]}" run --device "$device" --level quick --json "$out/quick.json" --html "$out/quick.html" \
+        --db /tmp/chipaudit-history.sqlite3
+    step bench 180 "${ca[@]}" bench --device "$device" --level standard --json "$out/bench.json"
+} 2>&1 | tee "$out/log.txt"
