@@ -9,6 +9,7 @@ import pytest
 from evidence_support import synthetic_report
 
 from chipaudit.fleet import FleetOptions
+from chipaudit.fleet.cluster import device_resource
 from chipaudit.fleet.store import DONE, FAILED, LOST, PENDING, RUNNING, Audit, FleetStore, StoreProblem
 from chipaudit.fleet.summary import MIN_OUTLIER_FACTOR, modified_z, summarize
 from chipaudit.report.model import Category, CheckResult, Level, Report, Status
@@ -92,6 +93,38 @@ def test_small_differences_in_a_tight_group_are_not_outliers(tmp_path: Path) -> 
     assert summarize(store.run(RUN) or {}, store.audits(RUN))["outliers"] == []
 
 
+def test_a_third_of_a_small_fleet_throttled_still_stands_out(tmp_path: Path) -> None:
+    """Two of six devices at a third of the speed, on a busy machine (healthy ones spread by 12%). The
+    MAD of all six is inflated by the two and hides them; the spread of the agreeing four does not."""
+    flops = [0.88e9, 0.95e9, 1.05e9, 1.12e9, 0.30e9, 0.32e9]
+    assert modified_z(flops)[4] > -3.5  # what the plain modified z-score would miss
+    store = _store(tmp_path, 6)
+    for i, value in enumerate(flops):
+        _finish(store, f"n{i}", _report(value))
+    summary = summarize(store.run(RUN) or {}, store.audits(RUN))
+    assert sorted(o["node"] for o in summary["outliers"]) == ["n4", "n5"]
+
+
+def _perf_report(tflops: float, noise: float) -> Report:
+    report = synthetic_report()
+    figure = {"metric": "gemm.fp32.tflops", "value": tflops, "unit": "TFLOP/s", "better": "higher", "noise": noise}
+    report.add(CheckResult(id="performance.gemm.fp32", category=Category.performance, status=Status.passed,
+                           duration_s=1.0, measurements={"figures": [figure]}), [])
+    return report
+
+
+def test_performance_figures_and_their_noise_are_compared_among_peers(tmp_path: Path) -> None:
+    """A slow device and an erratic one stand out; a noise of 3% next to peers' 0.5% is still steady."""
+    store = _store(tmp_path, 6)
+    for i, (tflops, noise) in enumerate([(50.0, 0.005), (51.0, 0.004), (49.5, 0.006), (50.5, 0.03),
+                                         (20.0, 0.005), (50.2, 0.20)]):
+        _finish(store, f"n{i}", _perf_report(tflops, noise))
+    outliers = summarize(store.run(RUN) or {}, store.audits(RUN))["outliers"]
+    assert {(o["node"], o["figure"], o["kind"]) for o in outliers} == {
+        ("n4", "performance.gemm.fp32/gemm.fp32.tflops", "slow"),
+        ("n5", "performance.gemm.fp32/gemm.fp32.tflops.noise", "erratic")}
+
+
 def test_modified_z_falls_back_to_the_mean_deviation_when_most_values_agree() -> None:
     z = modified_z([5.0, 5.0, 5.0, 5.0, 1.0])
     assert z[:4] == [0.0] * 4 and z[4] < -1
@@ -102,3 +135,16 @@ def test_every_audit_gets_the_same_options() -> None:
     options = FleetOptions(None, Level.standard, 7, ["integrity.gemm"], None, "cpu", 2, 60.0, 0, burn_in_seconds=5)
     assert options.audit_argv(7) == ["--level", "standard", "--seed", "7", "--only", "integrity.gemm",
                                      "--burn-in-seconds", "5"]
+
+
+@pytest.mark.parametrize(("resources", "asked", "unit"), [
+    ({"CPU": 8.0, "GPU": 4.0}, None, "GPU"),
+    ({"CPU": 8.0, "NPU": 8.0}, None, "NPU"),  # Ascend, Ray's own resource name
+    ({"CPU": 8.0, "HPU": 8.0}, None, "HPU"),  # Gaudi
+    ({"CPU": 8.0, "GPU": 1.0, "NPU": 1.0}, None, "GPU"),
+    ({"CPU": 8.0}, None, None),  # one CPU audit for the node
+    ({"CPU": 8.0, "GPU": 4.0, "fake_gpu": 2.0}, "fake_gpu", "fake_gpu"),  # --resource wins
+])
+def test_each_node_is_audited_by_its_accelerator_resource(resources: dict[str, float], asked: str | None,
+                                                          unit: str | None) -> None:
+    assert device_resource(resources, asked) == unit

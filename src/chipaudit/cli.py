@@ -754,14 +754,15 @@ def fleet_run(
     only: Annotated[list[str] | None, typer.Option(help="Checks to run on every device (repeatable).")] = None,
     burn_in_seconds: Annotated[float | None, typer.Option(min=1.0, help="How long each audit's sustained verified "
                                                           "load runs. Default: the level's.")] = None,
-    resource: Annotated[str | None, typer.Option(help="Audit one device per unit of this Ray resource (NPU, "
-                                                 "MLU, ...) instead of per GPU.")] = None,
+    resource: Annotated[str | None, typer.Option(help="Audit one device per unit of this Ray resource (MLU, "
+                                                 "...). Default: GPU, else Ray's NPU or HPU, else the CPU.")] = None,
     device: Annotated[str, typer.Option(help="Torch device inside each task when --resource is given.")] = "cpu",
     max_attempts: Annotated[int, typer.Option(min=1, help="Tries per audit when its node or worker dies.")] = 2,
     node_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for a dead node to come back.")] = 60.0,
     max_parallel: Annotated[int, typer.Option(min=0, help="Audits in flight at once (0: one per device).")] = 0,
 ) -> None:
-    """Audit every device in the cluster: one audit per GPU (or --resource unit), one per CPU-only node.
+    """Audit every device in the cluster: one audit per GPU, NPU or HPU (or --resource unit), one per
+    CPU-only node.
 
     Example: chipaudit fleet run --address auto --level quick
     """

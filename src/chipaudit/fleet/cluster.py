@@ -2,7 +2,7 @@
 every result to the store as soon as it exists.
 
 One Ray task per device, pinned to its node (hard node affinity) and holding one unit of the device's
-resource (`GPU`, or the custom resource a vendor's Ray plugin registers: `NPU`, ...), so that Ray never
+resource (`GPU`, Ray's `NPU` or `HPU`, or a custom resource named with --resource), so that Ray never
 puts two audits on one device. CPU-only nodes get one audit each. The task runs the ordinary
 `chipaudit run` in a subprocess on that node, so a fleet audit is exactly a local audit.
 
@@ -39,6 +39,10 @@ NODE_LABEL = "chipaudit-node"
 MAX_BUNDLE_BYTES = 64 << 20
 # The ray.wait poll interval: how quickly progress and dead nodes are noticed.
 POLL_S = 0.5
+# Ray's own accelerator resources besides GPU (docs.ray.io, "Accelerator Support"), and the torch
+# device a task holding one unit sees: Ray sets the vendor's visible-devices variable
+# (ASCEND_RT_VISIBLE_DEVICES, HABANA_VISIBLE_MODULES) to the unit it granted, which is then device 0.
+VENDOR_RESOURCES = {"NPU": "npu:0", "HPU": "hpu:0"}
 
 
 class FleetProblem(Exception):
@@ -124,24 +128,35 @@ def alive_nodes() -> dict[str, str]:
     return {name: nid for nid, name in _node_names(nodes).items()}
 
 
+def device_resource(node_resources: dict[str, float], resource: str | None) -> str | None:
+    """The resource whose units are a node's devices: the one asked for, else GPU, else the first of
+    Ray's other accelerator resources the node has; None for a node without accelerators."""
+    if resource:
+        return resource
+    return next((r for r in ("GPU", *VENDOR_RESOURCES) if node_resources.get(r, 0) >= 1), None)
+
+
 def discover(resource: str | None, device: str) -> list[Slot]:
     """Every device in the cluster. With `resource`, each unit of that custom resource is one device
-    (`device` names it inside the task); else GPUs by UUID, else one CPU audit per node."""
+    (`device` names it inside the task); else GPUs by UUID, else the units of Ray's other accelerator
+    resources (VENDOR_RESOURCES), else one CPU audit per node."""
     ray = _ray()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     names = _node_names(nodes)
     slots: list[Slot] = []
     for n in nodes:
         nid, name, res = n["NodeID"], names[n["NodeID"]], n.get("Resources", {})
-        if resource:
-            slots += [Slot(name, nid, f"{resource}-{i}", device, {resource: 1}, {"CHIPAUDIT_FLEET_SLOT": str(i)})
-                      for i in range(int(res.get(resource, 0)))]
-        elif res.get("GPU", 0) >= 1:
+        unit = device_resource(res, resource)
+        if unit is None:
+            slots.append(Slot(name, nid, "cpu", "cpu", {"CPU": 1}))
+        elif unit == "GPU" and not resource:
             uuids = ray.get(_gpu_uuids.options(num_cpus=0, num_gpus=int(res["GPU"]),
                                                scheduling_strategy=_pinned(nid)).remote())
             slots += [Slot(name, nid, uuid, "cuda:0", {"GPU": 1}, {"CUDA_VISIBLE_DEVICES": uuid}) for uuid in uuids]
         else:
-            slots.append(Slot(name, nid, "cpu", "cpu", {"CPU": 1}))
+            inside = device if resource else VENDOR_RESOURCES[unit]
+            slots += [Slot(name, nid, f"{unit}-{i}", inside, {unit: 1}, {"CHIPAUDIT_FLEET_SLOT": str(i)})
+                      for i in range(int(res.get(unit, 0)))]
     return slots
 
 

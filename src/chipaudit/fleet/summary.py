@@ -3,7 +3,10 @@ differ from the rest of their model.
 
 A capped, throttled or slowly failing device often looks fine alone and stands out only next to its
 peers. Outliers are judged per device model with the modified z-score of Iglewicz and Hoaglin: robust to
-the outliers themselves, because it uses the median and the median absolute deviation (MAD).
+the outliers themselves, because it uses the median and the median absolute deviation (MAD), taken
+among the devices that agree with the median (see `modified_z`).
+
+Key figures: every performance figure (and its noise), and the other checks' throughputs and noise.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -19,6 +23,8 @@ from datetime import datetime
 from typing import Any
 
 from chipaudit.fleet.store import DONE, FAILED, LOST, Audit
+from chipaudit.perf.metrics import figure_key, figures_of
+from chipaudit.perf.stats import MIN_EFFECT
 from chipaudit.report.figures import format_figure, scalar_figures
 from chipaudit.report.model import Report
 
@@ -35,22 +41,39 @@ MIN_PEERS = 3
 # peers makes small, harmless differences statistically "significant" (the behaviour probes use the same
 # rule: large and significant).
 MIN_OUTLIER_FACTOR = 1.5
+# A figure whose repeats spread by less than this is steady, however its peers' spread compares: below
+# the smallest change the benchmarks ever call a regression (perf/stats.py).
+ERRATIC_MIN_NOISE = MIN_EFFECT
 # Figures where lower is worse (throughputs) and where higher is worse (noise, jitter).
 _SPEED = re.compile(r"(_per_s|flops|tops|throughput|bandwidth)$")
 _NOISE = re.compile(r"(noise|jitter|cv|stdev|spread)$")
 _FINGERPRINT_CHECK = "stack.fingerprint"
 
 
-def modified_z(values: list[float]) -> list[float]:
+def modified_z(values: list[float], band: float | None = None) -> list[float]:
+    """(value - median) / robust spread for each value.
+
+    With `band`, the spread is measured among the values within that factor of the median only: the
+    devices under suspicion would otherwise widen the very spread they are judged against. With a
+    third of a small fleet throttled, the MAD of all devices doubles and hides them (seen in
+    tests/test_fleet_ray.py); the MAD's breakdown point protects the median, not its efficiency.
+    """
     median = statistics.median(values)
+    low, high = sorted((median / band, median * band)) if band else (-math.inf, math.inf)
+    core = [v for v in values if low <= v <= high]
+    for group in ([core, values] if len(core) >= MIN_PEERS else [values]):
+        scale = _spread(group, median)
+        if scale > 0:
+            return [(v - median) / scale for v in values]
+    return [0.0 for _ in values]
+
+
+def _spread(values: list[float], median: float) -> float:
+    """A standard deviation estimate: MAD / 0.6745, or the scaled mean absolute deviation when more
+    than half the values sit on the median (MAD = 0); 0 when all do."""
     deviations = [abs(v - median) for v in values]
     mad = statistics.median(deviations)
-    if mad > 0:
-        return [MAD_SCALE * (v - median) / mad for v in values]
-    mean_ad = statistics.fmean(deviations)
-    if mean_ad > 0:
-        return [(v - median) / (MEAN_AD_SCALE * mean_ad) for v in values]
-    return [0.0 for _ in values]
+    return mad / MAD_SCALE if mad > 0 else MEAN_AD_SCALE * statistics.fmean(deviations)
 
 
 @dataclass
@@ -74,28 +97,45 @@ def fingerprint_digest(report: Report) -> str | None:
     return None
 
 
+def _key_figures(report: Report) -> list[tuple[str, float, bool, str]]:
+    """(figure, value, lower is worse, kind of outlier) for each figure compared among peers."""
+    out = []
+    for check in report.checks:
+        for name, value in scalar_figures(check).items():
+            if _SPEED.search(name):
+                out.append((f"{check.id}/{name}", value, True, "slow"))
+            elif _NOISE.search(name):
+                out.append((f"{check.id}/{name}", value, False, "erratic"))
+    for figure in figures_of(report.checks):
+        name = f"{figure['check']}/{figure_key(figure)}"
+        out.append((name, float(figure["value"]), figure.get("better", "higher") == "higher", "slow"))
+        if isinstance(figure.get("noise"), int | float):
+            out.append((f"{name}.noise", float(figure["noise"]), False, "erratic"))
+    return out
+
+
 def _outliers(done: list[tuple[Audit, Report]]) -> list[Outlier]:
     by_figure: dict[tuple[str, str], list[tuple[Audit, float]]] = defaultdict(list)
+    judged: dict[str, tuple[bool, str]] = {}
     for audit, report in done:
-        for check in report.checks:
-            for name, value in scalar_figures(check).items():
-                if _SPEED.search(name) or _NOISE.search(name):
-                    by_figure[(report.device.name, f"{check.id}/{name}")].append((audit, value))
+        for name, value, lower_is_worse, kind in _key_figures(report):
+            by_figure[(report.device.name, name)].append((audit, value))
+            judged[name] = (lower_is_worse, kind)
     found = []
     for (model, figure), points in sorted(by_figure.items()):
         if len(points) < MIN_PEERS:
             continue
         values = [v for _, v in points]
         median = statistics.median(values)
-        slow_is_bad = bool(_SPEED.search(figure))
-        for (audit, value), z in zip(points, modified_z(values), strict=True):
-            if slow_is_bad:
+        lower_is_worse, kind = judged[figure]
+        for (audit, value), z in zip(points, modified_z(values, MIN_OUTLIER_FACTOR), strict=True):
+            if lower_is_worse:
                 outlying = z <= -OUTLIER_Z and value * MIN_OUTLIER_FACTOR <= median
             else:
                 outlying = z >= OUTLIER_Z and value >= median * MIN_OUTLIER_FACTOR
+                outlying &= kind != "erratic" or value >= ERRATIC_MIN_NOISE
             if outlying:
-                found.append(Outlier(audit.node, audit.device_uuid, model, figure, value, median, round(z, 2),
-                                     "slow" if slow_is_bad else "erratic"))
+                found.append(Outlier(audit.node, audit.device_uuid, model, figure, value, median, round(z, 2), kind))
     return found
 
 
