@@ -115,19 +115,16 @@ def _key_figures(report: Report) -> list[tuple[str, float, bool, str]]:
 
 
 def _outliers(done: list[tuple[Audit, Report]]) -> list[Outlier]:
-    by_figure: dict[tuple[str, str], list[tuple[Audit, float]]] = defaultdict(list)
-    judged: dict[str, tuple[bool, str]] = {}
+    by_figure: dict[tuple[str, str, bool, str], list[tuple[Audit, float]]] = defaultdict(list)
     for audit, report in done:
         for name, value, lower_is_worse, kind in _key_figures(report):
-            by_figure[(report.device.name, name)].append((audit, value))
-            judged[name] = (lower_is_worse, kind)
+            by_figure[(report.device.name, name, lower_is_worse, kind)].append((audit, value))
     found = []
-    for (model, figure), points in sorted(by_figure.items()):
+    for (model, figure, lower_is_worse, kind), points in sorted(by_figure.items()):
         if len(points) < MIN_PEERS:
             continue
         values = [v for _, v in points]
         median = statistics.median(values)
-        lower_is_worse, kind = judged[figure]
         for (audit, value), z in zip(points, modified_z(values, MIN_OUTLIER_FACTOR), strict=True):
             if lower_is_worse:
                 outlying = z <= -OUTLIER_Z and value * MIN_OUTLIER_FACTOR <= median

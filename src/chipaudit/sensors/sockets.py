@@ -190,31 +190,28 @@ class TreeSampler:
     def _sockets(self, proc: psutil.Process, sockets: dict[int, str]) -> list[tuple[tuple[object, ...], Event]]:
         found: list[tuple[tuple[object, ...], Event]] = []
         now = time.time()
+        placed: list[tuple[int, str, str, bool, str]] = []  # fd, family, address, connected, detail
         for c in proc.net_connections(kind="all"):
             family = _FAMILIES.get(int(c.family), str(c.family))
             address = c.raddr or c.laddr
-            if isinstance(address, tuple) and address:
-                where = f"{address[0]}:{address[1]}" if family == "AF_INET" else f"[{address[0]}]:{address[1]}"
-            else:
-                where = str(address or "(unnamed)")
+            where = _host_port(family, *address) if isinstance(address, tuple) and address \
+                else str(address or "(unnamed)")
             sockets.pop(c.fd, None)
-            found.append(((proc.pid, "sock", c.fd, family, where), Event(
-                "sockets", NETWORK, "connected socket" if c.raddr else "open socket", f"{family} {where}",
-                proc.pid, now, family=family, detail=f"{c.type!s} {c.status}".strip())))
+            placed.append((c.fd, family, where, bool(c.raddr), f"{c.type!s} {c.status}".strip()))
         # Sockets our namespace's tables do not list: the process's own namespace's tables place those
         # of another namespace; what is left is a family no table decodes (netlink, packet). Either
         # way it is a socket the workload holds.
-        placed = namespace_sockets(proc.pid) if sockets else {}
+        elsewhere = namespace_sockets(proc.pid) if sockets else {}
         for fd, link in sockets.items():
-            where = placed.get(link[8:-1])
-            if where is None:
+            if link[8:-1] in elsewhere:
+                placed.append((fd, *elsewhere[link[8:-1]], "in the workload's own network namespace"))
+            else:
                 found.append(((proc.pid, "sock", fd, link), Event(
                     "sockets", NETWORK, "open socket", f"socket {link[7:]} (address not readable)", proc.pid, now)))
-                continue
-            family, address, connected = where
-            found.append(((proc.pid, "sock", fd, family, address), Event(
-                "sockets", NETWORK, "connected socket" if connected else "open socket", f"{family} {address}",
-                proc.pid, now, family=family, detail="in the workload's own network namespace")))
+        for fd, family, where, connected, detail in placed:
+            found.append(((proc.pid, "sock", fd, family, where), Event(
+                "sockets", NETWORK, "connected socket" if connected else "open socket", f"{family} {where}",
+                proc.pid, now, family=family, detail=detail)))
         return found
 
     def alive(self) -> list[Seen]:
@@ -257,7 +254,11 @@ def _inet(hex_address: str) -> str:
     words = [bytes.fromhex(host[i:i + 8]) for i in range(0, len(host), 8)]
     raw = b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
     address = ipaddress.ip_address(raw)
-    return f"{address}:{int(port, 16)}" if address.version == 4 else f"[{address}]:{int(port, 16)}"
+    return _host_port("AF_INET" if address.version == 4 else "AF_INET6", str(address), int(port, 16))
+
+
+def _host_port(family: str, host: str, port: int) -> str:
+    return f"{host}:{port}" if family == "AF_INET" else f"[{host}]:{port}"
 
 
 def _children_map() -> dict[int, list[int]]:
