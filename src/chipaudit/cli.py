@@ -811,7 +811,8 @@ def fleet_report(
     from rich.table import Table
 
     from chipaudit.fleet import StoreProblem, open_store
-    from chipaudit.fleet.summary import summarize, to_html
+    from chipaudit.fleet.summary import summarize
+    from chipaudit.report.html import write_fleet
     from chipaudit.report.model import write_atomic
 
     _writable(html_path, "--html")
@@ -840,7 +841,7 @@ def fleet_report(
             table.add_row(*(str(row.get(c)) for c in columns))
         console.print(table)
     if html_path:
-        write_atomic(html_path, to_html(summary))
+        write_fleet(summary, html_path)
     if json_path:
         write_atomic(json_path, json.dumps(summary, indent=2) + "\n")
 

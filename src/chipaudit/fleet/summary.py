@@ -12,7 +12,6 @@ Key figures: every performance figure (and its noise), and the other checks' thr
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import math
 import re
@@ -25,7 +24,7 @@ from typing import Any
 from chipaudit.fleet.store import DONE, FAILED, LOST, Audit
 from chipaudit.perf.metrics import figure_key, figures_of
 from chipaudit.perf.stats import MIN_EFFECT
-from chipaudit.report.figures import format_figure, scalar_figures
+from chipaudit.report.figures import scalar_figures
 from chipaudit.report.model import Report
 
 # |modified z| above this marks an outlier (Iglewicz & Hoaglin, "How to Detect and Handle Outliers", 1993).
@@ -189,47 +188,3 @@ def summarize(run: dict[str, Any], audits: list[Audit]) -> dict[str, Any]:
                     "attempts": a.attempts, "verdict": a.verdict, "model": a.model, "reason": a.reason}
                    for a in audits],
     }
-
-
-def to_html(summary: dict[str, Any]) -> str:
-    """One self-contained page: no scripts, no fetches."""
-    e = html.escape
-
-    def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-        if not rows:
-            return "<p>none</p>"
-        head = "".join(f"<th>{e(c)}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{e(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
-        return f"<table><tr>{head}</tr>{body}</table>"
-
-    counts = ["devices", "audited", "passed", "failed", "inconclusive", "lost", "could_not_run", "not_finished"]
-    tiles = "".join(f"<div class=tile><b>{summary[c]}</b><span>{e(c.replace('_', ' '))}</span></div>" for c in counts)
-    wall = summary["wall_time_s"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>chipaudit fleet {e(summary['run_id'])}</title>
-<style>{_CSS}</style></head><body><h1>Fleet run {e(summary['run_id'])}</h1><p>state: {e(summary['state'])}; wall time:
-{'-' if wall is None else f'{wall:.0f} s'}</p>{tiles}
-<h2>Performance outliers among peers</h2>{table(summary['outliers'], ['node', 'device_uuid', 'model', 'figure',
-'value', 'peer_median', 'z', 'kind'])}
-<h2>Stacks that differ from their model's majority</h2>{table(summary['stack_deviants'], ['node', 'device_uuid',
-'model', 'digest', 'majority_digest', 'majority_size'])}
-<h2>Findings by kind</h2>{table(summary['findings'], ['severity', 'category', 'check', 'title', 'devices'])}
-<h2>Audits</h2>{table(summary['audits'], ['node', 'device_uuid', 'state', 'attempts', 'verdict', 'model', 'reason'])}
-</body></html>"""
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222 }
-.tile { display: inline-block; margin: 0 1em 1em 0; padding: .6em 1em; border: 1px solid #ccc; border-radius: 6px }
-.tile b { display: block; font-size: 1.6em }
-table { border-collapse: collapse; margin-bottom: 1.5em }
-td, th { border: 1px solid #ddd; padding: .3em .6em; text-align: left }
-th { background: #f4f4f4 }
-"""
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return format_figure(value)
-    if isinstance(value, list):
-        return ", ".join(map(str, value))
-    return "" if value is None else str(value)

@@ -13,11 +13,12 @@ MAX_POINTS/2 buckets, so a short dip in a long run still shows.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from html import escape
 from typing import Any
 
 from chipaudit.report.model import CheckResult
+from chipaudit.report.templating import render_macro
 
 X_KEYS = ("t", "t_s", "time_s", "elapsed_s", "seconds", "step", "iteration", "round", "minute", "bit",
           "index", "x", "size", "n", "k")
@@ -40,6 +41,44 @@ class Plot:
     x_label: str = ""
     lines: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     bars: list[tuple[str, float]] = field(default_factory=list)
+    # One colour per bar where the bars are kinds of things (outcomes), not one quantity.
+    colours: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Line:
+    name: str
+    colour: str
+    points: list[tuple[float, float]]
+    dots: list[tuple[float, float, str]]
+
+
+@dataclass
+class Bar:
+    x: float
+    y: float
+    width: float
+    height: float
+    colour: str
+    tip: str
+
+
+@dataclass
+class Drawing:
+    """A plot laid out in SVG pixels; plot.svg.j2 only draws it, so every string is escaped once, there."""
+
+    label: str
+    y_ticks: list[tuple[float, str]]
+    x_ticks: list[tuple[float, str]]
+    x_label: str
+    lines: list[Line] = field(default_factory=list)
+    bars: list[Bar] = field(default_factory=list)
+    width: int = WIDTH
+    height: int = HEIGHT
+    left: int = LEFT
+    right: int = WIDTH - RIGHT
+    top: int = TOP
+    bottom: int = HEIGHT - BOTTOM
 
 
 def _num(value: Any) -> float | None:
@@ -172,21 +211,14 @@ def _labels(ticks: list[float]) -> list[str]:
     return labels
 
 
-def _frame(plot: Plot, y_ticks: list[float], y_of: Any, x_axis: str) -> list[str]:
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-             f'aria-label="{escape(plot.check)}: {escape(plot.title)}" class="plot">',
-             f"<title>{escape(plot.check)}: {escape(plot.title)}</title>"]
-    for tick, label in zip(y_ticks, _labels(y_ticks), strict=True):
-        y = y_of(tick)
-        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                     f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
-    parts.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{HEIGHT - BOTTOM}" class="axis"/>'
-                 f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{HEIGHT - BOTTOM}" y2="{HEIGHT - BOTTOM}" class="axis"/>')
-    parts.append(x_axis)
-    return parts
+def _drawing(plot: Plot, y_ticks: list[float], y_of: Callable[[float], float],
+             x_ticks: list[tuple[float, str]]) -> Drawing:
+    return Drawing(f"{plot.check}: {plot.title}", [(y_of(t), label) for t, label in zip(y_ticks, _labels(y_ticks),
+                                                                                          strict=True)],
+                   x_ticks, "" if plot.bars else plot.x_label)
 
 
-def _y_scale(values: list[float]) -> tuple[list[float], Any]:
+def _y_scale(values: list[float]) -> tuple[list[float], Callable[[float], float]]:
     low, high = min(values), max(values)
     if low >= 0:
         low = 0.0
@@ -196,7 +228,7 @@ def _y_scale(values: list[float]) -> tuple[list[float], Any]:
     return ticks, lambda v: HEIGHT - BOTTOM - (v - bottom) / span * (HEIGHT - TOP - BOTTOM)
 
 
-def _line_svg(plot: Plot) -> str:
+def _line_drawing(plot: Plot) -> Drawing:
     series = {k: _reduce(v) for k, v in list(plot.lines.items())[:MAX_SERIES] if v}
     xs = [x for pts in series.values() for x, _ in pts]
     ys = [y for pts in series.values() for _, y in pts]
@@ -210,48 +242,35 @@ def _line_svg(plot: Plot) -> str:
         return LEFT + (v - x_low) / x_span * (WIDTH - LEFT - RIGHT)
 
     shown = [t for t in x_ticks if t <= x_high]
-    axis = "".join(f'<text x="{x_of(t):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{escape(label)}'
-                   f"</text>" for t, label in zip(shown, _labels(shown), strict=True))
-    axis += (f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle" class="label">'
-             f"{escape(plot.x_label)}</text>")
-    parts = _frame(plot, y_ticks, y_of, axis)
+    drawing = _drawing(plot, y_ticks, y_of, [(x_of(t), label) for t, label in zip(shown, _labels(shown), strict=True)])
     for i, (name, points) in enumerate(series.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        path = " ".join(f"{x_of(x):.1f},{y_of(y):.1f}" for x, y in points)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.8">'
-                     f"<title>{escape(name)}</title></polyline>")
-        if len(points) <= 40:
-            parts += [f'<circle cx="{x_of(x):.1f}" cy="{y_of(y):.1f}" r="2.5" fill="{colour}">'
-                      f"<title>{escape(name)}: {escape(short(x))} → {y:.6g}</title></circle>" for x, y in points]
-        if len(series) > 1:
-            parts.append(f'<rect x="{LEFT + 10}" y="{TOP + 4 + 16 * i}" width="10" height="10" fill="{colour}"/>'
-                         f'<text x="{LEFT + 24}" y="{TOP + 13 + 16 * i}">{escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        # Dots (each with its value on hover) only where they stay apart.
+        dots = [(x_of(x), y_of(y), f"{name}: {short(x)} → {y:.6g}") for x, y in points] if len(points) <= 40 else []
+        drawing.lines.append(Line(name, PALETTE[i % len(PALETTE)], [(x_of(x), y_of(y)) for x, y in points], dots))
+    return drawing
 
 
-def _clip(label: str, width: int = 12) -> str:
+def _clip(label: str, width: int = 14) -> str:
     return label if len(label) <= width else label[:width - 1] + "…"
 
 
-def _bar_svg(plot: Plot) -> str:
-    values = [v for _, v in plot.bars]
-    y_ticks, y_of = _y_scale(values)
+def _bar_drawing(plot: Plot) -> Drawing:
+    y_ticks, y_of = _y_scale([v for _, v in plot.bars])
     slot = (WIDTH - LEFT - RIGHT) / len(plot.bars)
-    axis = "".join(
-        f'<text x="{LEFT + slot * (i + 0.5):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="end" '
-        f'transform="rotate(-25 {LEFT + slot * (i + 0.5):.1f} {HEIGHT - BOTTOM + 14})">{escape(_clip(name))}</text>'
-        for i, (name, _) in enumerate(plot.bars))
-    parts = _frame(plot, y_ticks, y_of, axis)
+    drawing = _drawing(plot, y_ticks, y_of,
+                       [(LEFT + slot * (i + 0.5), _clip(name)) for i, (name, _) in enumerate(plot.bars)])
     zero = y_of(max(0.0, y_ticks[0]))
     for i, (name, value) in enumerate(plot.bars):
         top = y_of(value)
-        parts.append(f'<rect x="{LEFT + slot * (i + 0.15):.1f}" y="{min(top, zero):.1f}" width="{slot * 0.7:.1f}" '
-                     f'height="{abs(zero - top):.1f}" fill="{PALETTE[0]}"><title>{escape(name)}: {value:.6g}'
-                     f"</title></rect>")
-    parts.append("</svg>")
-    return "".join(parts)
+        colour = plot.colours[i] if i < len(plot.colours) else PALETTE[0]
+        drawing.bars.append(Bar(LEFT + slot * (i + 0.15), min(top, zero), slot * 0.7, abs(zero - top), colour,
+                                f"{name}: {value:.6g}"))
+    return drawing
+
+
+def drawing(plot: Plot) -> Drawing:
+    return _bar_drawing(plot) if plot.bars else _line_drawing(plot)
 
 
 def to_svg(plot: Plot) -> str:
-    return _bar_svg(plot) if plot.bars else _line_svg(plot)
+    return render_macro("plot.svg.j2", "svg", drawing(plot))
