@@ -22,7 +22,7 @@ from typing import Any
 from markupsafe import Markup
 
 from chipaudit.report import plots
-from chipaudit.report.figures import format_figure, scalar_figures
+from chipaudit.report.figures import scalar_figures
 from chipaudit.report.model import (
     FAILING_SEVERITY,
     SHARED_MODE,
@@ -49,18 +49,12 @@ FOLDED_INFO = 3
 COVERAGE_SUMMARY = 4
 # Fleet plots: one per figure with outliers, at most this many.
 MAX_OUTLIER_PLOTS = 8
+# The fleet's bars in style.css's colours for the same outcomes, so that the plot and the cards agree.
 _COLOUR = {"pass": "#1a7f37", "fail": "#cf222e", "warn": "#bf8700", "grey": "#8c959f", "peer": "#0072B2"}
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    return format_figure(value) if isinstance(value, float) else str(value)
-
-
-def _severity_groups(findings: Iterable[Any], severity_of: Callable[[Any], Severity]) -> list[tuple[str, list, bool]]:
+def _severity_groups(findings: Iterable[Any],
+                     severity_of: Callable[[Any], Severity]) -> list[tuple[str, list[Any], bool]]:
     """(severity, its findings, folded) from the most severe down: informational notes, when many, are
     folded so that they do not push what matters off the first screen."""
     groups = []
@@ -97,15 +91,18 @@ def _audit_cards(report: Report) -> list[tuple[str, Any, str]]:
 
 
 def _checks(report: Report, plot_ids: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """One row per check. A row shows its reason (why it was skipped or errored) or, failing that, its
+    first few coverage numbers: how much it looked at matters more at a glance than what it found."""
     rows = []
     for c in report.checks:
-        numbers = [(k, v) for k, v in c.coverage.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-        summary = c.reason or ", ".join(f"{k.replace('_', ' ')} {_short(v)}" for k, v in numbers[:COVERAGE_SUMMARY])
+        numbers = [(k.replace("_", " "), v) for k, v in c.coverage.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool)]
         details = [("seed", c.seed), ("findings", sum(f.check == c.id for f in report.findings)),
-                   *c.coverage.items(), *((k, format_figure(v)) for k, v in scalar_figures(c).items())]
+                   *c.coverage.items(), *scalar_figures(c).items()]
         rows.append({"id": c.id, "category": c.category.value, "status": c.status.value,
-                     "duration": f"{c.duration_s:.1f} s", "summary": summary or "details", "details": details,
-                     "traceback": c.measurements.get("traceback"), "plots": plot_ids.get(c.id, [])})
+                     "duration": f"{c.duration_s:.1f} s", "reason": c.reason, "coverage": numbers[:COVERAGE_SUMMARY],
+                     "details": details, "traceback": c.measurements.get("traceback"),
+                     "plots": plot_ids.get(c.id, [])})
     return rows
 
 
@@ -179,10 +176,10 @@ def _fleet_banner(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _fleet_plots(summary: dict[str, Any]) -> list[tuple[str, str, str, Markup]]:
     """The outcomes, and for each figure with outliers the outlying devices against their peers' median."""
-    colour = {"passed": "pass", "failed": "fail", "inconclusive": "warn"}
+    colour = {"passed": "pass", "failed": "fail", "not_finished": "grey"}
     outcomes = [c for c in FLEET_COUNTS if c not in ("devices", "audited")]
     shown = [plots.Plot("fleet", "outcomes", bars=[(c.replace("_", " "), float(summary[c])) for c in outcomes],
-                        colours=[_COLOUR[colour.get(c, "grey")] for c in outcomes])]
+                        colours=[_COLOUR[colour.get(c, "warn")] for c in outcomes])]
     by_figure: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for o in summary["outliers"]:
         by_figure.setdefault((o["model"], o["figure"]), []).append(o)

@@ -32,6 +32,9 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
 HUGE, TINY = 1e300, 1e-280
 WIDTH, HEIGHT = 640, 260
 LEFT, RIGHT, TOP, BOTTOM = 70, 16, 16, 44
+# A generous width of one character of a tick label, in viewBox pixels, and the most characters that a
+# slanted label can have before it runs off the bottom of the plot.
+CHAR_WIDTH, SLANTED_CHARS = 7.0, 10
 
 
 @dataclass
@@ -71,6 +74,8 @@ class Drawing:
     y_ticks: list[tuple[float, str]]
     x_ticks: list[tuple[float, str]]
     x_label: str
+    # Slanted tick labels, for bars too narrow to carry their names level.
+    slanted: bool = False
     lines: list[Line] = field(default_factory=list)
     bars: list[Bar] = field(default_factory=list)
     width: int = WIDTH
@@ -250,15 +255,18 @@ def _line_drawing(plot: Plot) -> Drawing:
     return drawing
 
 
-def _clip(label: str, width: int = 14) -> str:
+def _clip(label: str, width: int) -> str:
     return label if len(label) <= width else label[:width - 1] + "…"
 
 
 def _bar_drawing(plot: Plot) -> Drawing:
     y_ticks, y_of = _y_scale([v for _, v in plot.bars])
     slot = (WIDTH - LEFT - RIGHT) / len(plot.bars)
-    drawing = _drawing(plot, y_ticks, y_of,
-                       [(LEFT + slot * (i + 0.5), _clip(name)) for i, (name, _) in enumerate(plot.bars)])
+    # Names level under their bars where they fit; slanted and clipped (full on hover) where they do not.
+    slanted = any(len(name) * CHAR_WIDTH > slot for name, _ in plot.bars)
+    names = [_clip(name, SLANTED_CHARS) if slanted else name for name, _ in plot.bars]
+    drawing = _drawing(plot, y_ticks, y_of, [(LEFT + slot * (i + 0.5), name) for i, name in enumerate(names)])
+    drawing.slanted = slanted
     zero = y_of(max(0.0, y_ticks[0]))
     for i, (name, value) in enumerate(plot.bars):
         top = y_of(value)
