@@ -35,8 +35,8 @@ def _done(node: str, report: Report) -> Audit:
 
 
 def _summary(audits: list[Audit], config: dict[str, Any] | None = None) -> dict[str, Any]:
-    run = {"run_id": RUN, "state": "done", "config": config or {"level": "quick", "seed": 3},
-           "created": "2026-01-01T00:00:00+00:00"}
+    config = config or {"level": "quick", "seed": 3, "only": ["integrity.gemm.fp32"]}
+    run = {"run_id": RUN, "state": "done", "config": config, "created": "2026-01-01T00:00:00+00:00"}
     return summarize(run, audits)
 
 
@@ -62,7 +62,7 @@ def test_the_page_shows_everything_the_summary_holds(troubled: dict[str, Any]) -
     assert f"Fleet run {RUN}" in seen and "state: done" in seen and "wall time: 300 s" in seen
     for count in html.FLEET_COUNTS:
         assert f"{count.replace('_', ' ')} {troubled[count]}" in seen, count
-    assert "level quick" in seen and "seed 3" in seen
+    assert "level quick" in seen and "seed 3" in seen and "only integrity.gemm.fp32" in seen
     (outlier,) = troubled["outliers"]
     assert (f"n4 cpu Synthetic CPU {outlier['figure']} 3.300e+08 9.900e+08 {outlier['z']:g} slow") in seen
     (deviant,) = troubled["stack_deviants"]

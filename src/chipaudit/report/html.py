@@ -195,10 +195,9 @@ def _fleet_plots(summary: dict[str, Any]) -> list[tuple[str, str, str, Markup]]:
 def fleet_html(summary: dict[str, Any]) -> str:
     """The fleet page from fleet.summary.summarize's data model."""
     zero_mark = {**dict.fromkeys(_FLEET_BAD, "nonzero-bad"), **dict.fromkeys(_FLEET_UNCLEAR, "nonzero-warn")}
+    banner = _fleet_banner(summary)
     return render_page(
-        "fleet.html.j2",
-        title=f"chipaudit fleet {summary['run_id']}: {FLEET_WORD[_fleet_banner(summary)['verdict']]}",
-        banner=_fleet_banner(summary),
+        "fleet.html.j2", title=f"chipaudit fleet {summary['run_id']}: {banner['word']}", banner=banner,
         sections=[("outcomes", "Outcomes"), ("outliers", "Outliers"), ("stacks", "Stacks"), ("findings", "Findings"),
                   ("plots", "Plots"), ("audits", "Audits")],
         counts=[(c.replace("_", " "), summary[c], zero_mark.get(c, "") if summary[c] else "") for c in FLEET_COUNTS],

@@ -20,12 +20,15 @@ from markupsafe import Markup
 
 from chipaudit.report.figures import format_figure
 
+# Longer lists (or lists of structures) fold away under their length.
+INLINE_LIST = 6
+
 
 def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-def _flat(values: Any) -> bool:
+def _flat(values: list[Any] | tuple[Any, ...]) -> bool:
     """A list short and plain enough to read inline in a table cell; longer ones fold away."""
     return len(values) <= INLINE_LIST and not any(isinstance(v, dict | list) for v in values)
 
@@ -41,10 +44,6 @@ def _pretty(value: Any) -> str:
 def _px(value: float) -> str:
     """SVG coordinates to a tenth of a pixel: finer changes nothing on screen and bloats the page."""
     return f"{value:.1f}"
-
-
-# Longer lists (or lists of structures) fold away under their length.
-INLINE_LIST = 6
 
 
 @cache
