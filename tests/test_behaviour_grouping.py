@@ -90,3 +90,20 @@ def test_allowed_cache_writes_group_under_their_allowlist_entry_across_subfolder
     events = [Event("strace", FILE, "openat", p) for p in (f"{home}/index", f"{home}/0/1/abc", f"{home}/2/3/def")]
     (f,) = found({"reference": Observation(events)})
     assert f.severity is Severity.info and f.evidence["cause"] == "~/.nv/ComputeCache/*"
+
+
+def test_grouping_keeps_every_severity_the_instances_had() -> None:
+    """The verdict and exit code follow from the severities present; grouping must keep them all."""
+    from chipaudit.checks.behaviour.findings import _groups, _judge
+
+    events = [*writes("/var/tmp/.h", 30), *writes(os.path.expanduser("~/.triton/cache"), 4),
+              Event("strace", NETWORK, "connect", "AF_INET 203.0.113.9:443", family="AF_INET"),
+              Event("strace", NETWORK, "connect", "AF_INET 127.0.0.1:80", family="AF_INET"),
+              Event("strace", NETWORK, "socket", "AF_NETLINK", family="AF_NETLINK"),
+              *(Event("sockets", NETWORK, "open socket", f"AF_UNIX @cuda-uvmfd-1-{p}@", p, family="AF_UNIX")
+                for p in range(8))]
+    observations = {"reference": Observation(events)}
+    per_target = {_judge(g, Allowlist())[0] for g in _groups(observations)}
+    grouped = found(observations)
+    assert {f.severity for f in grouped} == per_target
+    assert sum(f.evidence["instance_count"] for f in grouped) == len(_groups(observations))
