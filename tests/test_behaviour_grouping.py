@@ -5,6 +5,10 @@ instances."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
+from behaviour_support import install, run
 
 from chipaudit.checks.behaviour.allowlist import Allowlist
 from chipaudit.checks.behaviour.findings import MAX_INSTANCES, sensor_findings
@@ -107,3 +111,29 @@ def test_grouping_keeps_every_severity_the_instances_had() -> None:
     grouped = found(observations)
     assert {f.severity for f in grouped} == per_target
     assert sum(f.evidence["instance_count"] for f in grouped) == len(_groups(observations))
+
+
+HIDDEN_FOLDER = """\
+if not STATE["fired"]:
+    STATE["fired"] = True
+    hidden = os.path.join(os.environ["LEAK_DIR"], ".device-cache")
+    os.makedirs(hidden, exist_ok=True)
+    for i in range(145):
+        with open(os.path.join(hidden, f"chunk-{i:03d}"), "w") as f:
+            f.write(str(out.shape))"""
+
+
+@pytest.mark.slow
+def test_a_workload_writing_145_files_into_a_hidden_folder_gives_one_finding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end: real workload processes under strace and the socket sampler."""
+    install(tmp_path, monkeypatch, "return True", HIDDEN_FOLDER)
+    monkeypatch.setenv("LEAK_DIR", str(tmp_path))
+    outcome = run("behaviour.sidechannel")
+    hidden = str(tmp_path / ".device-cache")
+    files = [f for f in outcome.findings if f.evidence.get("event") == FILE and hidden in f.evidence["target"]]
+    assert len(files) == 1, [f.title for f in files]
+    (f,) = files
+    assert f.severity is Severity.high and f.evidence["cause"] == f"{hidden}/*"
+    assert f.evidence["instance_count"] == 146  # the folder and its 145 files
+    assert len(f.evidence["instances"]) == MAX_INSTANCES

@@ -36,6 +36,7 @@ EXAMPLES = 3
 # Instances of one cause listed in its finding; instance_count says how many there were in all.
 MAX_INSTANCES = 20
 REAPER = "reaper"
+MKDIR = {"mkdir", "mkdirat"}
 
 
 @dataclass
@@ -145,10 +146,13 @@ def _judge(g: _Group, allow: Allowlist) -> tuple[Severity, str]:
 
 def _cause(g: _Group, allow: Allowlist) -> str:
     """What many targets have in common when one thing made them all: the allow-list entry that
-    admits them; for a file, its folder; for a UNIX socket, its name with the numbers (pids,
-    namespace inodes) masked; for an internet address, the host whatever the port."""
+    admits them; for a file, its folder (for a folder made, itself); for a UNIX socket, its name
+    with the numbers (pids, namespace inodes) masked; for an internet address, the host whatever
+    the port."""
     if g.kind == FILE:
-        return allow.file_rule(g.target) or os.path.join(os.path.dirname(g.target), "*")
+        # A folder the workload made belongs with what it then wrote into it.
+        folder = g.target if g.actions & MKDIR else os.path.dirname(g.target)
+        return allow.file_rule(g.target) or os.path.join(folder, "*")
     dest = _destination(g.target)
     if g.kind != NETWORK or not dest:
         return g.target
