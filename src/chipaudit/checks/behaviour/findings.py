@@ -11,6 +11,11 @@ Severities (issue #3):
 - A refusal, a crash, a hang or a wrong result in one world: high. Answers that differ bit for bit
   between worlds, on a device that repeats itself bit for bit within each: medium.
 - A speed difference between worlds that is large and significant (stats.py): high.
+
+Sensor findings are made per cause, not per target, so that a reader sees one thing to look at where
+one thing happened: the targets of one kind and severity that share a cause (a folder, the allow-list
+entry that admits them, a socket name up to its numbers, a host up to its port) make one finding
+that lists them all in its evidence.
 """
 
 from __future__ import annotations
