@@ -6,9 +6,10 @@ in another process, alternately steady (one core spinning) and bursty (both core
 fraction of a second, the worst case for timing comparisons). A false alarm is a finding of medium
 severity or above.
 
-A run counts only if every check that applies to the CPU ran to its end. A run in which one of them
-raised (an error) or declared itself not applicable is a FAILED run, printed with the reason: zero
-alarms from checks that did not run would claim a quiet device that was never watched. Checks that
+A run counts only if every check that applies to the CPU ran to its end, in every one of its worlds.
+A run in which one of them raised (an error), declared itself not applicable, or left a world out is
+a FAILED run, printed with the reason: zero alarms from checks that did not run would claim a quiet
+device that was never watched. A sensor that did not run is named in the run's line. Checks that
 cannot apply to a CPU at all (behaviour.cotenants: a CPU has no device files) are named at the start
 and are not expected to run.
 
@@ -71,9 +72,13 @@ def run_checks(checks: list[Check], run: int, level: Level) -> tuple[int, list[s
         except Exception as e:  # any failure of a check is a run that did not count
             missed.append(f"{name} error: {type(e).__name__}: {e}")
             continue
+        missed += [f"{name} world '{w}' not run: {why}"
+                   for w, why in outcome.coverage.get("worlds_not_run", {}).items()]
+        blind = [line for line in outcome.coverage.get("limits", []) if line.startswith("sensor ")]
         serious = [f for f in outcome.findings if f.severity.rank >= Severity.medium.rank]
         alarms += len(serious)
         notes.append(f"{name} {time.monotonic() - started:.0f}s"
+                     + "".join(f" ({line})" for line in blind)
                      + "".join(f" [{f.severity.value}: {f.title}]" for f in serious))
     return alarms, notes, missed
 
