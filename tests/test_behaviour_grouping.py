@@ -137,3 +137,10 @@ def test_a_workload_writing_145_files_into_a_hidden_folder_gives_one_finding(
     assert f.severity is Severity.high and f.evidence["cause"] == f"{hidden}/*"
     assert f.evidence["instance_count"] == 146  # the folder and its 145 files
     assert len(f.evidence["instances"]) == MAX_INSTANCES
+
+
+def test_packets_on_the_wire_stay_apart_from_system_calls_to_the_same_host() -> None:
+    events = [Event("strace", NETWORK, "connect", "AF_INET 203.0.113.9:443", family="AF_INET"),
+              Event("capture", NETWORK, "packet", "AF_INET 203.0.113.9:53", family="AF_INET")]
+    out = found({"sealed": Observation(events)})
+    assert sorted(f.title.split(" ")[0] for f in out) == ["packets", "the"]

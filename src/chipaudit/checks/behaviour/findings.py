@@ -170,16 +170,17 @@ def _cause(g: _Group, allow: Allowlist) -> str:
 
 def _by_cause(groups: list[_Group], allow: Allowlist) -> list[tuple[Severity, _Group]]:
     """Targets of one kind, severity and cause folded into one group; the first seen leads it.
-    Severity is part of the key, so folding never hides a worse instance behind a milder one."""
-    merged: dict[tuple[Severity, str, str], _Group] = {}
+    Severity is part of the key, so folding never hides a worse instance behind a milder one; so is
+    whether packets were captured, so that what was on the wire never reads as a mere system call."""
+    merged: dict[tuple[Severity, str, bool, str], _Group] = {}
     for g in groups:
-        key = (_judge(g, allow)[0], g.kind, _cause(g, allow))
+        key = (_judge(g, allow)[0], g.kind, "packet" in g.actions, _cause(g, allow))
         if key in merged:
             merged[key].absorb(g)
         else:
-            g.cause = key[2]
+            g.cause = key[3]
             merged[key] = g
-    return [(severity, g) for (severity, _, _), g in merged.items()]
+    return [(key[0], g) for key, g in merged.items()]
 
 
 def sensor_findings(check: Check, observations: dict[str, Observation], allow: Allowlist) -> list[Finding]:
