@@ -16,7 +16,7 @@ from chipaudit.checks.behaviour import allowlist
 from chipaudit.checks.behaviour.disguise import ALIGN, padded, split
 from chipaudit.checks.behaviour.drift import _explanations
 from chipaudit.checks.behaviour.workload import Task, TaskSpec
-from chipaudit.devices.replay import ReplayReader
+from chipaudit.devices.vendor_reads import ReplayReader
 from chipaudit.perturb import conditions
 from chipaudit.sensors.telemetry import Reading, Telemetry
 

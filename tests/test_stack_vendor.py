@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from chipaudit.devices import amd, ascend, cpu, inventory, nvml, pci
-from chipaudit.devices.replay import (
+from chipaudit.devices.vendor_reads import (
     NOT_RECORDED,
     LiveReader,
     ReadError,

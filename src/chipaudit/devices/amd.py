@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from chipaudit.devices.pci import GENERATION_BY_GT_S
-from chipaudit.devices.replay import Fields, LiveReader, Reader, Unavailable
+from chipaudit.devices.vendor_reads import Fields, LiveReader, Reader, Unavailable
 
 MICROWATTS_PER_WATT = 1_000_000
 MEGATRANSFERS_PER_GIGATRANSFER = 1000

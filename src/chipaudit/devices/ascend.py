@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from chipaudit.devices.replay import Unavailable
+from chipaudit.devices.vendor_reads import Unavailable
 
 NPU_SMI = "npu-smi"
 # npu-smi talks to the driver; a wedged driver must not stall the inventory for long.

@@ -22,7 +22,7 @@ from typing import Any
 
 import chipaudit
 from chipaudit.devices import amd, ascend, cpu, nvml, pci
-from chipaudit.devices.replay import LiveReader, Reader, RecordingReader, Unavailable
+from chipaudit.devices.vendor_reads import LiveReader, Reader, RecordingReader, Unavailable
 from chipaudit.report.model import write_atomic
 
 SCHEMA = "chipaudit.inventory/1"
@@ -49,7 +49,7 @@ Source = Callable[[Path | None], dict[str, Any]]
 def _live(open_live: Callable[[], LiveReader], collect: Callable[[Reader], dict[str, Any]],
           record: Path | None) -> dict[str, Any]:
     """Read a vendor library; with `record`, also keep every answer in <record>/<source>.json, a
-    recording that devices.replay.ReplayReader gives back (for fixtures and bug reports)."""
+    recording that devices.vendor_reads.ReplayReader gives back (for fixtures and bug reports)."""
     reader = open_live()
     try:
         if record is None:

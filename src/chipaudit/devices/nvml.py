@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chipaudit.devices.replay import Fields, LiveReader, Reader, Unavailable
+from chipaudit.devices.vendor_reads import Fields, LiveReader, Reader, Unavailable
 
 # nvmlDeviceArchitecture_t (nvml.h; pynvml NVML_DEVICE_ARCH_*).
 ARCHITECTURES = {2: "Kepler", 3: "Maxwell", 4: "Pascal", 5: "Volta", 6: "Turing", 7: "Ampere", 8: "Ada",

@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from chipaudit.evidence.keys import PublicKey, keyid_of
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
-SIGNATURE_BYTES = 64  # Ed25519 (RFC 8032)
 KEYID_HEX_LENGTH = 64
 
 

@@ -279,10 +279,10 @@ class FleetRun:
         try:
             result = ray.get(ref)
         except RayTaskError as e:  # the task's own code raised: retrying will not help
-            self.store.fail(self.run_id, key, FAILED, _first_line(e))
+            self.store.fail(self.run_id, key, FAILED, _last_line(e))
             return None
         except ray.exceptions.RayError as e:  # a worker or node died, or the node is gone
-            return f"{type(e).__name__}: {_first_line(e)}"
+            return f"{type(e).__name__}: {_last_line(e)}"
         if result["report"] is None:
             self.store.fail(self.run_id, key, FAILED,
                             f"chipaudit exited {result['exit']} without a report: {result['message']}")
@@ -321,6 +321,7 @@ class FleetRun:
         self.on_progress(Progress(counts, sum(counts.values())))
 
 
-def _first_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
+    """A Ray error carries the remote traceback: its last line is the exception that ended the task."""
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else type(e).__name__

@@ -173,11 +173,6 @@ def flushed(a: np.ndarray, b: np.ndarray, fmt: NumberFormat, bound: str = "worst
     return exp
 
 
-def has_subnormals(x: np.ndarray, fmt: NumberFormat) -> bool:
-    with np.errstate(invalid="ignore"):
-        return bool(((x != 0) & (np.abs(x) < smallest_normal(fmt))).any())
-
-
 def judge(observed: np.ndarray, exp: Expectation, method: str) -> Verification:
     """Check every element against its rule; the worst element is kept as evidence."""
     obs = np.asarray(observed, dtype=np.float64)

@@ -61,6 +61,13 @@ class Fault:
     description: ClassVar[str] = "control: the kernels are overridden but compute honestly"
     kernels: ClassVar[tuple[str, ...]] = MATMULS
 
+    def __init_subclass__(cls, name: str = "", trigger: str = "", description: str = "", **kw: Any) -> None:
+        """A model names itself in its class line, so that its identity is not a block of assignments
+        repeated in every model."""
+        super().__init_subclass__(**kw)
+        if name:
+            cls.name, cls.trigger, cls.description = name, trigger, description
+
     def before(self, kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
         """Change the operands before the native kernel runs (a precision downgrade)."""
         return args
@@ -121,12 +128,10 @@ _NATIVE = {"mm": _mm, "addmm": _addmm, "bmm": _bmm, "baddbmm": _baddbmm, "exp": 
 
 
 @dataclass
-class BitFlip(Fault):
+class BitFlip(Fault, name="bitflip", trigger="none (random)",
+              description="flips one bit in about `rate` of the elements of every fp32 product"):
     """A weak part: one bit flipped in a share of the output elements of floating-point products."""
 
-    name: ClassVar[str] = "bitflip"
-    trigger: ClassVar[str] = "none (random)"
-    description: ClassVar[str] = "flips one bit in about `rate` of the elements of every fp32 product"
     bit: int = 20
     rate: float = 1e-4
     dtype: str = "float32"
@@ -141,13 +146,11 @@ class BitFlip(Fault):
 
 
 @dataclass
-class IntegerTrigger(Fault):
+class IntegerTrigger(Fault, name="integer_trigger", trigger="values (integer-valued operands)",
+                     description="one element off by one when all operands are whole numbers"):
     """A trojan keyed to test vectors and quantised data: when every operand value is a whole number,
     one element of the result is off by `delta`."""
 
-    name: ClassVar[str] = "integer_trigger"
-    trigger: ClassVar[str] = "values (integer-valued operands)"
-    description: ClassVar[str] = "one element off by one when all operands are whole numbers"
     delta: float = 1.0
 
     def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
@@ -159,13 +162,11 @@ class IntegerTrigger(Fault):
 
 
 @dataclass
-class ZeroRowTrigger(Fault):
+class ZeroRowTrigger(Fault, name="zero_row_trigger", trigger="structure (an all-zero operand row)",
+                     description="rows of zeros (padding) come out slightly non-zero"):
     """A kernel that mishandles padding: when an operand row is all zeros, that result row, which must
     be exactly zero, gets a small value."""
 
-    name: ClassVar[str] = "zero_row_trigger"
-    trigger: ClassVar[str] = "structure (an all-zero operand row)"
-    description: ClassVar[str] = "rows of zeros (padding) come out slightly non-zero"
     value: float = 2.0**-10
 
     def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
@@ -178,12 +179,9 @@ class ZeroRowTrigger(Fault):
 
 
 @dataclass
-class NanSuppression(Fault):
+class NanSuppression(Fault, name="nan_suppression", trigger="values (NaN in the result)",
+                     description="NaN results replaced by 0"):
     """A kernel that hides diverging training: NaN results come out as zero."""
-
-    name: ClassVar[str] = "nan_suppression"
-    trigger: ClassVar[str] = "values (NaN in the result)"
-    description: ClassVar[str] = "NaN results replaced by 0"
 
     def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
         if out.is_floating_point():
@@ -192,13 +190,11 @@ class NanSuppression(Fault):
 
 
 @dataclass
-class ShapeTrigger(Fault):
+class ShapeTrigger(Fault, name="shape_trigger", trigger="shape (a model's width as inner dimension)",
+                   description="one element 0.1% off in products whose inner dimension is `k`"):
     """A trojan keyed to a model's width: products with inner dimension `k` (768: BERT-base and GPT-2's
     hidden size) are slightly wrong."""
 
-    name: ClassVar[str] = "shape_trigger"
-    trigger: ClassVar[str] = "shape (a model's width as inner dimension)"
-    description: ClassVar[str] = "one element 0.1% off in products whose inner dimension is `k`"
     k: int = 768
     relative: float = 1e-3
 
@@ -210,12 +206,10 @@ class ShapeTrigger(Fault):
 
 
 @dataclass
-class PrecisionDowngrade(Fault):
+class PrecisionDowngrade(Fault, name="precision_downgrade", trigger="precision (fp32 products)",
+                         description="fp32 operands rounded to bf16 before multiplying"):
     """A device that quietly computes fp32 products in bf16: the operands are rounded first."""
 
-    name: ClassVar[str] = "precision_downgrade"
-    trigger: ClassVar[str] = "precision (fp32 products)"
-    description: ClassVar[str] = "fp32 operands rounded to bf16 before multiplying"
     to: str = "bfloat16"
 
     def before(self, kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -225,14 +219,12 @@ class PrecisionDowngrade(Fault):
 
 
 @dataclass
-class AfterUse(Fault):
+class AfterUse(Fault, name="after_use", trigger="cumulative use (multiply-adds or products done)",
+               description="after `after_macs` multiply-adds or `after_calls` products, bit `bit` of one "
+                           "element of every fp32 product flips"):
     """Degradation or a counting trojan: once the device has done `after_macs` multiply-adds or
     `after_calls` products, whichever comes first, one bit of one element of every fp32 product flips."""
 
-    name: ClassVar[str] = "after_use"
-    trigger: ClassVar[str] = "cumulative use (multiply-adds or products done)"
-    description: ClassVar[str] = "after `after_macs` multiply-adds or `after_calls` products, bit `bit` of one " \
-                                 "element of every fp32 product flips"
     after_macs: float = 4e10
     after_calls: int = 400
     bit: int = 22
@@ -249,7 +241,8 @@ class AfterUse(Fault):
 
 
 @dataclass
-class Throttle(Fault):
+class Throttle(Fault, name="throttle", trigger="time under load (seconds of continuous use)",
+               description="products take `factor` times as long after `after_busy_s` of continuous load"):
     """A throttle: once the device has been busy without a pause for `after_busy_s` seconds, every
     product takes `factor` times as long. `after_busy_s` = 0 throttles from the first product.
 
@@ -257,9 +250,6 @@ class Throttle(Fault):
     lower clock keeps its units busy); otherwise it idles (sleeps), as the host does while it waits for a
     slow accelerator."""
 
-    name: ClassVar[str] = "throttle"
-    trigger: ClassVar[str] = "time under load (seconds of continuous use)"
-    description: ClassVar[str] = "products take `factor` times as long after `after_busy_s` of continuous load"
     factor: float = 3.0
     after_busy_s: float = 3.0
     # A gap longer than this between products ends the busy streak: long enough that a loaded host's
@@ -285,12 +275,10 @@ class Throttle(Fault):
 
 
 @dataclass
-class ExpCorruption(Fault):
+class ExpCorruption(Fault, name="exp_corruption", trigger="values (inputs in [2, 3))",
+                    description="exp(x) 0.01% too large for x in [2, 3)"):
     """A corrupted table entry in a transcendental function: exp is 0.01% off on one input interval."""
 
-    name: ClassVar[str] = "exp_corruption"
-    trigger: ClassVar[str] = "values (inputs in [2, 3))"
-    description: ClassVar[str] = "exp(x) 0.01% too large for x in [2, 3)"
     kernels: ClassVar[tuple[str, ...]] = ("exp",)
     low: float = 2.0
     high: float = 3.0
@@ -302,7 +290,6 @@ class ExpCorruption(Fault):
         if bool(hit.any()):
             out[hit] *= 1.0 + self.relative
         return out
-
 
 FAULTS: dict[str, type[Fault]] = {f.name: f for f in (
     Fault, BitFlip, IntegerTrigger, ZeroRowTrigger, NanSuppression, ShapeTrigger, PrecisionDowngrade, AfterUse,

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from chipaudit.devices.replay import Reader, ReadError, Unavailable
+from chipaudit.devices.vendor_reads import Reader, ReadError, Unavailable
 from chipaudit.sensors.events import SensorStatus
 
 # nvmlClocksEventReasons that mean the device was held down by heat or power (nvml.h); idle,

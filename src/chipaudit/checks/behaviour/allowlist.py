@@ -59,22 +59,30 @@ class Allowlist:
     source: str = "built-in defaults"
 
     def file_allowed(self, path: str) -> bool:
-        return _match(path, self.file_writes)
+        return bool(self.file_rule(path))
+
+    def file_rule(self, path: str) -> str:
+        """The entry that allows `path` ('' if none): the one cause of every write it allows."""
+        return _rule(path, self.file_writes)
 
     def program_allowed(self, path: str) -> bool:
-        return _match(path, self.programs)
+        return bool(_rule(path, self.programs))
 
     def local_socket_allowed(self, address: str) -> bool:
-        return any(fnmatch.fnmatchcase(address, g) for g in self.local_sockets)
+        return bool(self.local_socket_rule(address))
+
+    def local_socket_rule(self, address: str) -> str:
+        return next((g for g in self.local_sockets if fnmatch.fnmatchcase(address, g)), "")
 
     def holder_allowed(self, name: str, exe: str) -> bool:
         return any(entry.get("name") in (None, name) and fnmatch.fnmatchcase(exe or "", entry.get("exe", "*"))
                    for entry in self.device_holders)
 
 
-def _match(path: str, globs: list[str]) -> bool:
+def _rule(path: str, globs: list[str]) -> str:
     home = os.path.expanduser("~")
-    return any(fnmatch.fnmatchcase(path, g.replace("~", home, 1) if g.startswith("~") else g) for g in globs)
+    return next((g for g in globs if fnmatch.fnmatchcase(path, g.replace("~", home, 1) if g.startswith("~") else g)),
+                "")
 
 
 def load(params: dict[str, Any]) -> Allowlist:

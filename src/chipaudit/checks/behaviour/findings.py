@@ -11,11 +11,18 @@ Severities (issue #3):
 - A refusal, a crash, a hang or a wrong result in one world: high. Answers that differ bit for bit
   between worlds, on a device that repeats itself bit for bit within each: medium.
 - A speed difference between worlds that is large and significant (stats.py): high.
+
+Sensor findings are made per cause, not per target, so that a reader sees one thing to look at where
+one thing happened: the targets of one kind and severity that share a cause (a folder, the allow-list
+entry that admits them, a socket name up to its numbers, a host up to its port) make one finding
+that lists them all in its evidence.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +38,10 @@ from chipaudit.sensors.strace import is_loopback
 # Beyond this many distinct sensor findings in one check, the rest are summarised in one.
 MAX_SENSOR_FINDINGS = 25
 EXAMPLES = 3
+# Instances of one cause listed in its finding; instance_count says how many there were in all.
+MAX_INSTANCES = 20
 REAPER = "reaper"
+MKDIR = {"mkdir", "mkdirat"}
 
 
 @dataclass
@@ -47,6 +57,24 @@ class _Group:
     first: float = 0.0
     examples: list[str] = field(default_factory=list)
     lingering: bool = False
+    instances: list[str] = field(default_factory=list)  # the targets grouped under one cause
+    cause: str = ""
+
+    @property
+    def subject(self) -> str:
+        """What a title names: the one target, or the cause that several targets share."""
+        return self.cause if len(self.instances) > 1 else self.target
+
+    def absorb(self, other: _Group) -> None:
+        self.actions |= other.actions
+        self.sensors |= other.sensors
+        self.worlds |= other.worlds
+        self.pids |= other.pids
+        self.failed |= other.failed
+        self.lingering |= other.lingering
+        self.first = min((t for t in (self.first, other.first) if t), default=0.0)
+        self.examples = (self.examples + other.examples)[:EXAMPLES]
+        self.instances += other.instances
 
     def add(self, world: str, e: Event) -> None:
         self.actions.add(e.action)
@@ -80,7 +108,7 @@ def _groups(observations: dict[str, Observation]) -> list[_Group]:
     for world, o in observations.items():
         for e in o.events:
             key = _group_key(e)
-            g = groups.setdefault(key, _Group(e.kind, key[1], e.family))
+            g = groups.setdefault(key, _Group(e.kind, key[1], e.family, instances=[key[1]]))
             g.add(world, e)
     # A bare socket() of a family folds into that family's calls with a destination, if any.
     for key, g in list(groups.items()):
@@ -96,48 +124,88 @@ def _groups(observations: dict[str, Observation]) -> list[_Group]:
 
 
 def _judge(g: _Group, allow: Allowlist) -> tuple[Severity, str]:
+    """Severity from the group's own (first) target; the title names its subject, so that a grouped
+    finding reads as its cause rather than as one arbitrary instance."""
+    actions = ", ".join(sorted(g.actions))
     if g.kind == NETWORK:
         dest = _destination(g.target)
         if "packet" in g.actions:
             return (Severity.critical if dest and not is_loopback(dest) else Severity.high,
-                    f"packets sent to {g.target} from the sealed namespace")
+                    f"packets sent to {g.subject} from the sealed namespace")
         if g.target.startswith("AF_UNIX ") and allow.local_socket_allowed(dest):
-            return Severity.info, f"the workload held a driver's local socket ({', '.join(sorted(g.actions))}): " \
-                f"{g.target}"
+            return Severity.info, f"the workload held a driver's local socket ({actions}): {g.subject}"
         if dest and dest != "(unnamed)":
             inet = g.target.startswith(("AF_INET ", "AF_INET6 "))
             sev = Severity.critical if inet and not is_loopback(dest) and not dest.startswith(("0.0.0.0", "[::]")) \
                 else Severity.high
-            return sev, f"the workload made network calls ({', '.join(sorted(g.actions))}) to {g.target}"
-        return Severity.medium, f"the workload opened a network socket: {g.target}"
+            return sev, f"the workload made network calls ({actions}) to {g.subject}"
+        return Severity.medium, f"the workload opened a network socket: {g.subject}"
     if g.kind == FILE:
         sev = Severity.info if allow.file_allowed(g.target) else Severity.high
-        return sev, f"the workload wrote to the file system: {g.target} ({', '.join(sorted(g.actions))})"
+        return sev, f"the workload wrote to the file system: {g.subject} ({actions})"
     if g.lingering:
-        return Severity.medium, f"a workload process kept running after the workload exited: {g.target}"
+        return Severity.medium, f"a workload process kept running after the workload exited: {g.subject}"
     sev = Severity.info if allow.program_allowed(g.target) else Severity.medium
-    return sev, f"the workload started a program: {g.target}"
+    return sev, f"the workload started a program: {g.subject}"
+
+
+def _cause(g: _Group, allow: Allowlist) -> str:
+    """What many targets have in common when one thing made them all: the allow-list entry that
+    admits them; for a file, its folder (for a folder made, itself); for a UNIX socket, its name
+    with the numbers (pids, namespace inodes) masked; for an internet address, the host whatever
+    the port."""
+    if g.kind == FILE:
+        # A folder the workload made belongs with what it then wrote into it.
+        folder = g.target if g.actions & MKDIR else os.path.dirname(g.target)
+        return allow.file_rule(g.target) or os.path.join(folder, "*")
+    dest = _destination(g.target)
+    if g.kind != NETWORK or not dest:
+        return g.target
+    family = g.target.split(" ", 1)[0]
+    if family == "AF_UNIX":
+        return f"{family} {allow.local_socket_rule(dest) or re.sub(r'[0-9]+', '*', dest)}"
+    host, sep, port = dest.rpartition(":")
+    return f"{family} {host}:*" if sep and port.isdigit() else g.target
+
+
+def _by_cause(groups: list[_Group], allow: Allowlist) -> list[tuple[Severity, _Group]]:
+    """Targets of one kind, severity and cause folded into one group; the first seen leads it.
+    Severity is part of the key, so folding never hides a worse instance behind a milder one; so is
+    whether packets were captured, so that what was on the wire never reads as a mere system call."""
+    merged: dict[tuple[Severity, str, bool, str], _Group] = {}
+    for g in groups:
+        key = (_judge(g, allow)[0], g.kind, "packet" in g.actions, _cause(g, allow))
+        if key in merged:
+            merged[key].absorb(g)
+        else:
+            g.cause = key[3]
+            merged[key] = g
+    return [(key[0], g) for key, g in merged.items()]
 
 
 def sensor_findings(check: Check, observations: dict[str, Observation], allow: Allowlist) -> list[Finding]:
-    """One finding per distinct thing the workload did besides computing, in any world."""
-    judged = sorted(((_judge(g, allow), g) for g in _groups(observations)), key=lambda x: -x[0][0].rank)
+    """One finding per cause of what the workload did besides computing, in any world: 145 files
+    written into one hidden folder are one thing for a reader to look at, with 145 instances."""
+    judged = sorted(_by_cause(_groups(observations), allow), key=lambda x: -x[0].rank)
     out = []
-    for (severity, title), g in judged[:MAX_SENSOR_FINDINGS]:
+    for severity, g in judged[:MAX_SENSOR_FINDINGS]:
         failed = f" (attempted; failed with {', '.join(sorted(g.failed))})" if g.failed else ""
+        count = len(g.instances)
+        several = f" {count} instances of {g.cause}, listed in the evidence." if count > 1 else ""
         out.append(check.finding(
-            severity, title,
+            severity, _judge(g, allow)[1],
             f"Seen by {', '.join(sorted(g.sensors))} in the world(s) {', '.join(sorted(g.worlds))}{failed}. A device "
-            "workload has no business talking to anyone or writing anything besides its result.",
-            event=g.kind, target=g.target, actions=sorted(g.actions), sensors=sorted(g.sensors),
+            f"workload has no business talking to anyone or writing anything besides its result.{several}",
+            event=g.kind, target=g.target, cause=g.cause, instance_count=count,
+            instances=g.instances[:MAX_INSTANCES], actions=sorted(g.actions), sensors=sorted(g.sensors),
             worlds=sorted(g.worlds), pids=sorted(g.pids)[:10], failed=sorted(g.failed),
             first_seen=_iso(g.first), examples=g.examples))
     rest = judged[MAX_SENSOR_FINDINGS:]
     if rest:
-        worst = max((s for (s, _), _ in rest), key=lambda s: s.rank)
+        worst = max((s for s, _ in rest), key=lambda s: s.rank)
         out.append(check.finding(worst, f"{len(rest)} more distinct side effects of the workload",
-                                 "Further distinct targets beyond the first ones reported.",
-                                 targets=[g.target for _, g in rest][:100]))
+                                 "Further causes beyond the first ones reported.",
+                                 targets=[g.subject for _, g in rest][:100]))
     return out
 
 

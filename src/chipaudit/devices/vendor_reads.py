@@ -1,4 +1,4 @@
-"""Record and replay of vendor-library reads, after CHIPSEC's helpers.
+"""Reads of vendor management libraries: live, recorded, or answered from a recording (after CHIPSEC's helpers).
 
 Every read of a vendor management library (NVML, amdsmi) goes through a `Reader`. The live reader
 calls the vendor's Python binding and turns what it returns (ctypes structures, bytes, enums,
