@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from chipaudit import stats
 from chipaudit.devices import torchdev
-from chipaudit.perf import stats
 
 # Warm-up: at least this many calls and this much time (clocks ramp up, libraries pick kernels and
 # allocate workspaces on the first calls), capped at a share of the budget.
