@@ -3,6 +3,9 @@ made (the statistics themselves: tests/test_stats.py)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -96,3 +99,54 @@ def test_measure_warms_up_repeats_and_rotates() -> None:
     assert len(seen) == measured.warmup + measured.inner * len(measured.seconds)
     assert all(s > 0 for s in measured.seconds)
     assert measured.clock == "host clock"
+
+
+def test_fastest_warms_up_then_keeps_the_fastest_call() -> None:
+    delays = iter([0.05, 0.02, 0.005, 0.03])  # the first call warms up and is not counted
+    calls = []
+
+    def op() -> None:
+        calls.append(1)
+        time.sleep(next(delays))
+
+    seconds = timing.fastest(op, "cpu", tries=3)
+    assert len(calls) == 4
+    assert 0.005 <= seconds < 0.02
+
+
+def cubic(seconds_at_1024: float) -> Callable[[int], float]:
+    return lambda n: seconds_at_1024 * (n / 1024) ** 3
+
+
+def test_the_ladder_stops_before_a_size_predicted_over_the_cap() -> None:
+    ladder = timing.Ladder(sizes=(256, 512, 1024, 2048, 4096), cap_s=0.5)
+    climb = ladder.climb(cubic(0.1))
+    assert (climb.size, climb.notes, climb.error) == (1024, [], None)  # 2048 would take 0.8 s
+    # With slack the next size is tried, and its measured time decides when over-cap sizes are refused.
+    assert timing.Ladder((256, 512, 1024, 2048), 0.5, slack=2.0).climb(cubic(0.1)).size == 2048
+    assert timing.Ladder((256, 512, 1024, 2048), 0.5, slack=2.0, keep_over_cap=False).climb(cubic(0.1)).size == 1024
+
+
+def test_below_cubic_from_the_ladder_grows_while_the_last_product_is_affordable() -> None:
+    # Overhead-dominated small sizes: 10 ms whatever the size. Predicted cubically, 256 would take
+    # 80 ms and be refused at a 50 ms cap; measured, every size up to 1024 is affordable.
+    flat = lambda n: 0.01 if n < 1024 else cubic(0.03)(n)  # noqa: E731
+    assert timing.Ladder((128, 256, 512, 1024, 2048), 0.05).climb(flat).size == 128
+    assert timing.Ladder((128, 256, 512, 1024, 2048), 0.05, cubic_from=1024).climb(flat).size == 1024
+
+
+def test_the_ladder_stops_on_memory_and_on_expected_errors_and_says_why() -> None:
+    ladder = timing.Ladder((256, 512, 1024), cap_s=10.0)
+    climb = ladder.climb(cubic(0.01), fits=lambda n: "too large" if n > 256 else None)
+    assert (climb.size, climb.notes) == (256, ["n=512: too large"])
+
+    def refuses(n: int) -> float:
+        if n > 256:
+            raise RuntimeError("no kernel")
+        return 0.001
+
+    climb = ladder.climb(refuses, errors=(RuntimeError,), describe=lambda e: f"refused: {e}")
+    assert (climb.size, climb.notes) == (256, ["n=512: refused: no kernel"])
+    assert isinstance(climb.error, RuntimeError)
+    with pytest.raises(ValueError):
+        ladder.climb(lambda n: (_ for _ in ()).throw(ValueError("unexpected")), errors=(RuntimeError,))
