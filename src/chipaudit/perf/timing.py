@@ -190,7 +190,7 @@ class Ladder:
     says so on the first rung. A size is tried only while its time, predicted from the last size's
     (PRODUCT_EXPONENT), stays within `cap_s * slack`; below `cubic_from`, where a product's time is
     mostly overhead (and, on an oversubscribed host, waiting for a thread) and the prediction
-    overestimates, the next size is tried while the last product itself stays within `cap_s`. With
+    overestimates, the next size is tried while the last product itself stays within that. With
     `keep_over_cap` False, a size whose measured product exceeds `cap_s` is not chosen.
     """
 
