@@ -7,11 +7,24 @@ import os
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import chipaudit, cli_env, load
 
-from chipaudit.checks.integrity.gemm import CASES, EXACT_CASES, GemmCheck
-from chipaudit.report.model import Level
+from chipaudit.checks.base import CheckContext
+from chipaudit.checks.integrity import gemm
+from chipaudit.checks.integrity.gemm import (
+    CASES,
+    EXACT_CASES,
+    Case,
+    GemmCheck,
+    draw_operands,
+    product_on_device,
+    verify_result,
+)
+from chipaudit.oracle.formats import FORMATS, NumberFormat
+from chipaudit.report.model import Level, Severity
 
 WRAPPER = """
 import torch, warnings
@@ -112,3 +125,36 @@ def test_aligned_formats_only_get_aligned_products() -> None:
     for name in ("int8", "fp8_e4m3"):
         cases = GemmCheck(name).cases(Level.standard)
         assert cases and all(c.k % 16 == 0 and c.n % 16 == 0 and c.m >= 32 for c in cases)
+
+
+@pytest.mark.parametrize(("shape", "method"), [((1, 64, 96, 80), "full"), ((1, 1024, 2048, 1025), "projection")])
+def test_verify_result_judges_a_device_answer_as_the_check_does(shape: tuple[int, int, int, int], method: str) -> None:
+    """The functions the check and benchmarks/verify_overhead.py share: honest answers pass by the method
+    their size calls for, a corrupted element fails."""
+    case = Case("mm", *shape, "unit")
+    ops = draw_operands(case, FORMATS["fp32"], np.random.default_rng(1), "normal", exact=False)
+    tensors = ops.upload("cpu")
+    result, seconds = product_on_device(ops, tensors, "cpu")
+    assert seconds > 0
+    v = verify_result(ops, result, exact=False)
+    assert v.ok and v.method == method
+    result[3, 5] += 1.0
+    assert not verify_result(ops, result, exact=False).ok
+
+
+def test_a_refused_product_is_a_high_finding_naming_the_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    honest = gemm.compute
+
+    def refuses_bmm(fmt: NumberFormat, op: str, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if op == "bmm":
+            raise RuntimeError("no kernel for this\nsecond line")
+        return honest(fmt, op, tensors)
+
+    monkeypatch.setattr(gemm, "compute", refuses_bmm)
+    check = GemmCheck("fp32")
+    monkeypatch.setattr(check, "cases", lambda level: [c for c in CASES if c.macs < 2**24])
+    out = check.run(CheckContext(device="cpu", level=Level.quick, seed=1))
+    refused = [f for f in out.findings if f.title == "device refused a fp32 bmm"]
+    assert refused and all(f.severity is Severity.high for f in refused)
+    assert refused[0].detail.endswith("RuntimeError: no kernel for this")
+    assert "bmm" not in out.coverage["ops"] and out.coverage["ops"]["mm"] > 0

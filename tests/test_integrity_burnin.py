@@ -184,3 +184,16 @@ def test_cli_burn_in_seconds_option(tmp_path: Path) -> None:
     assert check["coverage"]["requested_seconds"] == 2.0 and check["coverage"]["products"] > 0
     assert "--burn-in-seconds 2" in data["replay"] and data["params"] == {"burn_in_seconds": 2.0}
     assert len(check["measurements"]["throughput_curve"]["t_s"]) >= 1
+
+
+@pytest.mark.parametrize(("seconds", "chosen"), [
+    ([0.001, 0.008, 0.05, 0.4], 1024),  # 2048 predicted at 0.4 s, over 1.5 x the 0.12 s target: not tried
+    ([0.001, 0.008, 0.02, 0.16], 1024),  # 2048 tried (predicted within the slack) but measured too slow
+    ([0.001, 0.008, 0.011, 0.09], 2048),  # 2048 within the target; 4096 predicted at 0.72 s
+    ([0.5], 256),  # nothing within the target: the smallest size all the same
+])
+def test_the_size_is_the_largest_whose_product_meets_the_target(
+        monkeypatch: pytest.MonkeyPatch, seconds: list[float], chosen: int) -> None:
+    times = iter(seconds)
+    monkeypatch.setattr(burnin.timing, "fastest", lambda op, device: next(times))
+    assert burnin.choose_size("cpu", burnin.FORMATS["fp32"]) == chosen

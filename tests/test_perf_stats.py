@@ -1,9 +1,10 @@
-"""The statistics behind every performance figure: median, noise, confidence of the median, and when a
-change between two runs is a regression rather than noise."""
+"""When a change between two runs is a regression rather than noise, and how figures and timings are
+made (the statistics themselves: tests/test_stats.py)."""
 
 from __future__ import annotations
 
-import math
+import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,57 +12,6 @@ import pytest
 from chipaudit.perf import stats, timing
 from chipaudit.perf.metrics import figure_key
 from chipaudit.perf.timing import Figure, Timing
-
-
-def test_median_odd_even_and_empty() -> None:
-    assert stats.median([3.0, 1.0, 2.0]) == 2.0
-    assert stats.median([4.0, 1.0, 3.0, 2.0]) == 2.5
-    with pytest.raises(ValueError):
-        stats.median([])
-
-
-def test_spread_is_robust_to_one_wild_repeat() -> None:
-    calm = [1.0, 1.01, 0.99, 1.02, 0.98, 1.0, 1.01]
-    assert stats.relative_spread(calm) == pytest.approx(1.4826 * 0.01, rel=1e-6)
-    # A preempted repeat ten times slower leaves the median and the spread nearly where they were.
-    assert stats.median([*calm, 10.0]) == pytest.approx(1.0, abs=0.01)
-    assert stats.relative_spread([*calm, 10.0]) < 0.03
-    assert stats.relative_spread([5.0]) == 0.0
-
-
-def test_spread_estimates_sigma_of_normal_data() -> None:
-    rng = np.random.default_rng(1)
-    x = 100 + 5 * rng.standard_normal(4000)
-    assert stats.relative_spread(list(x)) == pytest.approx(0.05, rel=0.08)
-
-
-def test_median_ci_covers_the_median_at_its_stated_rate() -> None:
-    rng = np.random.default_rng(2)
-    true_median = math.log(2)  # of the unit exponential
-    covered = 0
-    trials = 400
-    for _ in range(trials):
-        lo, hi = stats.median_ci(list(rng.exponential(size=15)), 0.95)
-        covered += lo <= true_median <= hi
-    assert covered / trials >= 0.93
-
-
-def test_median_ci_small_samples_give_the_whole_range() -> None:
-    assert stats.median_ci([3.0, 1.0, 2.0]) == (1.0, 3.0)
-    lo, hi = stats.median_ci(list(range(1, 31)))
-    assert 1 < lo < 15.5 < hi < 30
-
-
-def test_mann_whitney_separates_shifted_samples_only() -> None:
-    rng = np.random.default_rng(3)
-    a = list(rng.normal(1.0, 0.05, 20))
-    same = list(rng.normal(1.0, 0.05, 20))
-    shifted = list(rng.normal(0.8, 0.05, 20))
-    assert stats.mann_whitney(a, shifted) < 1e-4
-    assert stats.mann_whitney(a, same) > 0.01
-    assert stats.mann_whitney(a, shifted) == pytest.approx(stats.mann_whitney(shifted, a))
-    assert stats.mann_whitney([1.0] * 5, [1.0] * 5) == 1.0
-    assert stats.mann_whitney([], [1.0]) == 1.0
 
 
 def test_a_real_slowdown_is_a_regression_and_a_speedup_an_improvement() -> None:
@@ -149,3 +99,54 @@ def test_measure_warms_up_repeats_and_rotates() -> None:
     assert len(seen) == measured.warmup + measured.inner * len(measured.seconds)
     assert all(s > 0 for s in measured.seconds)
     assert measured.clock == "host clock"
+
+
+def test_fastest_warms_up_then_keeps_the_fastest_call() -> None:
+    delays = iter([0.05, 0.02, 0.005, 0.03])  # the first call warms up and is not counted
+    calls = []
+
+    def op() -> None:
+        calls.append(1)
+        time.sleep(next(delays))
+
+    seconds = timing.fastest(op, "cpu", tries=3)
+    assert len(calls) == 4
+    assert 0.005 <= seconds < 0.02
+
+
+def cubic(seconds_at_1024: float) -> Callable[[int], float]:
+    return lambda n: seconds_at_1024 * (n / 1024) ** 3
+
+
+def test_the_ladder_stops_before_a_size_predicted_over_the_cap() -> None:
+    ladder = timing.Ladder(sizes=(256, 512, 1024, 2048, 4096), cap_s=0.5)
+    climb = ladder.climb(cubic(0.1))
+    assert (climb.size, climb.notes, climb.error) == (1024, [], None)  # 2048 would take 0.8 s
+    # With slack the next size is tried, and its measured time decides when over-cap sizes are refused.
+    assert timing.Ladder((256, 512, 1024, 2048), 0.5, slack=2.0).climb(cubic(0.1)).size == 2048
+    assert timing.Ladder((256, 512, 1024, 2048), 0.5, slack=2.0, keep_over_cap=False).climb(cubic(0.1)).size == 1024
+
+
+def test_below_cubic_from_the_ladder_grows_while_the_last_product_is_affordable() -> None:
+    # Overhead-dominated small sizes: 10 ms whatever the size. Predicted cubically, 256 would take
+    # 80 ms and be refused at a 50 ms cap; measured, every size up to 1024 is affordable.
+    flat = lambda n: 0.01 if n < 1024 else cubic(0.03)(n)  # noqa: E731
+    assert timing.Ladder((128, 256, 512, 1024, 2048), 0.05).climb(flat).size == 128
+    assert timing.Ladder((128, 256, 512, 1024, 2048), 0.05, cubic_from=1024).climb(flat).size == 1024
+
+
+def test_the_ladder_stops_on_memory_and_on_expected_errors_and_says_why() -> None:
+    ladder = timing.Ladder((256, 512, 1024), cap_s=10.0)
+    climb = ladder.climb(cubic(0.01), fits=lambda n: "too large" if n > 256 else None)
+    assert (climb.size, climb.notes) == (256, ["n=512: too large"])
+
+    def refuses(n: int) -> float:
+        if n > 256:
+            raise RuntimeError("no kernel")
+        return 0.001
+
+    climb = ladder.climb(refuses, errors=(RuntimeError,), describe=lambda e: f"refused: {e}")
+    assert (climb.size, climb.notes) == (256, ["n=512: refused: no kernel"])
+    assert isinstance(climb.error, RuntimeError)
+    with pytest.raises(ValueError):
+        ladder.climb(lambda n: (_ for _ in ()).throw(ValueError("unexpected")), errors=(RuntimeError,))

@@ -4,7 +4,7 @@ differ from the rest of their model.
 A capped, throttled or slowly failing device often looks fine alone and stands out only next to its
 peers. Outliers are judged per device model with the modified z-score of Iglewicz and Hoaglin: robust to
 the outliers themselves, because it uses the median and the median absolute deviation (MAD), taken
-among the devices that agree with the median (see `modified_z`).
+among the devices that agree with the median (chipaudit/stats.py, `modified_z`).
 
 Key figures: every performance figure (and its noise), and the other checks' throughputs and noise.
 """
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
-import statistics
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -26,14 +24,11 @@ from chipaudit.perf.metrics import figure_key, figures_of
 from chipaudit.perf.stats import MIN_EFFECT
 from chipaudit.report.figures import scalar_figures
 from chipaudit.report.model import Report
+from chipaudit.stats import median as median_of
+from chipaudit.stats import modified_z
 
 # |modified z| above this marks an outlier (Iglewicz & Hoaglin, "How to Detect and Handle Outliers", 1993).
 OUTLIER_Z = 3.5
-# 0.6745 = the 0.75 quantile of the standard normal: it makes MAD-based z comparable to a standard z.
-MAD_SCALE = 0.6745
-# When more than half the values are equal (MAD = 0), the mean absolute deviation stands in, scaled by
-# sqrt(pi/2) to estimate the standard deviation (IBM SPSS / Iglewicz-Hoaglin practice).
-MEAN_AD_SCALE = 1.253314
 # Peers needed before a device can be called an outlier among them.
 MIN_PEERS = 3
 # An outlier must also differ from its peers' median by this factor: on a busy machine a tight group of
@@ -47,32 +42,6 @@ ERRATIC_MIN_NOISE = MIN_EFFECT
 _SPEED = re.compile(r"(_per_s|flops|tops|throughput|bandwidth)$")
 _NOISE = re.compile(r"(noise|jitter|cv|stdev|spread)$")
 _FINGERPRINT_CHECK = "stack.fingerprint"
-
-
-def modified_z(values: list[float], band: float | None = None) -> list[float]:
-    """(value - median) / robust spread for each value.
-
-    With `band`, the spread is measured among the values within that factor of the median only: the
-    devices under suspicion would otherwise widen the very spread they are judged against. With a
-    third of a small fleet throttled, the MAD of all devices doubles and hides them (seen in
-    tests/test_fleet_ray.py); the MAD's breakdown point protects the median, not its efficiency.
-    """
-    median = statistics.median(values)
-    low, high = sorted((median / band, median * band)) if band else (-math.inf, math.inf)
-    core = [v for v in values if low <= v <= high]
-    for group in ([core, values] if len(core) >= MIN_PEERS else [values]):
-        scale = _spread(group, median)
-        if scale > 0:
-            return [(v - median) / scale for v in values]
-    return [0.0 for _ in values]
-
-
-def _spread(values: list[float], median: float) -> float:
-    """A standard deviation estimate: MAD / 0.6745, or the scaled mean absolute deviation when more
-    than half the values sit on the median (MAD = 0); 0 when all do."""
-    deviations = [abs(v - median) for v in values]
-    mad = statistics.median(deviations)
-    return mad / MAD_SCALE if mad > 0 else MEAN_AD_SCALE * statistics.fmean(deviations)
 
 
 @dataclass
@@ -123,8 +92,8 @@ def _outliers(done: list[tuple[Audit, Report]]) -> list[Outlier]:
         if len(points) < MIN_PEERS:
             continue
         values = [v for _, v in points]
-        median = statistics.median(values)
-        for (audit, value), z in zip(points, modified_z(values, MIN_OUTLIER_FACTOR), strict=True):
+        median = median_of(values)
+        for (audit, value), z in zip(points, modified_z(values, MIN_OUTLIER_FACTOR, MIN_PEERS), strict=True):
             if lower_is_worse:
                 outlying = z <= -OUTLIER_Z and value * MIN_OUTLIER_FACTOR <= median
             else:

@@ -4,6 +4,10 @@ many repeats, the median, and the noise of the repeats.
 The operation under test is a callable taking an iteration number, so that each call can pick the
 next of several input buffers (`rotation`): a figure measured on one buffer that stays in a cache
 would describe the cache, not the device.
+
+Also the quick speed probes that size the checks' work before any figure is measured (`fastest`, and
+`Ladder` for the product size that fits a time cap): integrity.gemm, integrity.burnin and
+performance.gemm size their products the same way, so a busy machine fools none of them.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -19,8 +23,8 @@ from typing import Any
 
 import torch
 
+from chipaudit import stats
 from chipaudit.devices import torchdev
-from chipaudit.perf import stats
 
 # Warm-up: at least this many calls and this much time (clocks ramp up, libraries pick kernels and
 # allocate workspaces on the first calls), capped at a share of the budget.
@@ -40,6 +44,11 @@ CPU_ROTATION_BYTES = 64 * 2**20
 MIN_ROTATION, MAX_ROTATION = 2, 16
 # Samples kept per figure in the report, for rank tests across reports.
 SIGNIFICANT_DIGITS = 6
+# A speed probe keeps the fastest of this many warm calls: one call preempted on a busy machine must
+# not make the device look slower than it is and shrink the work sized from it.
+PROBE_TRIES = 3
+# Work of a square product grows with the cube of its size: the next size's time is predicted so.
+PRODUCT_EXPONENT = 3
 
 
 @dataclass
@@ -148,6 +157,79 @@ def measure(
         if len(seconds) >= min_repeats and time.perf_counter() > deadline:
             break
     return Timing(seconds=seconds, inner=inner, warmup=warmup, clock=clock.name)
+
+
+def fastest(op: Callable[[], object], device: str, tries: int = PROBE_TRIES) -> float:
+    """Seconds of one warm call of `op`, the fastest of `tries` after one call that warms it (kernel
+    choice, workspaces, clocks): a probe that sizes later work, not a figure (`measure` makes those)."""
+    op()
+    best = math.inf
+    for _ in range(tries):
+        torchdev.synchronize(device)
+        t0 = time.perf_counter()
+        op()
+        torchdev.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@dataclass
+class Climb:
+    size: int  # the size chosen; 0 when none was
+    seconds: float  # its product's time (inf when none was chosen)
+    notes: list[str] = field(default_factory=list)  # why the climb stopped short, when it did
+    error: BaseException | None = None  # the exception that stopped it, of those `climb` was told to expect
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Product sizes tried smallest first, for the largest whose product stays near a time cap.
+
+    Sizing by measurement rather than by a rated speed: the products must suit this device as it runs
+    now (a throttled or shared device included), and a device that does not compute a format at all
+    says so on the first rung. A size is tried only while its time, predicted from the last size's
+    (PRODUCT_EXPONENT), stays within `cap_s * slack`; below `cubic_from`, where a product's time is
+    mostly overhead (and, on an oversubscribed host, waiting for a thread) and the prediction
+    overestimates, the next size is tried while the last product itself stays within that. With
+    `keep_over_cap` False, a size whose measured product exceeds `cap_s` is not chosen.
+    """
+
+    sizes: Sequence[int]
+    cap_s: float
+    slack: float = 1.0
+    cubic_from: int = 0
+    keep_over_cap: bool = True
+
+    def climb(
+        self,
+        seconds_at: Callable[[int], float],
+        fits: Callable[[int], str | None] = lambda size: None,
+        errors: tuple[type[BaseException], ...] = (),
+        describe: Callable[[BaseException], str] = str,
+    ) -> Climb:
+        """`seconds_at(size)` times one product of that size (`fastest`); `fits(size)` says why a size
+        cannot be tried (memory), or None; an exception of `errors` stops the climb, and is kept."""
+        out = Climb(0, math.inf)
+        for size in self.sizes:
+            if out.size:
+                last = max(out.seconds, 1e-9)
+                predicted = last * (size / out.size) ** PRODUCT_EXPONENT if out.size >= self.cubic_from else last
+                if predicted > self.cap_s * self.slack:
+                    break
+            reason = fits(size)
+            if reason:
+                out.notes.append(f"n={size}: {reason}")
+                break
+            try:
+                seconds = seconds_at(size)
+            except errors as e:
+                out.notes.append(f"n={size}: {describe(e)}")
+                out.error = e
+                break
+            if seconds > self.cap_s and not self.keep_over_cap:
+                break
+            out.size, out.seconds = size, seconds
+        return out
 
 
 def _round(x: float) -> float:

@@ -47,7 +47,6 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -61,7 +60,9 @@ from chipaudit.checks.integrity.gemm import draw, to_host, verify_product
 from chipaudit.devices import torchdev
 from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.oracle.matmul import OperandNorms, Verification
+from chipaudit.perf import timing
 from chipaudit.report.model import Category, Level, Severity
+from chipaudit.stats import median
 
 BURN_SECONDS: dict[Level, float] = {Level.quick: 10.0, Level.standard: 60.0, Level.deep: 600.0}
 # Setup (drawing, uploading and verifying the pool) and the last product, on top of the duration.
@@ -75,7 +76,9 @@ HOST_CHECK_SHARE = 16  # one result in this many, chosen secretly, is also compa
 # that windows hold several products and the comparison's cost stays far below the product's.
 SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
 TARGET_PRODUCT_S = 0.12
-PROBE_REPEATS = 3
+# The next size is still tried when predicted at up to this factor over TARGET_PRODUCT_S: the prediction
+# (x8 per doubling) overestimates where the smaller product did not yet fill the device.
+TARGET_SLACK = 1.5
 MEMORY_SHARE = 0.25  # of the device's free memory, at most, for the pool and results
 WINDOW_S = 1.0
 # The device idles this long before the burn, so that the curve starts from rest: a device that slows
@@ -199,7 +202,7 @@ class BurnInCheck(Check):
                     "own_cores": [round(w.own_cores or 0.0, 3) for w in state.windows]}
                    if torch.device(ctx.device).type == "cpu" else {}),
             },
-            "median_macs_per_s": statistics.median(rates) if rates else 0.0,
+            "median_macs_per_s": median(rates) if rates else 0.0,
             "min_macs_per_s": min(rates, default=0.0),
             "max_macs_per_s": max(rates, default=0.0),
         }
@@ -263,32 +266,24 @@ def make_pair(ctx: CheckContext, fmt: NumberFormat, n: int, index: int) -> tuple
 
 
 def choose_size(device: str, fmt: NumberFormat) -> int:
-    """The largest size whose product takes at most TARGET_PRODUCT_S and whose pool fits in memory.
+    """The largest size whose product takes at most TARGET_PRODUCT_S and whose pool fits in memory
+    (SIZES[0] when none does).
 
-    Each size is timed by the best of PROBE_REPEATS products, so that a moment of contention on a shared
-    host does not shrink the products (tiny products measure the host's scheduling, not the device)."""
+    Each size is timed by the fastest of a few products (timing.fastest), so that a moment of contention
+    on a shared host does not shrink the products (tiny products measure the host's scheduling, not the
+    device)."""
     budget = _free_bytes(device) * MEMORY_SHARE
     element = torch.empty((), dtype=fmt.torch_dtype).element_size()
-    chosen = SIZES[0]
-    for n in SIZES:
-        if (3 * POOL + 2) * n * n * element > budget:
-            break
+
+    def fits(n: int) -> str | None:
+        return "the pool does not fit" if (3 * POOL + 2) * n * n * element > budget else None
+
+    def seconds_at(n: int) -> float:
         a = torch.ones((n, n), dtype=fmt.torch_dtype, device=device)
-        torch.mm(a, a)
-        torchdev.synchronize(device)
-        took = math.inf
-        for _ in range(PROBE_REPEATS):
-            t0 = time.perf_counter()
-            torch.mm(a, a)
-            torchdev.synchronize(device)
-            took = min(took, time.perf_counter() - t0)
-        del a
-        if took > TARGET_PRODUCT_S:
-            break
-        chosen = n
-        if took * 8 > TARGET_PRODUCT_S * 1.5:  # the next size would take 8 times as long
-            break
-    return chosen
+        return timing.fastest(lambda: torch.mm(a, a), device)
+
+    ladder = timing.Ladder(SIZES, TARGET_PRODUCT_S, slack=TARGET_SLACK, keep_over_cap=False)
+    return ladder.climb(seconds_at, fits).size or SIZES[0]
 
 
 def _free_bytes(device: str) -> float:
@@ -416,18 +411,18 @@ def judge_throughput(windows: list[Window], cpu: bool) -> tuple[Severity, str, s
         return None
     third = len(windows) // 3
     early, late = windows[:third], windows[-third:]
-    start_rate = statistics.median(w.macs_per_s for w in early)
-    end_rate = statistics.median(w.macs_per_s for w in late)
+    start_rate = median(w.macs_per_s for w in early)
+    end_rate = median(w.macs_per_s for w in late)
     if end_rate <= 0 or start_rate / end_rate < THROTTLE_RATIO:
         return None
     fall = start_rate / end_rate
     evidence: dict[str, Any] = {"start_macs_per_s": start_rate, "end_macs_per_s": end_rate, "fall": round(fall, 2)}
     if cpu:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else psutil.cpu_count() or 1
-        efficiency_fall = statistics.median(w.macs_per_cpu_s for w in early) / max(
-            statistics.median(w.macs_per_cpu_s for w in late), 1e-9)
-        other = statistics.median(w.other_cores or 0.0 for w in late)
-        idle = cores - other - statistics.median(w.own_cores or 0.0 for w in late)
+        efficiency_fall = median(w.macs_per_cpu_s for w in early) / max(
+            median(w.macs_per_cpu_s for w in late), 1e-9)
+        other = median(w.other_cores or 0.0 for w in late)
+        idle = cores - other - median(w.own_cores or 0.0 for w in late)
         evidence |= {"efficiency_fall": round(efficiency_fall, 2), "other_cores_end": round(other, 2),
                      "idle_cores_end": round(idle, 2)}
         if efficiency_fall < THROTTLE_RATIO and idle < IDLE_CORES:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
-from chipaudit.checks.integrity.gemm import RETESTS, Case, Operands, _one_line, compute, to_host
+from chipaudit.checks.integrity.gemm import RETESTS, Case, Operands, compute, refusal, to_host
 from chipaudit.devices import torchdev
 from chipaudit.oracle import ieee
 from chipaudit.oracle.formats import FORMATS, NumberFormat
@@ -297,10 +297,7 @@ class CornerGemmCheck(Check):
             try:
                 v, flushed = self._verify(ctx.device, ops, corner)
             except (RuntimeError, TypeError, ValueError) as e:
-                out.findings.append(self.finding(
-                    Severity.high, f"device refused a {fmt.name} {corner.op} on {corner.name}",
-                    f"The device raised instead of computing a product it computes for other inputs: "
-                    f"{_one_line(e)}", **evidence))
+                out.findings.append(refusal(self, fmt, f"{corner.op} on {corner.name}", corner.name, e, evidence))
                 continue
             tally["cases"] += 1
             tally["elements"] += m * n

@@ -36,7 +36,8 @@ from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
 from chipaudit.devices import torchdev
 from chipaudit.oracle import matmul as oracle
 from chipaudit.oracle.formats import FORMATS, NumberFormat
-from chipaudit.report.model import Category, Level, Severity
+from chipaudit.perf import timing
+from chipaudit.report.model import Category, Finding, Level, Severity
 
 Q, S, D = Level.quick, Level.standard, Level.deep
 QSD = (Q, S, D)
@@ -49,6 +50,9 @@ FULL_CHECK_MACS = 2**31
 # limit, so that a slow format (fp16 on a CPU) skips its largest shapes instead of timing out.
 CASE_BUDGET_SHARE = 0.5
 RETESTS = 2
+# Square size of the probe that measures the device's and the host's speeds: large enough to run the
+# format's real kernel, small enough to cost milliseconds on any device.
+PROBE_SIZE = 128
 # torch < 2.5 only has the CUDA-specific name.
 _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -242,25 +246,18 @@ class GemmCheck(Check):
 
         A format the device cannot compute at all is skipped (or, when required, an error).
         """
-        size = 128
-        case = Case("mm", 1, size, size, size, "probe")
-        ops = Operands(case, self.fmt, np.ones((1, size, size)), np.ones((1, size, size)), None)
+        case = Case("mm", 1, PROBE_SIZE, PROBE_SIZE, PROBE_SIZE, "probe")
+        ops = Operands(case, self.fmt, np.ones((1, PROBE_SIZE, PROBE_SIZE)), np.ones((1, PROBE_SIZE, PROBE_SIZE)), None)
         try:
             tensors = ops.upload(device)
-            compute(self.fmt, "mm", tensors)
-            torchdev.synchronize(device)
-            t0 = time.perf_counter()
-            compute(self.fmt, "mm", tensors)
-            torchdev.synchronize(device)
+            device_s = timing.fastest(lambda: compute(self.fmt, "mm", tensors), device)
         except (RuntimeError, TypeError, NotImplementedError) as e:
             if self.required:
                 raise
-            raise NotApplicable(f"the device does not compute {self.fmt.name} products: {_one_line(e)}") from e
-        device_rate = case.macs / max(time.perf_counter() - t0, 1e-6)
-        host = np.ones((2 * size, 2 * size))
-        t0 = time.perf_counter()
-        host @ host
-        return device_rate, 8 * case.macs / max(time.perf_counter() - t0, 1e-6)
+            raise NotApplicable(f"the device does not compute {self.fmt.name} products: {one_line(e)}") from e
+        host = np.ones((2 * PROBE_SIZE, 2 * PROBE_SIZE))
+        host_s = timing.fastest(lambda: host @ host, "cpu")
+        return case.macs / max(device_s, 1e-6), 8 * case.macs / max(host_s, 1e-6)
 
     def _run(self, ctx: CheckContext) -> Outcome:
         macs_per_s, host_macs_per_s = self._probe(ctx.device)
@@ -287,17 +284,14 @@ class GemmCheck(Check):
                 "dtype": self.fmt.name, "distribution": "exact integers" if exact else dist,
                 "seed": ctx.seed, "case_index": i,
             }
-            ops = self._operands(case, rng, dist, exact)
+            ops = draw_operands(case, self.fmt, rng, dist, exact)
             try:
                 ratio = self._verify_case(ctx, ops, exact, evidence, out, tally)
             except _OUT_OF_MEMORY:
                 skipped.append(f"{case.label} (device out of memory)")
                 continue
             except (RuntimeError, TypeError, ValueError) as e:
-                out.findings.append(self.finding(
-                    Severity.high, f"device refused a {self.fmt.name} {case.op}",
-                    f"{case.label}: the device raised instead of computing a product it computes for "
-                    f"other inputs: {_one_line(e)}", **evidence))
+                out.findings.append(refusal(self, self.fmt, case.op, case.label, e, evidence))
                 continue
             worst_ratio = max(worst_ratio, ratio)
             tally[case.op] += 1
@@ -321,49 +315,29 @@ class GemmCheck(Check):
         }
         return out
 
-    def _operands(self, case: Case, rng: np.random.Generator, dist: str, exact: bool) -> Operands:
-        rows = case.batch * case.m if case.op == "linear" else case.m
-        batch = 1 if case.op in ("mm", "linear") else case.batch
-        a_shape, b_shape = (batch, rows, case.k), (1 if case.op == "linear" else batch, case.k, case.n)
-        if exact:
-            k = case.k + (1 if case.op == "linear" else 0)
-            a, b = (draw_exact(rng, s, self.fmt, k) for s in (a_shape, b_shape))
-            bias = draw_exact(rng, (case.n,), self.fmt, k) if case.op == "linear" else None
-        else:
-            a, b = (draw(rng, dist, s, self.fmt) for s in (a_shape, b_shape))
-            bias = draw(rng, dist, (case.n,), self.fmt) if case.op == "linear" else None
-        return Operands(case, self.fmt, a, b, bias)
-
     def _verify_case(
         self, ctx: CheckContext, ops: Operands, exact: bool, evidence: dict[str, Any], out: Outcome,
         tally: Counter[str],
     ) -> float:
         """Run one case (twice when it is a repeat case), verify it, and record what went wrong."""
         tensors = ops.upload(ctx.device)
-        torchdev.synchronize(ctx.device)
-        t0 = time.perf_counter()
-        first = compute(self.fmt, ops.case.op, tensors)
-        torchdev.synchronize(ctx.device)
-        tally["device_ns"] += int((time.perf_counter() - t0) * 1e9)
+        first, seconds = product_on_device(ops, tensors, ctx.device)
+        tally["device_ns"] += int(seconds * 1e9)
         tally["device_macs"] += ops.case.macs
         results = [first]
         if ops.case.repeat:
             results.append(compute(self.fmt, ops.case.op, tensors))
             tally["repeat"] += 1
         torchdev.synchronize(ctx.device)
-        a, b = ops.host_augmented()
-        verifications = [self._verify(a, b, to_host(r).reshape(a.shape[0], a.shape[1], -1), exact)
-                         for r in results]
+        verifications = [verify_result(ops, r, exact) for r in results]
         v = verifications[0]
         tally[v.method] += 1
         tally["elements"] += ops.case.batch * ops.case.m * ops.case.n
         if exact:
             tally["exact"] += 1
         if not v.ok:
-            reproduced = 1 + sum(
-                not self._verify(a, b, to_host(compute(self.fmt, ops.case.op, tensors))
-                                 .reshape(a.shape[0], a.shape[1], -1), exact).ok
-                for _ in range(RETESTS))
+            reproduced = 1 + sum(not verify_result(ops, compute(self.fmt, ops.case.op, tensors), exact).ok
+                                 for _ in range(RETESTS))
             kind = "not bit-exact on exact integer operands" if exact else "outside the error bound"
             unit = "column projections" if v.method == "projection" else "elements"
             out.findings.append(self.finding(
@@ -383,8 +357,38 @@ class GemmCheck(Check):
                 **evidence, second_run_worst=second.worst))
         return max(x.max_ratio for x in verifications if x.ok) if any(x.ok for x in verifications) else 0.0
 
-    def _verify(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, exact: bool) -> oracle.Verification:
-        return verify_product(a, b, c, self.fmt, exact)
+
+def draw_operands(case: Case, fmt: NumberFormat, rng: np.random.Generator, dist: str, exact: bool) -> Operands:
+    """A case's operands on the host, from the case's own generator so that a finding can be replayed."""
+    rows = case.batch * case.m if case.op == "linear" else case.m
+    batch = 1 if case.op in ("mm", "linear") else case.batch
+    a_shape, b_shape = (batch, rows, case.k), (1 if case.op == "linear" else batch, case.k, case.n)
+    if exact:
+        k = case.k + (1 if case.op == "linear" else 0)
+        a, b = (draw_exact(rng, s, fmt, k) for s in (a_shape, b_shape))
+        bias = draw_exact(rng, (case.n,), fmt, k) if case.op == "linear" else None
+    else:
+        a, b = (draw(rng, dist, s, fmt) for s in (a_shape, b_shape))
+        bias = draw(rng, dist, (case.n,), fmt) if case.op == "linear" else None
+    return Operands(case, fmt, a, b, bias)
+
+
+def product_on_device(ops: Operands, tensors: tuple[torch.Tensor, ...], device: str) -> tuple[torch.Tensor, float]:
+    """The device's product and its seconds, synchronised on both sides so that queued work neither
+    before nor after is counted: the check's throughput (device_macs_per_s) is made of these."""
+    torchdev.synchronize(device)
+    t0 = time.perf_counter()
+    result = compute(ops.fmt, ops.case.op, tensors)
+    torchdev.synchronize(device)
+    return result, time.perf_counter() - t0
+
+
+def verify_result(ops: Operands, result: torch.Tensor, exact: bool) -> oracle.Verification:
+    """Everything the host does once the device has answered: read the result back, bring the operands
+    to one product's form, and verify (operand norms included, computed here because nothing is
+    prepared before the device answers). benchmarks/verify_overhead.py times exactly this."""
+    a, b = ops.host_augmented()
+    return verify_product(a, b, to_host(result).reshape(a.shape[0], a.shape[1], -1), ops.fmt, exact)
 
 
 def verify_product(
@@ -400,9 +404,21 @@ def verify_product(
     return projection if not projection.ok or rows.ok else rows
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception as one short line: device errors carry pages of stack and hints that would swamp a
+    report."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def refusal(check: Check, fmt: NumberFormat, op: str, label: str, e: BaseException,
+            evidence: dict[str, Any]) -> Finding:
+    """A device that raises on a product it computes for other inputs: a fault or a trigger keyed to
+    these inputs, never a reason to skip them."""
+    return check.finding(
+        Severity.high, f"device refused a {fmt.name} {op}",
+        f"{label}: the device raised instead of computing a product it computes for other inputs: {one_line(e)}",
+        **evidence)
 
 
 CHECKS = [

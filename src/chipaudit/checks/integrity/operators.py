@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
 from chipaudit.checks.integrity.corner import random_bits
-from chipaudit.checks.integrity.gemm import RETESTS, _one_line, to_host
+from chipaudit.checks.integrity.gemm import RETESTS, to_host
+from chipaudit.checks.integrity.gemm import one_line as _one_line
 from chipaudit.devices import torchdev
 from chipaudit.oracle import ieee
 from chipaudit.oracle import operators as ref

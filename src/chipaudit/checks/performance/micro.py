@@ -26,14 +26,13 @@ host's synchronisation call is included.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
 from chipaudit.checks.base import CheckContext, NotApplicable, Outcome
-from chipaudit.checks.integrity.gemm import _one_line
+from chipaudit.checks.integrity.gemm import one_line
 from chipaudit.checks.performance.common import (
     OUT_OF_MEMORY,
     Deadline,
@@ -56,14 +55,13 @@ from chipaudit.report.model import Level, Severity
 Q, S, D = Level.quick, Level.standard, Level.deep
 
 # Matrix sizes tried, smallest first, up to the size at which current accelerators reach their
-# plateau (cuBLAS/hipBLASLt reach 90 % of their best at 8192 square on H100 and MI300X).
+# plateau (cuBLAS/hipBLASLt reach 90 % of their best at 8192 square on H100 and MI300X). Below MIN_N a
+# product's time is mostly launch and scheduling overhead, so the next size's time is not predicted
+# from it (timing.Ladder's cubic_from).
 FIRST_N, MIN_N, MAX_N = 128, 512, 8192
 # The largest size whose single product stays within this share of the budget: enough repeats remain
 # for a median and a noise figure, and a busy machine's slowdown still leaves the check near its budget.
 PRODUCT_SHARE = 1 / 20
-# Each size's product is timed this many times and the fastest kept: one preempted call on a busy
-# machine must not stop the growth early.
-LADDER_TRIES = 3
 # Formats whose plain torch product reaches the vendor's rated class of throughput on every rated chip
 # (cuBLAS, hipBLASLt, CANN, CNNL GEMMs). fp8 and int8 go through torch's private _scaled_mm and
 # _int_mm, which are not always the vendor's fastest kernels: their efficiency is shown, never a
@@ -123,48 +121,25 @@ class GemmThroughput(PerformanceCheck):
         return pairs
 
     def _choose_size(self, ctx: CheckContext, gen: torch.Generator, budget: float) -> tuple[int, list[str]]:
-        """Grow n until the next product, predicted at the current size's rate (x8 per doubling),
-        would be too long for the budget. Each size's time is the fastest of a few products, so that
-        one preempted product on a busy machine does not stop the growth at a size that only
-        measures the cache. (Not the best rate of all sizes: on some paths, CPU fp16 for one, small
-        products run far faster per FLOP than large ones.)
+        """Grow n until the next product, predicted at the current size's rate, would be too long for
+        the budget (timing.Ladder). Not the best rate of all sizes: on some paths, CPU fp16 for one,
+        small products run far faster per FLOP than large ones.
         """
-        n, rate, notes = 0, 0.0, []
-        size = FIRST_N
-        while size <= MAX_N:
-            cap = budget * PRODUCT_SHARE
-            # Below MIN_N a product's time is mostly overhead (and, on an oversubscribed host, waiting
-            # for a thread to be scheduled), so x8 per doubling overestimates: grow while affordable.
-            if n and (2.0 * size**3 / rate > cap if n >= MIN_N else 2.0 * n**3 / rate > cap):
-                break
-            reason = fits(ctx.device, 3 * size * size * _itemsize(self.fmt.torch_dtype) * timing.MIN_ROTATION)
-            if reason:
-                notes.append(f"n={size}: {reason}")
-                break
-            try:
-                (a, b), = self._operands(size, ctx.device, gen, 1)
-                self._product(a, b)
-                seconds = min(self._time_once(a, b, ctx.device) for _ in range(LADDER_TRIES))
-            except OUT_OF_MEMORY:
-                notes.append(f"n={size}: device out of memory")
-                break
-            except (RuntimeError, TypeError, NotImplementedError) as e:
-                if not n:
-                    raise NotApplicable(f"the device does not compute {self.fmt.name} products: "
-                                        f"{_one_line(e)}") from e
-                notes.append(f"n={size}: {_one_line(e)}")
-                break
-            rate = 2.0 * size**3 / max(seconds, 1e-9)
-            n = size
-            size *= 2
-        return n, notes
+        ladder = timing.Ladder(sizes=_doublings(FIRST_N, MAX_N), cap_s=budget * PRODUCT_SHARE, cubic_from=MIN_N)
 
-    def _time_once(self, a: torch.Tensor, b: torch.Tensor, device: str) -> float:
-        torchdev.synchronize(device)
-        t0 = time.perf_counter()
-        self._product(a, b)
-        torchdev.synchronize(device)
-        return time.perf_counter() - t0
+        def seconds_at(size: int) -> float:
+            (a, b), = self._operands(size, ctx.device, gen, 1)
+            return timing.fastest(lambda: self._product(a, b), ctx.device)
+
+        def fits_at(size: int) -> str | None:
+            return fits(ctx.device, 3 * size * size * _itemsize(self.fmt.torch_dtype) * timing.MIN_ROTATION)
+
+        climb = ladder.climb(seconds_at, fits_at, errors=(RuntimeError, TypeError, NotImplementedError),
+                             describe=lambda e: "device out of memory" if isinstance(e, OUT_OF_MEMORY) else one_line(e))
+        if climb.error is not None and not climb.size and not isinstance(climb.error, OUT_OF_MEMORY):
+            raise NotApplicable(f"the device does not compute {self.fmt.name} products: "
+                                f"{one_line(climb.error)}") from climb.error
+        return climb.size, climb.notes
 
     def _measure(self, ctx: CheckContext) -> Outcome:
         deadline = Deadline(self.budget(ctx))
@@ -329,6 +304,10 @@ class LaunchLatency(PerformanceCheck):
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def _doublings(first: int, last: int) -> tuple[int, ...]:
+    return tuple(first << i for i in range((last // first).bit_length()))
 
 
 CHECKS = [

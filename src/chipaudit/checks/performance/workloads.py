@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from chipaudit.checks.base import CheckContext, Outcome
-from chipaudit.checks.integrity.gemm import _one_line
+from chipaudit.checks.integrity.gemm import one_line as _one_line
 from chipaudit.checks.performance.common import (
     OUT_OF_MEMORY,
     Deadline,
