@@ -83,7 +83,7 @@ class Kind(Enum):
     file = "file"  # written whole, atomically: a temporary file beside it, then a rename
     folder = "folder"  # files are written into it; it must exist
     new_folder = "new folder"  # created, or an existing empty folder filled (a bundle)
-    prefix = "prefix"  # PREFIX.something files beside each other (a key pair)
+    prefix = "prefix"  # PREFIX.key and PREFIX.pub beside each other
 
 
 def check_outputs(*outputs: tuple[Path | str | None, str, Kind]) -> None:
@@ -105,8 +105,9 @@ def check_outputs(*outputs: tuple[Path | str | None, str, Kind]) -> None:
                 raise UsageError(f"{where}: exists and is not an empty folder")
             _try_write(path, where)
             continue
-        if kind is not Kind.prefix and path.is_dir():
-            raise UsageError(f"{where}: is a folder; give the path of a file to write")
+        if path.is_dir():
+            raise UsageError(f"{where}: is a folder; give the path of a file to write"
+                             + (f", such as {path / 'auditor'}" if kind is Kind.prefix else ""))
         if not path.parent.is_dir():
             raise UsageError(f"{where}: the folder {path.parent} does not exist")
         _try_write(path.parent, where)

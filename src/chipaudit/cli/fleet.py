@@ -38,7 +38,7 @@ Address = Annotated[str | None, typer.Option(help="Ray cluster address (host:por
 
 
 @contextmanager
-def _store_errors() -> Iterator[None]:
+def _store_errors(db: str | None = None) -> Iterator[None]:
     """A store that cannot be reached or used says nothing about the input (exit 3); one that is not a
     store at all, or lacks the run asked for, does (exit 2)."""
     from chipaudit.fleet import FleetProblem, StoreProblem
@@ -51,6 +51,10 @@ def _store_errors() -> Iterator[None]:
         raise UsageError(str(e)) from None
     except FleetProblem as e:
         raise UsageError(str(e)) from None
+    except Exception as e:
+        if type(e).__module__.split(".")[0] not in ("sqlite3", "psycopg"):
+            raise
+        raise Inconclusive(f"the store {db or '(the history database)'} failed: {e}") from None
 
 
 def _drive(action: Callable[[Callable[[object], None]], T]) -> T:
@@ -65,7 +69,7 @@ def _exit(run_id: str, db: str | None) -> None:
     from chipaudit.fleet.summary import summarize
     from chipaudit.fleet.view import outcome
 
-    with _store_errors():
+    with _store_errors(db):
         store, _ = open_store(db)
         run = store.run(run_id)
         summary = summarize(run, store.audits(run_id)) if run else {}
@@ -156,12 +160,12 @@ def fleet_report(
     from chipaudit.report.model import write_atomic
 
     check_outputs((html_path, "--html", Kind.file), (json_path, "--json", Kind.file))
-    with _store_errors():
+    with _store_errors(db):
         store, _ = open_store(db)
-    run = store.run(run_id)
-    if run is None:
-        raise UsageError(f"no fleet run {run_id} in this store")
-    summary = summarize(run, store.audits(run_id))
+        run = store.run(run_id)
+        if run is None:
+            raise UsageError(f"no fleet run {run_id} in this store")
+        summary = summarize(run, store.audits(run_id))
     console.print(headline(run_id, summary))
     for table in tables(summary):
         console.print(table)
