@@ -29,11 +29,16 @@ def one_line(message: object) -> str:
 def crash_log(exc: BaseException) -> Path:
     """Write the traceback beside the history database, where the user's other chipaudit data lives;
     the temporary folder stands in when that one cannot be written (it may be the very I/O failure)."""
-    from chipaudit.evidence.history import data_dir
+    folders = [Path(tempfile.gettempdir())]
+    try:
+        from chipaudit.evidence.history import data_dir
 
+        folders.insert(0, data_dir())
+    except Exception:  # the crash may be in the very modules that find the data folder
+        pass
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     text = _SECRET_IN_URL.sub(r"\1***@", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-    for folder in (data_dir(), Path(tempfile.gettempdir())):
+    for folder in folders:
         path = folder / f"chipaudit-error-{stamp}-{os.getpid()}.log"
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def baseline_create(
                                                        "(repeatable), e.g. /usr/local/cuda.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing baseline file.")] = False,
 ) -> None:
-    """Fingerprint the device's stack and write it to PATH, to compare with later.
+    """Record the device's stack in PATH, to compare with later.
 
     It records the SHA-256 of the libraries the device's computation maps, the accelerator kernel
     modules and firmware, the device stack's Python packages, the package managers' verdicts, the
@@ -104,7 +104,7 @@ def baseline_diff(
     path: Annotated[Path, typer.Argument(help="A baseline written by 'chipaudit baseline create'.")],
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the differences as JSON here.")] = None,
 ) -> None:
-    """Fingerprint the stack again and report every change since the baseline.
+    """Fingerprint the stack again; report every change since the baseline.
 
     Exit codes: 0 no difference of medium severity or above, 1 such differences, 2 unusable baseline,
     3 the stack could not be fingerprinted.

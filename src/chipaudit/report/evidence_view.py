@@ -3,11 +3,15 @@ only the verdict, and a replay's reader needs the recorded and reproduced values
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.table import Table
 
-from chipaudit.evidence.replay import FIGURE_RTOL, Agreement
-from chipaudit.evidence.verify import Verification
 from chipaudit.report.figures import format_figure
+
+if TYPE_CHECKING:
+    from chipaudit.evidence.replay import Agreement
+    from chipaudit.evidence.verify import Verification
 
 
 def verification_lines(result: Verification) -> list[str]:
@@ -23,6 +27,8 @@ def verification_lines(result: Verification) -> list[str]:
 
 def replay_tables(rows: list[Agreement], source: str) -> list[Table]:
     """The agreement per check, and the key figures where any were recorded."""
+    from chipaudit.evidence.replay import FIGURE_RTOL  # loads the registry: verify has no need of it
+
     table = Table("check", "recorded", "reproduced", "agrees", "note", title=f"replay of {source}")
     figures = Table("check", "figure", "recorded", "reproduced", "difference", "within tolerance",
                     title=f"key figures (accuracy within {FIGURE_RTOL:.0%}; timing shown only)")
