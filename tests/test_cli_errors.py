@@ -192,3 +192,20 @@ def test_bench_asks_for_requirement_cases_through_the_audit_params(tmp_path: Pat
     assert _run(["bench", "--device", "cpu", "--requirements", str(needs)], monkeypatch, capsys)[0] == 0
     cases = seen[0].params["perf_cases"]
     assert [(c["metric"], c["batch"]) for c in cases] == [("llm_decode.tokens_per_s", 2)]
+
+
+def test_an_io_failure_mid_command_is_one_line_and_inconclusive(private_data_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk after the checks passed: nothing about the input is wrong and nothing about the
+    device is known, so exit 3, never 1."""
+    from chipaudit.report import schema
+
+    def full_disk() -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(schema, "shipped_text", full_disk)
+    code, _, err = _run(["schema"], monkeypatch, capsys)
+    assert code == 3 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("chipaudit: I/O error: [Errno 28] No space left on device (traceback in ")
+    assert str(private_data_dir / "chipaudit") in err
