@@ -60,6 +60,8 @@ TABLE = [
     *(Row([*argv, "{ro}/out"], 2, "cannot write in") for argv, _ in OUTPUTS),
     *(Row([*argv, "{ro}"], 2, "cannot write in") for argv, _ in FOLDER_OUTPUTS),
     Row(["run", "--json", "{tmp}/no/such/r.json"], 2, "does not exist"),
+    Row(["run", "--json", "{ro_file}"], 2, "cannot be written (read-only or immutable file)"),
+    Row(["compare", "{file}", "{file}", "--json", "{ro_file}"], 2, "cannot be written"),
     Row(["run", "--device", "cpu", "--only", "fake.ok"], 2, "allow-list {bad_allow}",
         {"CHIPAUDIT_BEHAVIOUR_ALLOWLIST": "{bad_allow}"}, plugins=True),
     Row(["run", "--device", "cpu", "--only", "fake.ok"], 2, "not JSON",
@@ -98,14 +100,16 @@ def places(tmp_path: Path) -> Iterator[dict[str, str]]:
     broken = tmp_path / "broken.sqlite3"
     with sqlite3.connect(broken) as db:  # a store that opens, then fails its first query
         db.execute("CREATE TABLE fleet_runs (nothing_useful TEXT)")
-    ro = tmp_path / "ro"
+    ro, ro_file = tmp_path / "ro", tmp_path / "locked.json"
     ro.mkdir()
-    immutable = shutil.which("chattr") is not None and subprocess.run(["chattr", "+i", str(ro)]).returncode == 0
+    ro_file.write_text("{}")
+    immutable = shutil.which("chattr") is not None and subprocess.run(["chattr", "+i", str(ro), str(ro_file)],
+                                                                      capture_output=True).returncode == 0
     yield {"tmp": str(tmp_path), "dir": str(tmp_path / "dir"), "file": str(tmp_path / "file"),
            "bad_allow": str(tmp_path / "bad_allow.json"), "broken_store": str(broken),
-           "ro": str(ro) if immutable else ""}
+           "ro": str(ro) if immutable else "", "ro_file": str(ro_file) if immutable else ""}
     if immutable:
-        subprocess.run(["chattr", "-i", str(ro)], check=True)
+        subprocess.run(["chattr", "-i", str(ro), str(ro_file)], check=True)
 
 
 def _run(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -120,7 +124,7 @@ def _run(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
 @pytest.mark.parametrize("row", TABLE, ids=str)
 def test_bad_input_table(row: Row, places: dict[str, str], monkeypatch: pytest.MonkeyPatch,
                          capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    if "{ro}" in str(row) and not places["ro"]:
+    if ("{ro}" in str(row) or "{ro_file}" in str(row)) and not places["ro"]:
         pytest.skip("needs chattr +i (root, on a file system with immutable files)")
     fill = dict(places)
     env = cli_env(plugins=row.plugins)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -22,6 +22,9 @@ from chipaudit.cli.common import (
     usage_errors,
 )
 from chipaudit.report.model import EXIT_CODES, Level
+
+if TYPE_CHECKING:
+    from chipaudit.fleet.cluster import Progress
 
 T = TypeVar("T")
 
@@ -57,11 +60,12 @@ def _store_errors(db: str | None = None) -> Iterator[None]:
         raise Inconclusive(f"the store {db or '(the history database)'} failed: {e}") from None
 
 
-def _drive(action: Callable[[Callable[[object], None]], T]) -> T:
+def _drive(action: Callable[[Callable[[Progress], None]], T], db: str | None) -> T:
+    """Run a fleet action under live counts; Ctrl-C passes through, for the caller to say how to resume."""
     from chipaudit.fleet.view import live
 
-    with _store_errors(), live(console) as update:
-        return action(update)  # type: ignore[arg-type]
+    with _store_errors(db), live(console) as update:
+        return action(update)
 
 
 def _exit(run_id: str, db: str | None) -> None:
@@ -114,7 +118,7 @@ def fleet_run(
                            burn_in_seconds)
     run_ids: list[str] = []
     try:
-        run_ids.append(_drive(lambda update: start(options, db, update, run_ids.append)))
+        run_ids.append(_drive(lambda update: start(options, db, update, run_ids.append), db))
     except KeyboardInterrupt:
         stop(INCONCLUSIVE, f"interrupted; finished audits are kept. Continue with: chipaudit fleet resume "
              f"{run_ids[0]}" if run_ids else None)
@@ -135,7 +139,7 @@ def fleet_resume(
 
     check_outputs((db, "--db", Kind.file))
     try:
-        _drive(lambda update: resume(run_id, address, db, update))
+        _drive(lambda update: resume(run_id, address, db, update), db)
     except KeyboardInterrupt:
         stop(INCONCLUSIVE, f"interrupted; continue with: chipaudit fleet resume {run_id}")
     _exit(run_id, db)
