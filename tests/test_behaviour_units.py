@@ -89,7 +89,7 @@ def test_the_allowlist_extends_from_a_file_and_a_bad_file_is_an_error(tmp_path: 
     assert allow.local_socket_allowed("/run/vendor/ipc.sock") and allow.local_socket_allowed("@cuda-uvmfd-1-2@")
     assert not allow.local_socket_allowed("/run/other.sock")
     assert not allow.file_allowed("/var/tmp/leak") and str(path) in allow.source
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(allowlist.AllowlistError, match="cannot be read"):
         allowlist.load({allowlist.PARAM: str(tmp_path / "missing.json")})
 
 

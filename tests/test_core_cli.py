@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import chipaudit, chipaudit_argv, cli_env, load
@@ -50,6 +51,36 @@ def test_help_teaches() -> None:
     assert p.returncode == 0
     for word in ("--device", "--level", "--seed", "--json", "Example"):
         assert word in p.stdout
+
+
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every leaf command's words (typer vendors its own click: groups are told by their commands)."""
+    out: list[tuple[str, ...]] = []
+    for name, command in group.commands.items():
+        out += _commands(command, (*prefix, name)) if hasattr(command, "commands") else [(*prefix, name)]
+    return out
+
+
+def test_every_command_has_a_one_line_summary_and_an_example() -> None:
+    """The command table of --help is one line per command at 80 columns; each command's help shows
+    how it is called."""
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from chipaudit.cli import app
+
+    runner = CliRunner()
+    for group in ((), ("baseline",), ("fleet",)):
+        listing = runner.invoke(app, [*group, "--help"], terminal_width=80, env={"COLUMNS": "80"}).output
+        panel = listing.split("Commands")[1].splitlines()[1:]
+        rows = [line.strip("│ ") for line in panel if line.startswith("│")]
+        assert rows and all(not line.startswith("│   ") for line in panel if line.startswith("│")), listing
+        assert all(len(r.split()) > 2 for r in rows), listing
+    commands = _commands(get_command(app))
+    assert len(commands) >= 17
+    for command in commands:
+        text = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "100"}).output
+        assert "Example" in text, command
 
 
 def test_report_schema_and_reproducibility(tmp_path: Path) -> None:

@@ -3,6 +3,10 @@
 Modules named in CHIPAUDIT_CHECK_MODULES (comma-separated import paths, each exporting CHECKS) are
 added after the built-in ones: site-specific checks plug in without touching the package. Workers
 inherit the variable, so the parent and its workers always agree on the registry.
+
+Two checks with one id would share a seed, a row in the history and a line in every report, so a
+collision is refused where the registry is built, naming both sources; so is a plugin that cannot
+be found. A plugin that raises while it is imported is a crash of its own, not bad input.
 """
 
 from __future__ import annotations
@@ -11,8 +15,27 @@ import importlib
 import os
 
 from chipaudit.checks.base import Check
+from chipaudit.errors import InputError
 
 PLUGIN_ENV = "CHIPAUDIT_CHECK_MODULES"
+
+
+class CheckRegistryError(InputError):
+    """The registry cannot be built from what CHIPAUDIT_CHECK_MODULES names; the message is one line."""
+
+
+def _plugin(name: str) -> list[Check]:
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (name == e.name or name.startswith(e.name + ".")):
+            raise  # the plugin exists but imports something missing: its own crash
+        raise CheckRegistryError(f"{PLUGIN_ENV} names {name}, which cannot be imported: no module {e.name}") \
+            from None
+    checks = getattr(module, "CHECKS", None)
+    if not isinstance(checks, (list, tuple)):
+        raise CheckRegistryError(f"{PLUGIN_ENV} names {name}, which has no CHECKS list")
+    return list(checks)
 
 
 def all_checks() -> list[Check]:
@@ -23,11 +46,19 @@ def all_checks() -> list[Check]:
 
     # The stack checks come first: their probe then starts while no other process of this audit holds
     # the device (a GPU in exclusive-process mode admits one).
-    checks: list[Check] = [*fingerprint.CHECKS, *capabilities.CHECKS, *gemm.CHECKS,
-                           *corner.CHECKS, *operators.CHECKS, *memory.CHECKS, *burnin.CHECKS, *micro.CHECKS,
-                           *workloads.CHECKS, *behaviour.CHECKS]
-    for name in filter(None, (m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(","))):
-        checks.extend(importlib.import_module(name).CHECKS)
+    families = [fingerprint, capabilities, gemm, corner, operators, memory, burnin, micro, workloads, behaviour]
+    sources = [(family.__name__, list(family.CHECKS)) for family in families]
+    sources += [(name, _plugin(name)) for name in filter(None, (m.strip() for m in
+                                                                 os.environ.get(PLUGIN_ENV, "").split(",")))]
+    origin: dict[str, str] = {}
+    checks: list[Check] = []
+    for source, family_checks in sources:
+        for check in family_checks:
+            if check.id in origin:
+                raise CheckRegistryError(f"two checks have the id {check.id}: one from {origin[check.id]}, "
+                                         f"one from {source}")
+            origin[check.id] = source
+            checks.append(check)
     return checks
 
 

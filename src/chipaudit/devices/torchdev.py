@@ -55,6 +55,15 @@ def _count(device_type: str) -> int:
     return int(backend.device_count()) if backend is not None and hasattr(backend, "device_count") else 1
 
 
+def parse(spec: str) -> torch.device:
+    """The device a string names, without asking whether this machine has it: a fleet's devices are on
+    other machines, yet a typo should be caught before connecting to them."""
+    try:
+        return torch.device(spec)
+    except (RuntimeError, ValueError) as e:
+        raise DeviceError(f"'{spec}' is not a PyTorch device string (try cpu, cuda:0, npu:0, mps)") from e
+
+
 def resolve(spec: str) -> str:
     """'auto' becomes the first accelerator present, else 'cpu'; anything else is validated."""
     if spec == "auto":
@@ -62,10 +71,7 @@ def resolve(spec: str) -> str:
             if available(kind):
                 return f"{kind}:0" if kind != "mps" else "mps"
         return "cpu"
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, ValueError) as e:
-        raise DeviceError(f"'{spec}' is not a PyTorch device string (try cpu, cuda:0, npu:0, mps)") from e
+    dev = parse(spec)
     if not available(dev.type):
         raise DeviceError(f"device type '{dev.type}' is not available on this machine")
     if dev.index is not None and dev.type != "cpu" and dev.index >= _count(dev.type):

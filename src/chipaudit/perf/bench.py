@@ -1,33 +1,34 @@
-"""What `chipaudit bench` adds to an audit of the performance checks: choosing the checks, passing the
-measurements a requirements file asks for to the workers, and the figures and fitness tables.
+"""What `chipaudit bench` adds to an audit of the performance checks: choosing the checks, asking the
+workers for the measurements a requirements file names, and the figures and fitness tables.
 
 A benchmark is an audit restricted to the performance category, so its output is an ordinary
-report: `chipaudit compare` reads benchmarks and audits alike.
+report: `chipaudit compare` reads benchmarks and audits alike. The requested measurements travel in
+the audit's parameters (PERF_CASES_PARAM), so the report records them and `chipaudit replay` measures
+them again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from chipaudit.errors import InputError
 from chipaudit.perf import requirements
-from chipaudit.perf.compare import _number
+from chipaudit.perf.compare import format_number
 from chipaudit.perf.metrics import METRICS, check_for, figures_of
 from chipaudit.report.model import Report, Status
 
 PREFIX = "performance"
-# Extra workload measurements (JSON list of {"metric", "model", "batch"}) for the workers: bench sets
-# it from a requirements file; the workload checks add these cases to their own.
-PERF_CASES_ENV = "CHIPAUDIT_PERF_CASES"
+# The audit parameter that carries extra workload measurements (a list of {"metric", "model", "batch"});
+# the workload checks add these cases to their own.
+PERF_CASES_PARAM = "perf_cases"
 
 
-class BenchInputError(ValueError):
+class BenchInputError(InputError):
     """Bad bench options; one line."""
 
 
@@ -46,30 +47,29 @@ def only_patterns(only: list[str] | None) -> list[str]:
     return patterns
 
 
-@contextlib.contextmanager
-def requested_cases(scenario: requirements.Scenario | None) -> Iterator[None]:
-    """Make the workers measure what the requirements ask for, for the duration of the run."""
+def load_scenario(path: Path | None) -> requirements.Scenario | None:
+    """The needs to judge, or None; a malformed file is bad input, found before anything is measured."""
+    if path is None:
+        return None
+    try:
+        return requirements.load(path)
+    except requirements.RequirementsError as e:
+        raise BenchInputError(str(e)) from None
+
+
+def params(scenario: requirements.Scenario | None) -> dict[str, Any]:
+    """Audit parameters that make the workers measure what the requirements ask for."""
     cases = requirements.perf_cases(scenario) if scenario else []
-    saved = os.environ.get(PERF_CASES_ENV)
-    if cases:
-        os.environ[PERF_CASES_ENV] = json.dumps(cases)
-    try:
-        yield
-    finally:
-        if cases:
-            if saved is None:
-                os.environ.pop(PERF_CASES_ENV, None)
-            else:
-                os.environ[PERF_CASES_ENV] = saved
+    return {PERF_CASES_PARAM: cases} if cases else {}
 
 
-def env_cases() -> list[dict[str, Any]]:
-    """The cases bench asked for through the environment (empty when none or malformed)."""
-    try:
-        cases = json.loads(os.environ.get(PERF_CASES_ENV, "[]"))
-    except ValueError:
-        return []
-    return [c for c in cases if isinstance(c, dict)] if isinstance(cases, list) else []
+def judge(report: Report, scenario: requirements.Scenario, console: Console) -> bool:
+    """Print the fitness table and a count; True when every need is met."""
+    results = evaluate(report, scenario)
+    console.print(fitness_table(scenario, results))
+    failed = sum(not r.passed for r in results)
+    console.print(f"{len(results) - failed} of {len(results)} need(s) met", markup=False, highlight=False)
+    return not failed
 
 
 def figures_table(report: Report) -> Table:
@@ -79,10 +79,10 @@ def figures_table(report: Report) -> Table:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for f in figures_of(report.checks):
         params = ", ".join(f"{k} {v}" for k, v in (f.get("params") or {}).items())
-        rated = f"{_number(f['rated'])}" if f.get("rated") else "no spec"
+        rated = f"{format_number(f['rated'])}" if f.get("rated") else "no spec"
         eff = f"{f['efficiency']:.0%}" if f.get("efficiency") is not None else "—"
-        table.add_row(f"{f['metric']}" + (f" ({params})" if params else ""), f"{_number(f['value'])} {f['unit']}",
-                      f"±{f.get('noise', 0):.1%}", rated, eff)
+        table.add_row(f"{f['metric']}" + (f" ({params})" if params else ""),
+                      f"{format_number(f['value'])} {f['unit']}", f"±{f.get('noise', 0):.1%}", rated, eff)
     return table
 
 
@@ -109,7 +109,7 @@ def fitness_table(scenario: requirements.Scenario, results: list[requirements.Fi
         table.add_column(name, justify="right" if name in ("measured", "margin") else "left",
                          overflow="fold")
     for r in results:
-        measured = "—" if r.measured is None else f"{_number(r.measured)} {r.need.unit}"
+        measured = "—" if r.measured is None else f"{format_number(r.measured)} {r.need.unit}"
         margin = "—" if r.margin is None else f"{r.margin:+.0%}"
         result = Text("pass", style="bold green") if r.passed else Text("FAIL", style="bold red")
         table.add_row(r.need.describe(), measured, margin, result, r.note)

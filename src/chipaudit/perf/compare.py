@@ -182,7 +182,9 @@ def _status_text(status: str, highlight: bool) -> Text:
     return Text(status, style=_STYLE.get(status, "") + (" reverse" if highlight else ""))
 
 
-def _number(x: float) -> str:
+def format_number(x: float) -> str:
+    """Three significant digits (a whole number keeps all of its own) and never scientific notation,
+    so that rates from 1e-3 to 1e6 in one column compare by eye."""
     if x == 0 or not math.isfinite(x):
         return f"{x:g}"
     digits = max(0, 2 - math.floor(math.log10(abs(x))))
@@ -223,7 +225,7 @@ def render(comparison: dict[str, Any], console: Console) -> None:
 def _figure_text(cell: dict[str, Any]) -> Text:
     if cell.get("value") is None:
         return Text("—", style="dim")
-    text = Text(_number(cell["value"]))
+    text = Text(format_number(cell["value"]))
     if cell.get("noise"):
         text.append(f" ±{cell['noise']:.0%}", style="dim")
     if cell.get("ratio") is not None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chipaudit.errors import InputError
+
 ENV = "CHIPAUDIT_BEHAVIOUR_ALLOWLIST"
 PARAM = "behaviour_allowlist"
 
@@ -85,14 +87,52 @@ def _rule(path: str, globs: list[str]) -> str:
                 "")
 
 
+class AllowlistError(InputError):
+    """The operator's allow-list cannot be used; the message is one line naming the file and the field."""
+
+
+_LISTS = ("file_writes", "programs", "local_sockets", "device_holders")
+
+
+def source(params: dict[str, Any]) -> str | None:
+    """The operator's file: the audit parameter wins over the environment, so a replay uses the
+    list the recorded audit named."""
+    return params.get(PARAM) or os.environ.get(ENV) or None
+
+
+def read(path: str) -> dict[str, list[Any]]:
+    """The operator's entries, checked in full: a malformed file must stop an audit before it starts,
+    not error every behaviour check in its worker."""
+    where = f"the behaviour allow-list {path} (from {PARAM} or {ENV})"
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise AllowlistError(f"{where}: cannot be read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise AllowlistError(f"{where}: not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise AllowlistError(f"{where}: must be a JSON object with the lists {', '.join(_LISTS)}")
+    unknown = sorted(set(data) - set(_LISTS))
+    if unknown:
+        raise AllowlistError(f"{where}: unknown field {unknown[0]} (known: {', '.join(_LISTS)})")
+    for name, entries in data.items():
+        kind = dict if name == "device_holders" else str
+        if not isinstance(entries, list) or not all(isinstance(e, kind) for e in entries):
+            raise AllowlistError(f"{where}: {name} must be a list of {'objects' if kind is dict else 'strings'}")
+    for holder in data.get("device_holders", []):
+        if not set(holder) <= {"name", "exe"} or not all(isinstance(v, str) for v in holder.values()):
+            raise AllowlistError(f"{where}: each of device_holders has a string name and/or exe, nothing else")
+    return data
+
+
 def load(params: dict[str, Any]) -> Allowlist:
     """The defaults plus the operator's file, if one is named. A named file that cannot be read is
     an error: silently auditing with a different list than the operator asked for would mislead."""
     allow = Allowlist()
-    path = params.get(PARAM) or os.environ.get(ENV)
+    path = source(params)
     if not path:
         return allow
-    data = json.loads(Path(path).read_text())
+    data = read(path)
     allow.file_writes += list(data.get("file_writes", []))
     allow.programs += list(data.get("programs", []))
     allow.local_sockets += list(data.get("local_sockets", []))

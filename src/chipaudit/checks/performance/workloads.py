@@ -45,7 +45,6 @@ from chipaudit.checks.performance.common import (
     release,
 )
 from chipaudit.perf import models, timing
-from chipaudit.perf.bench import env_cases
 from chipaudit.perf.metrics import DEFAULT_CNN, DEFAULT_LAYER_MODEL, DEFAULT_LLM
 from chipaudit.perf.models import LlmShape
 from chipaudit.perf.timing import Figure
@@ -97,9 +96,9 @@ class WorkloadCheck(PerformanceCheck):
         return workload_dtype(device)
 
     def requested(self, ctx: CheckContext) -> list[dict[str, Any]]:
-        """Measurements a requirements file asked for: from the job's params, or from bench through the
-        environment the worker inherits (perf/bench.py)."""
-        wanted = [*ctx.params.get("perf_cases", []), *env_cases()]
+        """Measurements a requirements file asked for, through the audit's params (perf/bench.py), so
+        that the report records them and a replay measures them again."""
+        wanted = list(ctx.params.get("perf_cases", []))
         return [dict(r) for r in wanted if r.get("metric") in self.metrics]
 
     def measure(self, ctx: CheckContext) -> Outcome:

@@ -1,4 +1,4 @@
-"""What `chipaudit inventory` and `chipaudit baseline` do; cli.py only parses options and prints."""
+"""What `chipaudit inventory` and `chipaudit baseline` do; cli/stack.py only parses options and prints."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from chipaudit.checks.stack import snapshot as snapshots
 from chipaudit.checks.stack.libraries import ProbeError
 from chipaudit.devices.inventory import collect_isolated, host
 from chipaudit.devices.torchdev import DeviceError, resolve
-from chipaudit.report.model import Finding
+from chipaudit.report.model import FAILING_SEVERITY, Finding
 
 UNITS = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10, "B": 0}
 
@@ -65,6 +65,24 @@ def compare(path: Path) -> tuple[snapshots.Snapshot, snapshots.Snapshot, list[Fi
     findings = baselines.diff(trusted, now, fingerprint.CHECKS[0].finding)
     findings += capabilities.gained(trusted, now, capabilities.CHECKS[0].finding)
     return trusted, now, findings
+
+
+def diff_summary(trusted: snapshots.Snapshot, now: snapshots.Snapshot, findings: list[Finding]) -> str:
+    """The line under the differences; it names the new digest, which a fleet compares across nodes."""
+    when = f"{trusted.created:%Y-%m-%d %H:%M} UTC"
+    if not findings:
+        return f"no differences from the baseline of {when}; stack sha256 {now.digest()}"
+    return (f"{len(findings)} difference(s) from the baseline of {when} ({len(failing(findings))} of medium "
+            f"severity or above); stack sha256 {now.digest()}")
+
+
+def failing(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.severity.rank >= FAILING_SEVERITY.rank]
+
+
+def diff_document(path: Path, now: snapshots.Snapshot, findings: list[Finding]) -> dict[str, Any]:
+    return {"baseline": str(path), "stack_sha256": now.digest(),
+            "findings": [f.model_dump(mode="json") for f in findings]}
 
 
 def finding_line(f: Finding) -> str:

@@ -1,0 +1,180 @@
+"""Fleet commands: fleet run, fleet resume, fleet report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+
+from chipaudit.cli.common import (
+    INCONCLUSIVE,
+    Inconclusive,
+    Kind,
+    UsageError,
+    check_outputs,
+    console,
+    ready_to_audit,
+    stop,
+    usage_errors,
+)
+from chipaudit.report.model import EXIT_CODES, Level
+
+if TYPE_CHECKING:
+    from chipaudit.fleet.cluster import Progress
+
+T = TypeVar("T")
+
+fleet_app = typer.Typer(
+    help="Audit every accelerator of a Ray cluster, keep every result in one store, and find the outliers.\n\n"
+    "Start with:  chipaudit fleet run --address auto --level quick",
+    short_help="Audit every accelerator of a Ray cluster and find the outliers.",
+    no_args_is_help=True,
+)
+Db = Annotated[str | None, typer.Option("--db", help="Store: a SQLite file or a postgresql:// URL. Default: the "
+                                        "history database.")]
+Address = Annotated[str | None, typer.Option(help="Ray cluster address (host:port or auto). Default: a local Ray "
+                                             "instance.")]
+
+
+@contextmanager
+def _store_errors(db: str | None = None) -> Iterator[None]:
+    """A store that cannot be reached or used says nothing about the input (exit 3); one that is not a
+    store at all, or lacks the run asked for, does (exit 2)."""
+    from chipaudit.fleet import FleetProblem, StoreProblem
+
+    try:
+        yield
+    except StoreProblem as e:
+        if type(e.__cause__).__name__ == "OperationalError":  # sqlite3's or psycopg's: the store, not the input
+            raise Inconclusive(str(e)) from None
+        raise UsageError(str(e)) from None
+    except FleetProblem as e:
+        raise UsageError(str(e)) from None
+    except Exception as e:
+        if type(e).__module__.split(".")[0] not in ("sqlite3", "psycopg"):
+            raise
+        raise Inconclusive(f"the store {db or '(the history database)'} failed: {e}") from None
+
+
+def _drive(action: Callable[[Callable[[Progress], None]], T], db: str | None) -> T:
+    """Run a fleet action under live counts; Ctrl-C passes through, for the caller to say how to resume."""
+    from chipaudit.fleet.view import live
+
+    with _store_errors(db), live(console) as update:
+        return action(update)
+
+
+def _exit(run_id: str, db: str | None) -> None:
+    from chipaudit.fleet import open_store
+    from chipaudit.fleet.summary import summarize
+    from chipaudit.fleet.view import outcome
+
+    with _store_errors(db):
+        store, _ = open_store(db)
+        run = store.run(run_id)
+        summary = summarize(run, store.audits(run_id)) if run else {}
+    line, verdict = outcome(run_id, summary)
+    console.print(line)
+    console.print(f"report: chipaudit fleet report {run_id}" + (f" --db {db}" if db else ""), markup=False)
+    raise typer.Exit(EXIT_CODES[verdict])
+
+
+@fleet_app.command("run")
+def fleet_run(
+    address: Address = None,
+    db: Db = None,
+    level: Annotated[Level, typer.Option(help="Level of every audit.")] = Level.quick,
+    seed: Annotated[int | None, typer.Option(min=0, help="One seed for every audit, so every device gets the "
+                                             "same inputs. Default: random, recorded.")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Checks to run on every device (repeatable).")] = None,
+    burn_in_seconds: Annotated[float | None, typer.Option(min=1.0, help="How long each audit's sustained verified "
+                                                          "load runs. Default: the level's.")] = None,
+    resource: Annotated[str | None, typer.Option(help="Audit one device per unit of this Ray resource (MLU, "
+                                                 "...). Default: GPU, else Ray's NPU or HPU, else the CPU.")] = None,
+    device: Annotated[str, typer.Option(help="Torch device inside each task when --resource is given.")] = "cpu",
+    max_attempts: Annotated[int, typer.Option(min=1, help="Tries per audit when its node or worker dies.")] = 2,
+    node_wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for a dead node to come back.")] = 60.0,
+    max_parallel: Annotated[int, typer.Option(min=0, help="Audits in flight at once (0: one per device).")] = 0,
+) -> None:
+    """Audit every device in a Ray cluster, each where it sits.
+
+    One audit per GPU, NPU or HPU, one per CPU-only node; with --resource, one per unit of that Ray
+    resource instead.
+
+    Example: chipaudit fleet run --address auto --level quick
+    """
+    from chipaudit.devices.torchdev import DeviceError, parse
+    from chipaudit.fleet import FleetOptions, start
+
+    check_outputs((db, "--db", Kind.file))
+    with usage_errors(DeviceError, prefix=f"--device {device}: "):
+        parse(device)
+    ready_to_audit(only)
+    options = FleetOptions(address, level, seed, only or [], resource, device, max_attempts, node_wait, max_parallel,
+                           burn_in_seconds)
+    run_ids: list[str] = []
+    try:
+        run_ids.append(_drive(lambda update: start(options, db, update, run_ids.append), db))
+    except KeyboardInterrupt:
+        stop(INCONCLUSIVE, f"interrupted; finished audits are kept. Continue with: chipaudit fleet resume "
+             f"{run_ids[0]}" if run_ids else None)
+    _exit(run_ids[0], db)
+
+
+@fleet_app.command("resume")
+def fleet_resume(
+    run_id: Annotated[str, typer.Argument(help="The fleet run to continue.")],
+    address: Address = None,
+    db: Db = None,
+) -> None:
+    """Continue an interrupted fleet run; finished audits are not redone.
+
+    Example: chipaudit fleet resume 20260101-120000-abc123 --address auto
+    """
+    from chipaudit.fleet import resume
+
+    check_outputs((db, "--db", Kind.file))
+    try:
+        _drive(lambda update: resume(run_id, address, db, update), db)
+    except KeyboardInterrupt:
+        stop(INCONCLUSIVE, f"interrupted; continue with: chipaudit fleet resume {run_id}")
+    _exit(run_id, db)
+
+
+@fleet_app.command("report")
+def fleet_report(
+    run_id: Annotated[str, typer.Argument(help="The fleet run to summarise.")],
+    db: Db = None,
+    html_path: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
+) -> None:
+    """Summarise a fleet run: outcomes, findings, outliers, odd stacks.
+
+    Slow or erratic devices are judged against the devices of the same model; so are stacks.
+
+    Example: chipaudit fleet report 20260101-120000-abc123 --html fleet.html
+    """
+    from chipaudit.fleet import open_store
+    from chipaudit.fleet.summary import summarize
+    from chipaudit.fleet.view import headline, tables
+    from chipaudit.report.html import write_fleet
+    from chipaudit.report.model import write_atomic
+
+    check_outputs((html_path, "--html", Kind.file), (json_path, "--json", Kind.file))
+    with _store_errors(db):
+        store, _ = open_store(db)
+        run = store.run(run_id)
+        if run is None:
+            raise UsageError(f"no fleet run {run_id} in this store")
+        summary = summarize(run, store.audits(run_id))
+    console.print(headline(run_id, summary))
+    for table in tables(summary):
+        console.print(table)
+    if html_path:
+        write_fleet(summary, html_path)
+    if json_path:
+        write_atomic(json_path, json.dumps(summary, indent=2) + "\n")
