@@ -68,7 +68,7 @@ def test_a_high_finding_fails_the_audit_and_carries_the_check_seed() -> None:
 
 @pytest.mark.usefixtures("plugin_env")
 def test_a_worker_that_cannot_start_errors_every_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watchdog, "worker_command", lambda fd: ["python3", "-c", "raise SystemExit(4)"])
+    monkeypatch.setattr(watchdog, "WORKER", ("python3", "-c", "raise SystemExit(4)"))
     report, results = audit(["fake.ok", "fake.warn"])
     assert {r.status for r in results.values()} == {Status.error}
     assert report.verdict is Verdict.inconclusive
