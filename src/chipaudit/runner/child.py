@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+# The option naming the child's end of the result pipe; `Child` appends it to the child's command.
 RESULT_FD = "--result-fd"
+# Bytes per read from the result pipe: its default capacity on Linux (pipe(7)).
 READ_CHUNK = 1 << 16
 
 
