@@ -6,13 +6,13 @@ import pytest
 
 from chipaudit.checks import select
 from chipaudit.checks.base import derive_seed
-from chipaudit.report.model import CheckResult, Finding, Level, Status, Verdict
+from chipaudit.report.model import CheckResult, Finding, Level, Report, Status, Verdict
 from chipaudit.runner import watchdog
 from chipaudit.runner.audit import AuditConfig, run_audit
 from chipaudit.runner.watchdog import Events
 
 
-def audit(only: list[str], seed: int = 11):
+def audit(only: list[str], seed: int = 11) -> tuple[Report, dict[str, CheckResult]]:
     results: list[CheckResult] = []
     findings: list[Finding] = []
 

@@ -71,7 +71,7 @@ class Child:
     Without a `log` the child's output goes to a temporary file that `close` deletes."""
 
     def __init__(self, argv: Sequence[str], wrappers: Sequence[Wrapper] = (), log: Path | None = None,
-                 cwd: Path | None = None):
+                 cwd: Path | None = None) -> None:
         self.wrappers = tuple(wrappers)
         self.eof = False
         self._buffer = b""
@@ -201,7 +201,7 @@ class Child:
 class Channel:
     """The child's side: messages to the tool on the inherited descriptor, the tool's on stdin."""
 
-    def __init__(self, result_fd: int, requests: IO[str] | None = None):
+    def __init__(self, result_fd: int, requests: IO[str] | None = None) -> None:
         self._out = os.fdopen(result_fd, "w", buffering=1)
         self._in = sys.stdin if requests is None else requests
 

@@ -158,7 +158,7 @@ def _running(pid: int) -> bool:
 class Harness:
     """Start workloads in their worlds, talk to them, and collect what the sensors saw."""
 
-    def __init__(self, device: str, level: Level, workdir: Path):
+    def __init__(self, device: str, level: Level, workdir: Path) -> None:
         self.device, self.level, self.workdir = device, level, workdir
         self.threads = CPU_THREADS if device.startswith("cpu") else None
         self.trace_base, self.strace_status = strace.probe()

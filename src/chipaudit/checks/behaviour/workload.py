@@ -74,7 +74,7 @@ class TaskSpec:
 
 
 class Task:
-    def __init__(self, spec: TaskSpec, device: str):
+    def __init__(self, spec: TaskSpec, device: str) -> None:
         self.spec, self.device = spec, device
         self.check = GemmCheck(spec.format)
         case = Case(spec.op, spec.batch, spec.m, spec.k, spec.n, spec.label)

@@ -99,7 +99,7 @@ class ProbeProcess:
     """The probe, started at once so that the caller can hash other things while it imports torch and
     initialises the device; `result()` then waits for its device work and reads its maps."""
 
-    def __init__(self, device: str, timeout_s: float = STARTUP_TIMEOUT_S, wrappers: Sequence[Wrapper] = ()):
+    def __init__(self, device: str, timeout_s: float = STARTUP_TIMEOUT_S, wrappers: Sequence[Wrapper] = ()) -> None:
         self.device, self.timeout_s = device, timeout_s
         self.deadline = time.monotonic() + timeout_s
         self.child = Child(PROBE, wrappers)
