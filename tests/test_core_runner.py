@@ -6,13 +6,13 @@ import pytest
 
 from chipaudit.checks import select
 from chipaudit.checks.base import derive_seed
-from chipaudit.report.model import CheckResult, Finding, Level, Status, Verdict
+from chipaudit.report.model import CheckResult, Finding, Level, Report, Status, Verdict
 from chipaudit.runner import watchdog
 from chipaudit.runner.audit import AuditConfig, run_audit
 from chipaudit.runner.watchdog import Events
 
 
-def audit(only: list[str], seed: int = 11):
+def audit(only: list[str], seed: int = 11) -> tuple[Report, dict[str, CheckResult]]:
     results: list[CheckResult] = []
     findings: list[Finding] = []
 
@@ -68,7 +68,7 @@ def test_a_high_finding_fails_the_audit_and_carries_the_check_seed() -> None:
 
 @pytest.mark.usefixtures("plugin_env")
 def test_a_worker_that_cannot_start_errors_every_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watchdog, "worker_command", lambda fd: ["python3", "-c", "raise SystemExit(4)"])
+    monkeypatch.setattr(watchdog, "WORKER", ("python3", "-c", "raise SystemExit(4)"))
     report, results = audit(["fake.ok", "fake.warn"])
     assert {r.status for r in results.values()} == {Status.error}
     assert report.verdict is Verdict.inconclusive

@@ -130,7 +130,7 @@ print(int((c != 8.0).sum()), float(torch.exp(torch.tensor([2.5]))[0]))
 
 def _run_on(fault: Fault, tmp_path: Path) -> tuple[int, float]:
     (tmp_path / "probe_mod.py").write_text(PROBE)
-    command = [*faults.worker_spec(fault).prefix, sys.executable, "-m", "probe_mod"]
+    command = [*faults.worker_wrapper(fault).prefix, sys.executable, "-m", "probe_mod"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120,
                           env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr

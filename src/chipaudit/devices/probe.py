@@ -5,17 +5,19 @@ The work is fixed (matrix products in the common formats, a convolution, a reduc
 machine maps the same libraries every time: a baseline and a later run see the same set, and a
 difference means the stack changed. It also lists the devices torch can see, with their properties.
 
-Protocol: one JSON line on stdout once the work is done ({"status": "ready", ...} or
-{"status": "error", "error": ...}); the process then exits when its stdin closes.
+Protocol (runner/child.py): the job names the device, {"device": ...}; one message answers once the
+work is done ({"status": "ready", "pid": ...} or {"status": "error", "error": ...}); the process
+then waits, its maps intact, until the tool closes its stdin. A vendor plugin's own output on
+stdout cannot be mistaken for the answer, which travels on a channel of its own.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from typing import Any
+
+from chipaudit.runner.child import Channel, child_main
 
 READY = "ready"
 
@@ -61,19 +63,15 @@ def torch_devices() -> dict[str, Any]:
     return {"version": torch.__version__, "devices": devices}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chipaudit.devices.probe")
-    parser.add_argument("--device", required=True)
-    args = parser.parse_args(argv)
+def serve(job: dict[str, Any], channel: Channel) -> None:
     try:
-        refused = work(args.device)
+        refused = work(job["device"])
         message = {"status": READY, "pid": os.getpid(), "refused": refused, "torch": torch_devices()}
     except Exception as e:
         message = {"status": "error", "error": f"{type(e).__name__}: {e}".splitlines()[0][:500]}
-    print(json.dumps(message), flush=True)
-    sys.stdin.read()
-    return 0 if message["status"] == READY else 1
+    channel.send(message)
+    channel.receive()  # until the tool has read the maps and lets go
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(child_main(serve))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import platform
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -31,7 +31,8 @@ from chipaudit.report.model import (
     ToolInfo,
 )
 from chipaudit.runner import levels
-from chipaudit.runner.watchdog import Events, PlannedCheck, WorkerSpec, run_plan
+from chipaudit.runner.child import Wrapper
+from chipaudit.runner.watchdog import Events, PlannedCheck, run_plan
 
 # What no configuration of this tool can observe; the report always carries these.
 STANDING_LIMITS = (
@@ -110,7 +111,7 @@ def run_audit(
     config: AuditConfig,
     events: Events,
     on_update: Callable[[Report], None] = lambda report: None,
-    spec: WorkerSpec | None = None,
+    wrappers: Sequence[Wrapper] = (),
 ) -> Report:
     """Run the audit. On Ctrl-C the report is finished as incomplete and KeyboardInterrupt propagates."""
     report = new_report(config)
@@ -124,7 +125,7 @@ def run_audit(
 
     job = {"device": config.device, "level": config.level.value, "params": config.params}
     try:
-        run_plan(plan(config), job, Events(events.started, events.progress, finished), spec)
+        run_plan(plan(config), job, Events(events.started, events.progress, finished), wrappers)
     except KeyboardInterrupt:
         report.limits.append("The audit was interrupted before every check ran.")
         finalize_limits(report)

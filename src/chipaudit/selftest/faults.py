@@ -7,7 +7,7 @@ chip's: only by what the operators return and how long they take. The audit neve
 operators are registered.
 
 A fault is a small dataclass: its parameters are its JSON spec, so a worker process can be started with
-the same fault (`worker_spec`), and other tools (a fleet test's throttled node) can reuse the models.
+the same fault (`worker_wrapper`), and other tools (a fleet test's throttled node) can reuse the models.
 
 Trigger classes the built-in models cover: none (a weak part: random bit flips), values (integer-valued
 operands, special values), structure (zero rows), shape (an inner dimension), precision (fp32 computed in
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from chipaudit.runner.watchdog import WorkerSpec
+from chipaudit.runner.child import Wrapper
 
 MATMULS = ("mm", "addmm", "bmm", "baddbmm")
 _LIBRARIES: list[Any] = []  # registrations live as long as the process
@@ -300,7 +300,7 @@ def from_spec(spec: dict[str, Any]) -> Fault:
     return FAULTS[spec["name"]](**spec.get("params", {}))
 
 
-def worker_spec(fault: Fault) -> WorkerSpec:
+def worker_wrapper(fault: Fault) -> Wrapper:
     """How to start an audit worker on the simulated device: the fault is installed in the worker
     before it imports the checks (python -m chipaudit.selftest.inject SPEC -- <worker command>)."""
-    return WorkerSpec(prefix=[sys.executable, "-m", "chipaudit.selftest.inject", json.dumps(fault.spec()), "--"])
+    return Wrapper(prefix=(sys.executable, "-m", "chipaudit.selftest.inject", json.dumps(fault.spec()), "--"))

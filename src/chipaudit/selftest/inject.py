@@ -3,8 +3,9 @@
 usage: python -m chipaudit.selftest.inject SPEC_JSON -- PYTHON -m MODULE [ARGS...]
 
 The audit's watchdog starts its workers as PREFIX + [python, -m, chipaudit.runner.worker, ...]; with
-this module as the prefix (selftest.faults.worker_spec), the worker runs in this very process after the
-fault is installed, inheriting its file descriptors, so it sees the faulty kernels from its first import.
+this module as the prefix (selftest.faults.worker_wrapper), the worker runs in this very process after
+the fault is installed, inheriting its file descriptors, so it sees the faulty kernels from its first
+import.
 """
 
 from __future__ import annotations

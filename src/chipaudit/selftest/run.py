@@ -31,7 +31,7 @@ from chipaudit.selftest.faults import (
     ShapeTrigger,
     Throttle,
     ZeroRowTrigger,
-    worker_spec,
+    worker_wrapper,
 )
 
 # The audit each simulated device gets: the integrity checks at level quick but the memory test (no
@@ -161,7 +161,7 @@ def run_selftest(
             t0 = time.perf_counter()
             config = AuditConfig(device="cpu", level=Level.quick, seed=SEED, only=checks, params=device.params())
             events = Events(started=lambda check_id, device=device: on_check(device, check_id))
-            report = run_audit(config, events, spec=worker_spec(device.fault))
+            report = run_audit(config, events, wrappers=[worker_wrapper(device.fault)])
             results.append(_result(device, report, time.perf_counter() - t0))
     except KeyboardInterrupt:  # the audit's workers are already stopped; keep what was measured
         interrupted = True

@@ -211,7 +211,7 @@ def _own_pids(harness: Harness) -> list[int]:
     pids = [psutil.Process().pid]
     for s in harness.sessions:
         with contextlib.suppress(psutil.Error):
-            top = psutil.Process(s.proc.pid)
+            top = psutil.Process(s.child.pid)
             pids += [top.pid, *(c.pid for c in top.children(recursive=True))]
     return pids
 

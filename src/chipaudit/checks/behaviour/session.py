@@ -3,13 +3,13 @@ behaviour probes.
 
 A `Harness` starts one workload process (workload.py) per world, each wrapped, from the outside in,
 by the world's namespace (a sealed run, with its packet capture), by strace, and by the world's
-environment and clock, which strace applies to the workload alone. A socket sampler watches every
-tree. The tool talks to each workload over a pipe (requests on stdin, answers on an inherited
-descriptor), times every request itself with a clock no perturbation reaches, less the time the
-workload's computing thread spent waiting for a CPU (the kernel's schedstat: another tenant's
-doing, not the device's), and interleaves the worlds (A B A B) so that a busy machine slows both
-sides of every comparison alike. A device stack that slowed itself only by starving its own thread
-of CPU would therefore not be seen as slower.
+environment and clock, which strace applies to the workload alone (`world_wrappers`). A socket
+sampler watches every tree. The tool talks to each workload as to any child (runner/child.py),
+times every request itself with a clock no perturbation reaches, less the time the workload's
+computing thread spent waiting for a CPU (the kernel's schedstat: another tenant's doing, not the
+device's), and interleaves the worlds (A B A B) so that a busy machine slows both sides of every
+comparison alike. A device stack that slowed itself only by starving its own thread of CPU would
+therefore not be seen as slower.
 
 On close, every workload is asked to exit and the sensors keep watching for a short tail (a
 detached child may act after its parent has gone); whatever of the trees still runs then is
@@ -19,12 +19,10 @@ reported as lingering and ended by pid, then each sensor's record is read back.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -41,7 +39,7 @@ from chipaudit.checks.behaviour.workload import TaskSpec
 from chipaudit.perturb import conditions as cond
 from chipaudit.perturb.conditions import Condition
 from chipaudit.report.model import Level
-from chipaudit.runner.watchdog import _Lines
+from chipaudit.runner.child import Child, Wrapper
 from chipaudit.sensors import capture, strace
 from chipaudit.sensors.events import PROCESS, Event, Observation, SensorStatus
 from chipaudit.sensors.sockets import TreeSampler, become_subreaper
@@ -67,6 +65,11 @@ VERIFY_FLOOR_S = 30.0
 # may take to exit (a busy machine slows a torch process's teardown) before it counts as lingering.
 TAIL_S = {Level.quick: 1.5, Level.standard: 3.0, Level.deep: 5.0}
 EXIT_WAIT_S = 10.0
+# How long a workload whose channel ended is given to exit, for its exit status to be in the reason.
+ENDED_WAIT_S = 2.0
+# How much of a dead workload's output to search for its last line (its traceback's last line).
+LOG_TAIL_BYTES = 400
+WORKLOAD = (sys.executable, "-m", "chipaudit.checks.behaviour.workload")
 # On a CPU device each workload computes on one thread: another tenant's load then slows it in
 # proportion, instead of stalling a multi-threaded product at every barrier (a 10x effect on a busy
 # 2-core machine). The worlds being compared run alike, so nothing is lost for the comparison.
@@ -79,14 +82,10 @@ class Session:
     label: str
     condition: Condition
     tasks: list[TaskSpec]
-    proc: subprocess.Popen[bytes]
-    lines: _Lines
-    read_fd: int
+    child: Child
     launched: float
     trace: Path | None
     pcap: tuple[Path, Path] | None
-    log: Path
-    wrapped: bool
     hello: dict[str, Any] | None = None
     dead: str = ""  # why the workload stopped answering
     not_applied: str = ""  # why the world did not take effect, from what the workload saw
@@ -98,40 +97,27 @@ class Session:
     def usable(self) -> bool:
         return self.hello is not None and not self.dead
 
-    def log_tail(self, limit: int = 400) -> str:
-        with contextlib.suppress(OSError):
-            text = self.log.read_bytes()[-limit:].decode(errors="replace").strip()
-            return text.splitlines()[-1] if text else ""
-        return ""
-
-    def _stop(self, reason: str) -> None:
+    def stop(self, reason: str) -> None:
+        """Kill the workload's group (the caller waits for it later) and keep the first reason."""
         self.dead = self.dead or reason
-        _kill_group(self.proc)
+        self.child.stop(wait_s=0)
 
     def request(self, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
         """The answer, or None when the workload is gone (the reason is in `dead`)."""
-        if self.dead or self.proc.stdin is None:
+        if self.dead:
             return None
-        try:
-            self.proc.stdin.write((json.dumps(message) + "\n").encode())
-            self.proc.stdin.flush()
-        except OSError:
-            self._stop(self._ended())
+        if not self.child.send(message):
+            self.stop(self.ended())
             return None
-        line = self.lines.read(timeout)
-        if line is None:
-            self._stop(f"did not answer a {message['op']} request within {timeout:.0f} s")
-            return None
-        if line == "":
-            self._stop(self._ended())
-            return None
-        return json.loads(line)
+        answer = self.child.receive(timeout)
+        if answer is None:
+            self.stop(self.ended() if self.child.eof else
+                      f"did not answer a {message['op']} request within {timeout:.0f} s")
+        return answer
 
-    def _ended(self) -> str:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=2.0)
-        code = self.proc.poll()
-        tail = self.log_tail()
+    def ended(self) -> str:
+        code = self.child.wait(ENDED_WAIT_S)
+        tail = self.child.last_line(LOG_TAIL_BYTES)
         return f"the workload process ended (exit status {code})" + (f": {tail}" if tail else "")
 
 
@@ -145,22 +131,34 @@ def run_delay(pid: int, tid: int) -> float:
         return 0.0
 
 
+def world_wrappers(condition: Condition, now: float, trace: tuple[tuple[str, ...], Path] | None,
+                   pcap: tuple[Path, Path] | None) -> list[Wrapper]:
+    """What a workload runs inside, from the outside in: the world's namespace (with the packet capture
+    in `pcap`, when given), strace writing to `trace` (its base options and file, when it can run),
+    and the world's environment and clock, which strace applies to the workload alone when it runs,
+    so that the tracer itself is not perturbed."""
+    overrides = condition.workload_env(now)
+    out: list[Wrapper] = []
+    outer = cond.outer_prefix(condition, (*pcap, str(capture.tcpdump())) if pcap else None)
+    if outer:
+        out.append(Wrapper(tuple(outer), files=pcap or ()))
+    if trace is not None:
+        out.append(Wrapper(tuple(strace.prefix(trace[0], trace[1], overrides)), files=(trace[1],)))
+    else:
+        out.append(Wrapper(env=overrides))
+    return out
+
+
 def _running(pid: int) -> bool:
     with contextlib.suppress(psutil.Error):
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     return False
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 class Harness:
     """Start workloads in their worlds, talk to them, and collect what the sensors saw."""
 
-    def __init__(self, device: str, level: Level, workdir: Path):
+    def __init__(self, device: str, level: Level, workdir: Path) -> None:
         self.device, self.level, self.workdir = device, level, workdir
         self.threads = CPU_THREADS if device.startswith("cpu") else None
         self.trace_base, self.strace_status = strace.probe()
@@ -180,47 +178,23 @@ class Harness:
     def launch(self, label: str, condition: Condition, tasks: Sequence[TaskSpec]) -> Session:
         index = len(self.sessions)
         now = time.time()
-        overrides = condition.workload_env(now)
         trace = self.workdir / f"{index}.strace" if self.trace_base else None
-        log = self.workdir / f"{index}.log"
         pcap = None
         if condition.sealed and self.capture_missing is None:
             pcap = (self.workdir / f"{index}.pcap", self.workdir / f"{index}.tcpdump.log")
-        env = dict(os.environ)
-        if self.trace_base and trace is not None:
-            middle = strace.prefix(self.trace_base, trace, overrides)
-        else:
-            middle = []
-            for key, value in overrides.items():
-                if value is None:
-                    env.pop(key, None)
-                else:
-                    env[key] = value
-        outer = cond.outer_prefix(condition, (*pcap, str(capture.tcpdump())) if pcap else None)
-        read_fd, write_fd = os.pipe()
-        command = [sys.executable, "-m", "chipaudit.checks.behaviour.workload", "--result-fd", str(write_fd)]
+        wrappers = world_wrappers(condition, now, (self.trace_base, trace) if self.trace_base and trace else None,
+                                  pcap)
+        child = Child(WORKLOAD, wrappers, log=self.workdir / f"{index}.log", cwd=self.workdir)
         # The tool's own files: the workload's output log, the trace, the capture and its log.
-        self.sampler.ignore_paths.update(str(x) for x in (log, trace, *(pcap or ())) if x is not None)
-        try:
-            with open(log, "wb") as log_file:
-                proc = subprocess.Popen([*outer, *middle, *command], stdin=subprocess.PIPE, stdout=log_file,
-                                        stderr=log_file, pass_fds=(write_fd,), env=env, cwd=self.workdir,
-                                        start_new_session=True)
-        finally:
-            os.close(write_fd)
-        if outer or middle:
-            self._wrapped_tops.add(proc.pid)
-        self.sampler.watch(proc.pid, label)
-        session = Session(label, condition, list(tasks), proc, _Lines(read_fd), read_fd, now, trace, pcap, log,
-                          bool(outer or middle))
+        self.sampler.ignore_paths.update(str(x) for x in child.files)
+        if child.wrapped:
+            self._wrapped_tops.add(child.pid)
+        self.sampler.watch(child.pid, label)
+        session = Session(label, condition, list(tasks), child, now, trace, pcap)
         self.sessions.append(session)
         job = {"device": self.device, "tasks": [t.as_dict() for t in tasks], "threads": self.threads}
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write((json.dumps(job) + "\n").encode())
-            proc.stdin.flush()
-        except OSError:
-            session.dead = session._ended()
+        if not child.send(job):
+            session.dead = session.ended()
         return session
 
     def start(self, worlds: Sequence[tuple[str, Condition, Sequence[TaskSpec]]]) -> list[Session]:
@@ -230,13 +204,11 @@ class Harness:
         for s in sessions:
             if s.dead:
                 continue
-            line = s.lines.read(max(0.0, deadline - time.monotonic()))
-            if line is None:
-                s._stop(f"did not start within {START_TIMEOUT_S[self.level]:.0f} s")
-            elif line == "":
-                s._stop(s._ended())
+            hello = s.child.receive(max(0.0, deadline - time.monotonic()))
+            if hello is None:
+                s.stop(s.ended() if s.child.eof else f"did not start within {START_TIMEOUT_S[self.level]:.0f} s")
             else:
-                s.hello = json.loads(line)
+                s.hello = hello
                 s.not_applied, s.notes = cond.applied(s.condition, s.hello, s.launched, time.time())
                 self.sampler.watch(int(s.hello["pid"]), s.label)
         return sessions
@@ -274,16 +246,14 @@ class Harness:
     def close(self) -> dict[str, Observation]:
         """End every workload, watch the tail, end what lingers, and read back the sensors."""
         for s in self.sessions:
-            if s.proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    if not s.dead:
-                        s.proc.stdin.write(b'{"op": "exit"}\n')
-                    s.proc.stdin.close()
+            if not s.dead:
+                s.child.send({"op": "exit"})
+            s.child.close_input()
         start = time.monotonic()
         mains = [int(s.hello["pid"]) for s in self.sessions if s.hello is not None]
         # Until every wrapper has ended (strace ends only when every traced process has), or until
         # the tail is over and every workload itself has exited, or at the latest EXIT_WAIT_S.
-        while any(s.proc.poll() is None for s in self.sessions):
+        while any(s.child.running for s in self.sessions):
             waited = time.monotonic() - start
             if waited >= EXIT_WAIT_S or (waited >= TAIL_S[self.level] and not any(map(_running, mains))):
                 break
@@ -291,20 +261,19 @@ class Harness:
         lingering = self._lingering()
         self.sampler.stop()
         for s in self.sessions:
-            _kill_group(s.proc)
+            s.child.stop(wait_s=0)
         for seen in lingering:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(seen.pid, signal.SIGKILL)
         for s in self.sessions:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                s.proc.wait(timeout=EXIT_WAIT_S)
-            os.close(s.read_fd)
+            s.child.wait(EXIT_WAIT_S)
+            s.child.close()
         self._reap()
         return self._observations(lingering)
 
     def _lingering(self) -> list[Any]:
         """Workload processes (not the tool's wrappers) that still run after the tail."""
-        tops = {s.proc.pid for s in self.sessions}
+        tops = {s.child.pid for s in self.sessions}
         out = []
         for seen in self.sampler.alive():
             with contextlib.suppress(psutil.Error):
@@ -320,7 +289,7 @@ class Harness:
         """Orphans re-parented to this process (subreaper) are ours to wait for."""
         with contextlib.suppress(psutil.Error):
             for child in psutil.Process().children():
-                if child.pid not in {s.proc.pid for s in self.sessions}:
+                if child.pid not in {s.child.pid for s in self.sessions}:
                     with contextlib.suppress(ChildProcessError, OSError):
                         os.waitpid(child.pid, os.WNOHANG)
 

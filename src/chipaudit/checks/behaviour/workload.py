@@ -5,8 +5,8 @@ builds for it (a namespace, a shifted clock, another locale), under the probe's 
 are drawn, computed and verified exactly as the integrity checks do (checks/integrity/gemm.py and
 oracle/): only the world around them changes.
 
-Protocol: the job (JSON) is the first line on stdin; every later stdin line is a request. Answers go
-to the descriptor named by --result-fd, one JSON object per line. First comes `hello`, with what
+Protocol (runner/child.py): the job is the first message from the probe, every later one a request;
+each request is answered by one message. First comes `hello`, with what
 the process sees of its world (clock, time zone, locale, network interfaces) so the probe can tell
 whether its perturbation took effect. Requests:
   {"op": "verify", "task": i}          compute once, check against the host oracle, digest the bits
@@ -18,22 +18,21 @@ Timing is taken by the probe, outside this process, with a clock no perturbation
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import locale
 import os
 import select
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from chipaudit.checks.integrity.gemm import Case, GemmCheck, Operands, bits_of, compute, to_host
 from chipaudit.devices import torchdev
+from chipaudit.runner.child import Channel, child_main
 
 ENV_SEEN = ("TZ", "LANG", "LC_ALL", "LANGUAGE", "FAKETIME")
 
@@ -75,7 +74,7 @@ class TaskSpec:
 
 
 class Task:
-    def __init__(self, spec: TaskSpec, device: str):
+    def __init__(self, spec: TaskSpec, device: str) -> None:
         self.spec, self.device = spec, device
         self.check = GemmCheck(spec.format)
         case = Case(spec.op, spec.batch, spec.m, spec.k, spec.n, spec.label)
@@ -168,11 +167,8 @@ def _error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def serve(job: dict[str, Any], requests: IO[str], channel: IO[str]) -> None:
-    def send(message: dict[str, Any]) -> None:
-        channel.write(json.dumps(message) + "\n")
-        channel.flush()
-
+def serve(job: dict[str, Any], channel: Channel) -> None:
+    send = channel.send
     device = job["device"]
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -184,8 +180,7 @@ def serve(job: dict[str, Any], requests: IO[str], channel: IO[str]) -> None:
         except Exception as e:  # a device that refuses to take operands refuses the task
             tasks.append(_error(e))
     with torchdev.strict_precision():
-        for line in requests:
-            request = json.loads(line)
+        for request in channel:
             if request["op"] == "exit":
                 break
             task = tasks[request["task"]]
@@ -203,15 +198,5 @@ def serve(job: dict[str, Any], requests: IO[str], channel: IO[str]) -> None:
                 send({"error": _error(e)})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chipaudit.checks.behaviour.workload")
-    parser.add_argument("--result-fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    job = json.loads(sys.stdin.readline())
-    with os.fdopen(args.result_fd, "w", buffering=1) as channel:
-        serve(job, sys.stdin, channel)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(child_main(serve))

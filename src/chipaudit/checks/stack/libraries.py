@@ -10,22 +10,25 @@ or of an anonymous memory file (memfd) is code that no file on disk accounts for
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
-import select
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chipaudit.devices.probe import READY
+from chipaudit.runner.child import Child, Wrapper
 from chipaudit.runner.watchdog import STARTUP_TIMEOUT_S
 
-ELF_MAGIC = b"\x7fELF"
-DELETED = " (deleted)"
+ELF_MAGIC = b"\x7fELF"  # elf(5)
+DELETED = " (deleted)"  # what proc(5) appends to the path of a mapped file that was unlinked
+# After its answer the probe only tears down, once released; a dead probe's last line says why.
 PROBE_EXIT_GRACE_S = 10.0
+LOG_TAIL_BYTES = 600
+REASON_CHARS = 300
+PROBE = (sys.executable, "-m", "chipaudit.devices.probe")
 # What each library is, for reviewers (file-name patterns; the first match wins).
 ROLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("driver", ("libcuda.so*", "libnvidia-*", "libnvcuvid*", "libhsa-runtime*", "libhsakmt*", "libamd_comgr*",
@@ -96,33 +99,34 @@ class ProbeProcess:
     """The probe, started at once so that the caller can hash other things while it imports torch and
     initialises the device; `result()` then waits for its device work and reads its maps."""
 
-    def __init__(self, device: str, timeout_s: float = STARTUP_TIMEOUT_S):
+    def __init__(self, device: str, timeout_s: float = STARTUP_TIMEOUT_S, wrappers: Sequence[Wrapper] = ()) -> None:
         self.device, self.timeout_s = device, timeout_s
         self.deadline = time.monotonic() + timeout_s
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the probe; close() closes it)
-        self.proc = subprocess.Popen([sys.executable, "-m", "chipaudit.devices.probe", "--device", device],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        self.child = Child(PROBE, wrappers)
+        self.child.send({"device": device})  # a probe that died at once is seen by result()
 
     def result(self) -> Probe:
-        proc = self.proc
-        assert proc.stdin is not None
-        message = _message(proc, max(0.0, self.deadline - time.monotonic()))
+        message = self.child.receive(max(0.0, self.deadline - time.monotonic()))
         if message is None:
-            raise ProbeError(_why(proc, self.stderr, self.timeout_s))
-        if message.get("status") != "ready":
+            raise ProbeError(self._why())
+        if message.get("status") != READY:
             raise ProbeError(f"the probe could not use {self.device}: {message.get('error')}")
-        maps = Path(f"/proc/{proc.pid}/maps").read_text()
-        proc.stdin.close()
-        proc.wait(timeout=PROBE_EXIT_GRACE_S)
+        # The probe's own pid, not the child's: a wrapper may stand between them.
+        maps = Path(f"/proc/{message['pid']}/maps").read_text()
+        self.child.close_input()
+        self.child.stop(grace_s=PROBE_EXIT_GRACE_S)
         return Probe(parse_maps(maps), message.get("torch", {}), message.get("refused", []))
 
+    def _why(self) -> str:
+        if not self.child.eof:
+            return f"the probe did no device work within {self.timeout_s:.0f} s"
+        status = self.child.wait(PROBE_EXIT_GRACE_S)
+        line = self.child.last_line(LOG_TAIL_BYTES)[:REASON_CHARS]
+        return f"the probe died (exit status {status})" + (f": {line}" if line else "")
+
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
-            if stream is not None and not stream.closed:
-                stream.close()
+        self.child.stop()
+        self.child.close()
 
     def __enter__(self) -> ProbeProcess:
         return self
@@ -135,28 +139,3 @@ def run_probe(device: str, timeout_s: float = STARTUP_TIMEOUT_S) -> Probe:
     """Start the probe, wait for its device work, read its maps, let it go."""
     with ProbeProcess(device, timeout_s) as probe:
         return probe.result()
-
-
-def _message(proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any] | None:
-    """The probe's status line. Vendor plugins may print to stdout first; those lines are skipped."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0 and select.select([proc.stdout], [], [], left)[0]:
-        line = proc.stdout.readline()
-        if not line:
-            return None
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(message, dict) and "status" in message:
-            return message
-    return None
-
-
-def _why(proc: subprocess.Popen[bytes], stderr: Any, timeout_s: float) -> str:
-    if proc.poll() is None:
-        return f"the probe did no device work within {timeout_s:.0f} s"
-    stderr.seek(0)
-    lines = stderr.read().decode(errors="replace").strip().splitlines()
-    return f"the probe died (exit status {proc.returncode})" + (f": {lines[-1][:300]}" if lines else "")
