@@ -1,5 +1,6 @@
-"""The fleet store's idempotency and the fleet summary's judgements, without a cluster (the cluster runs:
-test_fleet_ray)."""
+"""The fleet store's plan and resume, and the fleet summary's
+judgements, without a cluster (the cluster runs: test_fleet_ray; the store's guarantees on SQLite and
+PostgreSQL: test_store)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from evidence_support import synthetic_report
 
 from chipaudit.fleet import FleetOptions
 from chipaudit.fleet.cluster import device_resource
-from chipaudit.fleet.store import DONE, FAILED, LOST, PENDING, RUNNING, Audit, FleetStore, StoreProblem
+from chipaudit.fleet.store import DONE, FAILED, LOST, PENDING, Audit, FleetStore
 from chipaudit.fleet.summary import MIN_OUTLIER_FACTOR, modified_z, summarize
 from chipaudit.report.model import Category, CheckResult, Level, Report, Status
 
@@ -37,21 +38,6 @@ def _finish(store: FleetStore, node: str, report: Report) -> bool:
     return store.finish(RUN, (node, "cpu"), report.verdict.value, report.device.name, report.model_dump_json(), None)
 
 
-def test_a_finished_audit_is_written_once_and_never_overwritten(tmp_path: Path) -> None:
-    store = _store(tmp_path, 1)
-    store.start(RUN, ("n0", "cpu"))
-    assert store.counts(RUN) == {RUNNING: 1}
-    assert _finish(store, "n0", _report(1e9))
-    assert not _finish(store, "n0", _report(2e9))  # a retried task that finished too
-    store.fail(RUN, ("n0", "cpu"), LOST, "the node died")  # a late failure report
-    store.start(RUN, ("n0", "cpu"))
-    store.plan([Audit(RUN, "n0", "cpu", "cpu", PENDING, 0)])  # planned again by a resume
-    store.requeue(RUN)
-    (audit,) = store.audits(RUN)
-    assert (audit.state, audit.attempts, audit.reason) == (DONE, 1, None)
-    assert Report.model_validate_json(audit.report or "").checks[-2].measurements["flops"] == 1e9
-
-
 def test_resume_requeues_everything_unfinished(tmp_path: Path) -> None:
     store = _store(tmp_path, 4)
     assert _finish(store, "n0", _report(1e9))
@@ -62,12 +48,6 @@ def test_resume_requeues_everything_unfinished(tmp_path: Path) -> None:
     store.requeue(RUN)
     assert store.counts(RUN) == {DONE: 1, PENDING: 3}
     assert (store.run(RUN) or {})["state"] == "running"
-
-
-@pytest.mark.parametrize("url", ["mysql://host/db", "/no/such/folder/fleet.sqlite3"])
-def test_an_unusable_store_is_one_clear_problem(url: str) -> None:
-    with pytest.raises(StoreProblem):
-        FleetStore.open(url)
 
 
 def test_the_throttled_device_and_the_odd_stack_stand_out_among_their_peers(tmp_path: Path) -> None:
