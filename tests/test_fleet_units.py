@@ -1,16 +1,17 @@
-"""The fleet store's plan and resume, and the fleet summary's
+"""The fleet store's plan and resume, the fate of an oversized evidence bundle, and the fleet summary's
 judgements, without a cluster (the cluster runs: test_fleet_ray; the store's guarantees on SQLite and
 PostgreSQL: test_store)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from evidence_support import synthetic_report
 
-from chipaudit.fleet import FleetOptions
-from chipaudit.fleet.cluster import device_resource
+from chipaudit.fleet import FleetOptions, cluster
+from chipaudit.fleet.cluster import FleetRun, device_resource, pack_bundle
 from chipaudit.fleet.store import DONE, FAILED, LOST, PENDING, Audit, FleetStore
 from chipaudit.fleet.summary import MIN_OUTLIER_FACTOR, modified_z, summarize
 from chipaudit.report.model import Category, CheckResult, Level, Report, Status
@@ -48,6 +49,36 @@ def test_resume_requeues_everything_unfinished(tmp_path: Path) -> None:
     store.requeue(RUN)
     assert store.counts(RUN) == {DONE: 1, PENDING: 3}
     assert (store.run(RUN) or {})["state"] == "running"
+
+
+def _bundle(folder: Path, size: int) -> Path:
+    bundle = folder / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "evidence.bin").write_bytes(os.urandom(size))  # random: gzip cannot shrink it
+    return bundle
+
+
+def test_an_oversized_bundle_stays_on_its_node_and_the_store_says_where(
+        tmp_path: Path, private_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster, "MAX_BUNDLE_BYTES", 64 << 10)
+    packed, note = pack_bundle(_bundle(tmp_path / "small", 16 << 10), "r-n0-GPU-1")
+    assert packed is not None and note is None
+    kept = []
+    for attempt in ("first", "retried"):  # a retried twin never overwrites the kept one
+        packed, note = pack_bundle(_bundle(tmp_path / attempt, 256 << 10), "r-n0-GPU-1")
+        assert packed is None and note is not None and "over the 0.0625 MiB limit; kept on " in note
+        kept.append(Path(note.rsplit(" at ", 1)[1]))
+        assert not (tmp_path / attempt / "bundle").exists()
+    assert kept[0] != kept[1] and all((k / "evidence.bin").stat().st_size == 256 << 10 for k in kept)
+    assert kept[0].parent.parent == private_data_dir / "chipaudit" / cluster.KEPT_BUNDLES
+    assert pack_bundle(tmp_path / "none", "r-n0-GPU-1") == (None, "the audit wrote no evidence bundle")
+
+    store = _store(tmp_path, 1)
+    found: list[Audit] = []
+    run = FleetRun(store, RUN, [], [], 1, 0.0, 1, 60.0, lambda p: None, found.append)
+    run._finish(("n0", "cpu"), {"report": _report(1e9).to_json(), "bundle": None, "note": note})
+    assert [a.note for a in found] == [note] and store.audits(RUN)[0].bundle is None
+    assert summarize(store.run(RUN) or {}, store.audits(RUN))["audits"][0]["note"] == note
 
 
 def test_the_throttled_device_and_the_odd_stack_stand_out_among_their_peers(tmp_path: Path) -> None:
