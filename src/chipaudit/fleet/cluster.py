@@ -204,6 +204,9 @@ def audit_here(argv: list[str], env: dict[str, str], timeout_s: float, keep_as: 
                 "note": note, "message": tail[0] if tail else "", "host": socket.gethostname()}
 
 
+_audit_here = _remote(audit_here)
+
+
 def pack_bundle(bundle: Path, keep_as: str) -> tuple[bytes | None, str | None]:
     """The bundle packed to travel to the store, or None and a note saying why not and where it is.
 
@@ -235,8 +238,6 @@ def _safe(name: str) -> str:
     """A file name made of the characters every file system accepts."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
 
-
-_audit_here = _remote(audit_here)
 
 
 @dataclass
