@@ -8,20 +8,18 @@ under a 3x throttle from the built-in selftest fault models.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from store_support import Namespace, postgres_server
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -37,48 +35,6 @@ THROTTLE = """
 from chipaudit.selftest.faults import Throttle
 Throttle(factor={factor}, after_busy_s=0).install()
 """
-
-
-class Namespace:
-    """A network namespace with only loopback, held open by a sleeping process."""
-
-    def __init__(self) -> None:
-        self.holder = subprocess.Popen(["unshare", "--net", "--fork", "--kill-child", "sleep", "3600"])
-        # Ray keeps its sessions and sockets here; a cluster of its own per namespace.
-        self.ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            kids = psutil.Process(self.holder.pid).children()
-            if kids:
-                self.pid = kids[0].pid
-                break
-            time.sleep(0.05)
-        self.run("ip", "link", "set", "lo", "up")
-
-    def argv(self, *cmd: str) -> list[str]:
-        return ["nsenter", "-t", str(self.pid), "-n", *cmd]
-
-    def run(self, *cmd: str, env: dict[str, str] | None = None, timeout: float = 600,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run(self.argv(*cmd), env=env, capture_output=True, text=True, timeout=timeout)
-        if check and p.returncode != 0:
-            raise AssertionError(f"{cmd} exited {p.returncode}: {p.stdout[-2000:]} {p.stderr[-2000:]}")
-        return p
-
-    def close(self) -> None:
-        """Stop every process in the namespace (a whole Ray cluster), then the namespace itself.
-
-        Not `ray stop`, which stops every Ray process on the machine, other clusters included."""
-        ours = os.readlink(f"/proc/{self.pid}/ns/net")
-        for proc in psutil.process_iter():
-            try:
-                if proc.pid != self.pid and os.readlink(f"/proc/{proc.pid}/ns/net") == ours:
-                    proc.kill()
-            except (OSError, psutil.Error):
-                pass
-        self.holder.kill()
-        self.holder.wait()
-        shutil.rmtree(self.ray_dir, ignore_errors=True)
 
 
 def start_node(ns: Namespace, env: dict[str, str], name: str, head: bool = False) -> None:
@@ -167,25 +123,10 @@ def check_throttled_run(result: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def postgres(cluster: tuple[Namespace, dict[str, str]], workdir: Path) -> Iterator[str]:
-    """A real PostgreSQL server inside the namespace, on 127.0.0.1, run as the postgres user."""
+def postgres(cluster: tuple[Namespace, dict[str, str]]) -> Iterator[str]:
     ns, env = cluster
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
-    bindir = Path(bins[-1]).parent
-    # Under a folder the postgres user can reach (pytest's own are private to root).
-    data = Path(tempfile.mkdtemp(prefix="chipaudit-pg-"))
-    subprocess.run(["chown", "postgres:postgres", str(data)], check=True)
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    ns.run(*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", env=env)
-    ns.run(*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
-           f"-c listen_addresses=127.0.0.1 -p {PG_PORT} -k {data}", "start", env=env)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{PG_PORT}/postgres"
-    finally:
-        ns.run(*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop", env=env, check=False)
-        shutil.rmtree(data, ignore_errors=True)
+    with postgres_server(ns, PG_PORT, env) as server:
+        yield server.url
 
 
 def test_fleet_run_stores_one_result_per_device_and_flags_the_throttled_node(cluster, workdir: Path) -> None:

@@ -1,16 +1,18 @@
-"""The fleet store's idempotency and the fleet summary's judgements, without a cluster (the cluster runs:
-test_fleet_ray)."""
+"""The fleet store's plan and resume, the fate of an oversized evidence bundle, and the fleet summary's
+judgements, without a cluster (the cluster runs: test_fleet_ray; the store's guarantees on SQLite and
+PostgreSQL: test_store)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from evidence_support import synthetic_report
 
-from chipaudit.fleet import FleetOptions
-from chipaudit.fleet.cluster import device_resource
-from chipaudit.fleet.store import DONE, FAILED, LOST, PENDING, RUNNING, Audit, FleetStore, StoreProblem
+from chipaudit.fleet import FleetOptions, cluster
+from chipaudit.fleet.cluster import FleetRun, device_resource, pack_bundle
+from chipaudit.fleet.store import DONE, FAILED, LOST, PENDING, Audit, FleetStore
 from chipaudit.fleet.summary import MIN_OUTLIER_FACTOR, modified_z, summarize
 from chipaudit.report.model import Category, CheckResult, Level, Report, Status
 
@@ -37,21 +39,6 @@ def _finish(store: FleetStore, node: str, report: Report) -> bool:
     return store.finish(RUN, (node, "cpu"), report.verdict.value, report.device.name, report.model_dump_json(), None)
 
 
-def test_a_finished_audit_is_written_once_and_never_overwritten(tmp_path: Path) -> None:
-    store = _store(tmp_path, 1)
-    store.start(RUN, ("n0", "cpu"))
-    assert store.counts(RUN) == {RUNNING: 1}
-    assert _finish(store, "n0", _report(1e9))
-    assert not _finish(store, "n0", _report(2e9))  # a retried task that finished too
-    store.fail(RUN, ("n0", "cpu"), LOST, "the node died")  # a late failure report
-    store.start(RUN, ("n0", "cpu"))
-    store.plan([Audit(RUN, "n0", "cpu", "cpu", PENDING, 0)])  # planned again by a resume
-    store.requeue(RUN)
-    (audit,) = store.audits(RUN)
-    assert (audit.state, audit.attempts, audit.reason) == (DONE, 1, None)
-    assert Report.model_validate_json(audit.report or "").checks[-2].measurements["flops"] == 1e9
-
-
 def test_resume_requeues_everything_unfinished(tmp_path: Path) -> None:
     store = _store(tmp_path, 4)
     assert _finish(store, "n0", _report(1e9))
@@ -64,10 +51,34 @@ def test_resume_requeues_everything_unfinished(tmp_path: Path) -> None:
     assert (store.run(RUN) or {})["state"] == "running"
 
 
-@pytest.mark.parametrize("url", ["mysql://host/db", "/no/such/folder/fleet.sqlite3"])
-def test_an_unusable_store_is_one_clear_problem(url: str) -> None:
-    with pytest.raises(StoreProblem):
-        FleetStore.open(url)
+def _bundle(folder: Path, size: int) -> Path:
+    bundle = folder / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "evidence.bin").write_bytes(os.urandom(size))  # random: gzip cannot shrink it
+    return bundle
+
+
+def test_an_oversized_bundle_stays_on_its_node_and_the_store_says_where(
+        tmp_path: Path, private_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster, "MAX_BUNDLE_BYTES", 64 << 10)
+    packed, note = pack_bundle(_bundle(tmp_path / "small", 16 << 10), "r-n0-GPU-1")
+    assert packed is not None and note is None
+    kept = []
+    for attempt in ("first", "retried"):  # a retried twin never overwrites the kept one
+        packed, note = pack_bundle(_bundle(tmp_path / attempt, 256 << 10), "r-n0-GPU-1")
+        assert packed is None and note is not None and "over the 0.0625 MiB limit; kept on " in note
+        kept.append(Path(note.rsplit(" at ", 1)[1]))
+        assert not (tmp_path / attempt / "bundle").exists()
+    assert kept[0] != kept[1] and all((k / "evidence.bin").stat().st_size == 256 << 10 for k in kept)
+    assert kept[0].parent.parent == private_data_dir / "chipaudit" / cluster.KEPT_BUNDLES
+    assert pack_bundle(tmp_path / "none", "r-n0-GPU-1") == (None, "the audit wrote no evidence bundle")
+
+    store = _store(tmp_path, 1)
+    found: list[Audit] = []
+    run = FleetRun(store, RUN, [], [], 1, 0.0, 1, 60.0, lambda p: None, found.append)
+    run._finish(("n0", "cpu"), {"report": _report(1e9).to_json(), "bundle": None, "note": note})
+    assert [a.note for a in found] == [note] and store.audits(RUN)[0].bundle is None
+    assert summarize(store.run(RUN) or {}, store.audits(RUN))["audits"][0]["note"] == note
 
 
 def test_the_throttled_device_and_the_odd_stack_stand_out_among_their_peers(tmp_path: Path) -> None:

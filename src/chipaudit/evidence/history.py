@@ -1,9 +1,10 @@
-"""The history of runs: every audit recorded in an embedded SQLite database.
+"""The history of runs: every audit recorded in the store (chipaudit.store), by default an SQLite file in
+the user's data folder.
 
 One row per run (with the whole report, so nothing measured is lost), one per check, and one per key
 figure, so that a device's verdicts and figures can be followed over months. Each run is written in a
-single IMMEDIATE transaction: concurrent runs queue on SQLite's lock (for up to LOCK_TIMEOUT_S) and
-never interleave, and a crash mid-write leaves the database as it was.
+single transaction: concurrent runs queue on the store's lock and never interleave, and a crash mid-write
+leaves the database as it was.
 
 A device is identified by a serial or UUID its report carries, else by host and device string.
 """
@@ -11,68 +12,29 @@ A device is identified by a serial or UUID its report carries, else by host and 
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sqlalchemy import insert, or_, select
+
 from chipaudit.report.figures import scalar_figures
 from chipaudit.report.model import Report, Status
+from chipaudit.store import Store, StoreAbsent, StoreError
+from chipaudit.store.dialects import is_postgres
+from chipaudit.store.schema import checks as checks_table
+from chipaudit.store.schema import figures as figures_table
+from chipaudit.store.schema import runs as runs_table
 
 DB_NAME = "history.sqlite3"
-SCHEMA_VERSION = 1
-# A deep audit holds the lock for milliseconds; minutes of waiting means something is wrong.
-LOCK_TIMEOUT_S = 60.0
 # Device properties that name one physical device, in order of preference.
 IDENTITY_KEYS = ("uuid", "serial", "device_uuid", "serial_number")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    recorded TEXT NOT NULL,
-    started TEXT NOT NULL,
-    finished TEXT,
-    device_id TEXT NOT NULL,
-    device_spec TEXT NOT NULL,
-    device_name TEXT NOT NULL,
-    hostname TEXT NOT NULL,
-    level TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    verdict TEXT NOT NULL,
-    complete INTEGER NOT NULL,
-    tool_version TEXT NOT NULL,
-    passed INTEGER NOT NULL,
-    failed INTEGER NOT NULL,
-    warning INTEGER NOT NULL,
-    skipped INTEGER NOT NULL,
-    error INTEGER NOT NULL,
-    findings INTEGER NOT NULL,
-    bundle TEXT,
-    report TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_by_device ON runs (device_id, started);
-CREATE TABLE IF NOT EXISTS checks (
-    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    check_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    duration_s REAL NOT NULL,
-    PRIMARY KEY (run_id, check_id)
-);
-CREATE TABLE IF NOT EXISTS figures (
-    run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
-    check_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value REAL NOT NULL,
-    PRIMARY KEY (run_id, check_id, name)
-);
-"""
-
-
-class HistoryProblem(Exception):
-    """The history database cannot be read or written; the message is one line."""
+# The store's error, under the name callers of the history have always caught.
+HistoryProblem = StoreError
 
 
 def data_dir() -> Path:
@@ -100,55 +62,40 @@ def device_id(report: Report) -> str:
 
 
 @contextmanager
-def _connect(db: Path, create: bool) -> Iterator[sqlite3.Connection]:
-    if create:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    elif not db.exists():
-        raise HistoryProblem(f"{db}: no history yet (runs are recorded there by chipaudit run)")
-    uri = f"{db.resolve().as_uri()}?mode={'rwc' if create else 'ro'}"
+def _opened(db: Path | str, create: bool) -> Iterator[Store]:
+    """The store, made (folder included) when recording; reading never creates an empty one."""
+    if create and not is_postgres(db):
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with closing(sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S, isolation_level=None)) as conn:
-            conn.execute("PRAGMA foreign_keys = ON")
-            yield conn
-    except sqlite3.DatabaseError as e:
-        raise HistoryProblem(f"{db}: {e}") from None
+        store = Store.open(db, create=create)
+    except StoreAbsent:
+        raise StoreError(f"{db}: no history yet (runs are recorded there by chipaudit run)") from None
+    with store:
+        yield store
 
 
-def record(db: Path, report: Report, bundle: Path | None = None) -> int:
-    """Store one run; returns its id."""
+def record(db: Path | str, report: Report, bundle: Path | None = None) -> int:
+    """Store one run in a SQLite file or a postgresql:// URL; returns its id."""
     counts = {s: sum(c.status is s for c in report.checks) for s in Status}
-    with _connect(db, create=True) as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise HistoryProblem(f"{db}: written by a newer chipaudit (history schema {version})")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            cursor = conn.execute(
-                "INSERT INTO runs (recorded, started, finished, device_id, device_spec, device_name, hostname,"
-                " level, seed, verdict, complete, tool_version, passed, failed, warning, skipped, error,"
-                " findings, bundle, report) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (datetime.now(timezone.utc).isoformat(), report.started.isoformat(),
-                 report.finished.isoformat() if report.finished else None, device_id(report),
-                 report.device.spec, report.device.name, report.environment.hostname, report.level.value,
-                 report.seed, report.verdict.value, int(report.complete), report.tool.version,
-                 counts[Status.passed], counts[Status.failed], counts[Status.warning], counts[Status.skipped],
-                 counts[Status.error], len(report.findings), str(bundle.resolve()) if bundle else None,
-                 report.to_json()),
-            )
-            run_id = int(cursor.lastrowid or 0)
-            conn.executemany("INSERT INTO checks VALUES (?,?,?,?)",
-                             [(run_id, c.id, c.status.value, c.duration_s) for c in report.checks])
-            conn.executemany("INSERT INTO figures VALUES (?,?,?,?)",
-                             [(run_id, c.id, name, value) for c in report.checks
-                              for name, value in scalar_figures(c).items()])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    row = {
+        "recorded": datetime.now(timezone.utc).isoformat(), "started": report.started.isoformat(),
+        "finished": report.finished.isoformat() if report.finished else None, "device_id": device_id(report),
+        "device_spec": report.device.spec, "device_name": report.device.name,
+        "hostname": report.environment.hostname, "level": report.level.value, "seed": report.seed,
+        "verdict": report.verdict.value, "complete": report.complete, "tool_version": report.tool.version,
+        "passed": counts[Status.passed], "failed": counts[Status.failed], "warning": counts[Status.warning],
+        "skipped": counts[Status.skipped], "error": counts[Status.error], "findings": len(report.findings),
+        "bundle": str(bundle.resolve()) if bundle else None, "report": report.to_json(),
+    }
+    with _opened(db, create=True) as store, store.write() as conn:
+        run_id = int(conn.execute(insert(runs_table), row).inserted_primary_key[0])
+        check_rows = [{"run_id": run_id, "check_id": c.id, "status": c.status.value, "duration_s": c.duration_s}
+                      for c in report.checks]
+        figure_rows = [{"run_id": run_id, "check_id": c.id, "name": name, "value": value}
+                       for c in report.checks for name, value in scalar_figures(c).items()]
+        for table, rows in ((checks_table, check_rows), (figures_table, figure_rows)):
+            if rows:  # an empty list would be one insert of no values
+                conn.execute(insert(table), rows)
     return run_id
 
 
@@ -171,33 +118,25 @@ class Run:
     findings: int
 
 
-_RUN_COLUMNS = ("id, started, device_id, device_spec, device_name, level, seed, verdict, complete, passed, "
-                "failed, warning, skipped, error, findings")
+def runs(db: Path | str, device: str | None = None, limit: int = 50) -> list[Run]:
+    """The latest `limit` runs (of one device, when given: its id, device string or name), oldest first."""
+    t = runs_table.c
+    query = select(*(runs_table.c[name] for name in Run.__dataclass_fields__))
+    if device is not None:
+        query = query.where(or_(t.device_id == device, t.device_spec == device, t.device_name == device))
+    with _opened(db, create=False) as store, store.read() as conn:
+        rows = conn.execute(query.order_by(t.started.desc(), t.id.desc()).limit(limit)).all()
+    return [Run(**{**row._asdict(), "complete": bool(row.complete)}) for row in reversed(rows)]
 
 
-def _device_clause(device: str | None) -> tuple[str, tuple[str, ...]]:
-    if device is None:
-        return "", ()
-    return " WHERE device_id = ? OR device_spec = ? OR device_name = ?", (device, device, device)
-
-
-def runs(db: Path, device: str | None = None, limit: int = 50) -> list[Run]:
-    """The latest `limit` runs (of one device, when given), oldest first."""
-    where, args = _device_clause(device)
-    with _connect(db, create=False) as conn:
-        rows = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs{where} ORDER BY started DESC, id DESC LIMIT ?",
-                            (*args, limit)).fetchall()
-    return [Run(*row[:8], bool(row[8]), *row[9:]) for row in reversed(rows)]
-
-
-def figures(db: Path, run_ids: list[int]) -> dict[tuple[str, str], dict[int, float]]:
+def figures(db: Path | str, run_ids: list[int]) -> dict[tuple[str, str], dict[int, float]]:
     """(check, figure) -> {run id: value} for the given runs."""
     found: dict[tuple[str, str], dict[int, float]] = {}
     if not run_ids:
         return found
-    marks = ",".join("?" * len(run_ids))
-    with _connect(db, create=False) as conn:
+    t = figures_table.c
+    with _opened(db, create=False) as store, store.read() as conn:
         for run_id, check_id, name, value in conn.execute(
-                f"SELECT run_id, check_id, name, value FROM figures WHERE run_id IN ({marks})", run_ids):
+                select(t.run_id, t.check_id, t.name, t.value).where(t.run_id.in_(run_ids))):
             found.setdefault((check_id, name), {})[run_id] = value
     return found

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,8 +36,10 @@ from chipaudit.fleet.store import DONE, FAILED, LOST, Audit, FleetStore
 CONNECT_TIMEOUT_S = 25.0
 # A node label that names a node stably across restarts (`ray start --labels '{"chipaudit-node": "n1"}'`).
 NODE_LABEL = "chipaudit-node"
-# Largest evidence bundle streamed back per audit; a bigger one is kept on the node and noted.
+# Largest evidence bundle (packed) streamed back per audit. A bigger one stays on its node, in the data
+# folder under KEPT_BUNDLES, and the audit's row in the store notes where (Audit.note).
 MAX_BUNDLE_BYTES = 64 << 20
+KEPT_BUNDLES = "fleet-bundles"
 # The ray.wait poll interval: how quickly progress and dead nodes are noticed.
 POLL_S = 0.5
 # Ray's own accelerator resources besides GPU (docs.ray.io, "Accelerator Support"), and the torch
@@ -185,8 +188,9 @@ def _gpu_uuids_impl() -> list[str]:
 _gpu_uuids = _remote(_gpu_uuids_impl)
 
 
-def audit_here(argv: list[str], env: dict[str, str], timeout_s: float) -> dict[str, Any]:
-    """The Ray task: an ordinary `chipaudit run` on this node; returns its report and bundle."""
+def audit_here(argv: list[str], env: dict[str, str], timeout_s: float, keep_as: str = "audit") -> dict[str, Any]:
+    """The Ray task: an ordinary `chipaudit run` on this node; returns its report, its bundle and a note
+    when the bundle could not come along (`keep_as` names the folder an oversized one is kept in)."""
     with tempfile.TemporaryDirectory(prefix="chipaudit-fleet-") as tmp:
         report, bundle = Path(tmp) / "report.json", Path(tmp) / "bundle"
         cmd = [sys.executable, "-m", "chipaudit", "run", *argv, "--json", str(report), "--bundle", str(bundle)]
@@ -195,17 +199,45 @@ def audit_here(argv: list[str], env: dict[str, str], timeout_s: float) -> dict[s
             code, tail = p.returncode, (p.stderr or p.stdout).strip().splitlines()[-1:]
         except subprocess.TimeoutExpired:
             code, tail = -1, [f"the audit did not finish within {timeout_s:.0f} s"]
-        packed = None
-        if bundle.is_dir():
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-                tar.add(bundle, arcname="bundle")
-            packed = buffer.getvalue() if buffer.tell() <= MAX_BUNDLE_BYTES else None
+        packed, note = pack_bundle(bundle, keep_as)
         return {"exit": code, "report": report.read_text() if report.exists() else None, "bundle": packed,
-                "message": tail[0] if tail else "", "host": socket.gethostname()}
+                "note": note, "message": tail[0] if tail else "", "host": socket.gethostname()}
 
 
 _audit_here = _remote(audit_here)
+
+
+def pack_bundle(bundle: Path, keep_as: str) -> tuple[bytes | None, str | None]:
+    """The bundle packed to travel to the store, or None and a note saying why not and where it is.
+
+    An oversized bundle is evidence all the same: it is moved out of the task's temporary folder, which
+    is deleted, into a folder of its own on this node (never reused, so a retried twin cannot overwrite
+    the one the store points at)."""
+    if not bundle.is_dir():
+        return None, "the audit wrote no evidence bundle"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(bundle, arcname="bundle")
+    size = buffer.tell()
+    if size <= MAX_BUNDLE_BYTES:
+        return buffer.getvalue(), None
+    from chipaudit.evidence.history import data_dir
+
+    too_big = f"evidence bundle of {size / 2**20:.1f} MiB packed is over the {MAX_BUNDLE_BYTES / 2**20:g} MiB limit"
+    try:
+        home = data_dir() / KEPT_BUNDLES
+        home.mkdir(parents=True, exist_ok=True)
+        kept = Path(tempfile.mkdtemp(prefix=f"{_safe(keep_as)}-", dir=home))
+        shutil.move(str(bundle), str(kept / "bundle"))
+    except OSError as e:
+        return None, f"{too_big}; it could not be kept on {socket.gethostname()} ({e}) and is lost"
+    return None, f"{too_big}; kept on {socket.gethostname()} at {kept / 'bundle'}"
+
+
+def _safe(name: str) -> str:
+    """A file name made of the characters every file system accepts."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100]
+
 
 
 @dataclass
@@ -269,7 +301,8 @@ class FleetRun:
         return _audit_here.options(
             num_cpus=slot.resources.get("CPU", 0), num_gpus=slot.resources.get("GPU", 0), resources=custom,
             scheduling_strategy=_pinned(slot.node_id), max_retries=0,
-        ).remote([*self.argv, "--device", slot.device], slot.env, self.audit_timeout_s)
+        ).remote([*self.argv, "--device", slot.device], slot.env, self.audit_timeout_s,
+                 f"{self.run_id}-{slot.node}-{slot.device_uuid}")
 
     def _collect(self, ref: Any, key: tuple[str, str]) -> str | None:
         """Store the audit's outcome; return why it should be retried, if it should."""
@@ -295,7 +328,7 @@ class FleetRun:
 
         report = Report.model_validate_json(result["report"])
         if self.store.finish(self.run_id, key, report.verdict.value, report.device.name, result["report"],
-                             result["bundle"]):
+                             result["bundle"], result.get("note")):
             self.on_result(self.store.audits(self.run_id, key)[0])
 
     def _lost(self, key: tuple[str, str], why: str) -> None:

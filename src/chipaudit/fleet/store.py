@@ -1,57 +1,30 @@
-"""The central store of a fleet run: one row per planned audit, keyed (run id, node, device UUID).
+"""The central store of a fleet run: one row per planned audit, keyed (run id, node, device UUID), in the
+one store (chipaudit.store) beside the run history: SQLite by default, or PostgreSQL.
 
-SQLite (the history database, by default) or PostgreSQL, through the same few statements. Every write
-is one transaction, so a driver that dies or is interrupted leaves the store consistent, and a finished
-audit is written once: a retried task that finishes again never duplicates or overwrites its row.
+Every write is one transaction, so a driver that dies or is interrupted leaves the store consistent, and
+a finished audit is written once: a retried task that finishes again never duplicates or overwrites its
+row. A run's plan is fixed when it is created: resume finishes those audits, and a device that joined the
+cluster since belongs to a new run, so that a run's counts always mean the devices it set out to audit.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-# Seconds to wait for a lock (SQLite) or a connection (PostgreSQL) before giving up with a clear error.
-CONNECT_TIMEOUT_S = 10
+from sqlalchemy import ColumnElement, and_, func, insert, select, update
+
+from chipaudit.store import Store, StoreError
+from chipaudit.store.schema import fleet_audits, fleet_runs
+
 # Audit states. Only `pending` audits are (re)scheduled by resume; `done`, `failed` and `lost` are final
 # for a run, though resume retries `lost` and `failed` ones too.
 PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "lost"
-UNFINISHED = (PENDING, RUNNING, FAILED, LOST)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS fleet_runs (
-    run_id TEXT PRIMARY KEY,
-    created TEXT NOT NULL,
-    finished TEXT,
-    state TEXT NOT NULL,
-    config TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS fleet_audits (
-    run_id TEXT NOT NULL REFERENCES fleet_runs (run_id),
-    node TEXT NOT NULL,
-    device_uuid TEXT NOT NULL,
-    device TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    verdict TEXT,
-    reason TEXT,
-    model TEXT,
-    started TEXT,
-    finished TEXT,
-    report TEXT,
-    bundle {blob},
-    PRIMARY KEY (run_id, node, device_uuid)
-)
-"""
-
-
-class StoreProblem(Exception):
-    """The store cannot be opened or used; the message is one line."""
+# The store's error, under the name the fleet commands have always caught.
+StoreProblem = StoreError
 
 
 @dataclass
@@ -69,13 +42,14 @@ class Audit:
     finished: str | None = None
     report: str | None = None
     bundle: bytes | None = None
+    note: str | None = None  # why the evidence bundle is not in the store, and where it stays
 
     @property
     def key(self) -> tuple[str, str]:
         return self.node, self.device_uuid
 
 
-_COLUMNS = tuple(Audit.__dataclass_fields__)
+_COLUMNS = [fleet_audits.c[name] for name in Audit.__dataclass_fields__]
 
 
 def now() -> str:
@@ -83,148 +57,91 @@ def now() -> str:
 
 
 class FleetStore:
-    """Holds one connection; `?` placeholders are translated for PostgreSQL's `%s`."""
+    """The fleet runs' queries over one Store; every method is one transaction."""
 
-    def __init__(self, connection: Any, postgres: bool):
-        self.connection, self.postgres = connection, postgres
-        with self._transaction() as cur:
-            for statement in _SCHEMA.format(blob="BYTEA" if postgres else "BLOB").split(";"):
-                cur.execute(statement)
+    def __init__(self, store: Store):
+        self.store = store
 
     @classmethod
     def open(cls, url: str) -> FleetStore:
-        if url.startswith(("postgresql://", "postgres://")):
-            try:
-                import psycopg
-            except ImportError as e:
-                raise StoreProblem("a PostgreSQL store needs psycopg: pip install 'chipaudit[fleet]'") from e
-            try:
-                connection = psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S)
-            except psycopg.Error as e:
-                raise StoreProblem(f"cannot connect to {_redact(url)}: {_first_line(e)}") from e
-            return cls(connection, postgres=True)
-        if "://" in url:
-            raise StoreProblem(f"{url}: a store is a SQLite file path or a postgresql:// URL")
-        path = Path(url)
-        if not path.parent.exists():
-            raise StoreProblem(f"{url}: the folder {path.parent} does not exist")
-        try:
-            connection = sqlite3.connect(path, timeout=CONNECT_TIMEOUT_S, isolation_level=None)
-            return cls(connection, postgres=False)
-        except sqlite3.Error as e:
-            raise StoreProblem(f"{url}: not a usable SQLite database: {_first_line(e)}") from e
+        """A SQLite file path (made if missing, in an existing folder) or a postgresql:// URL."""
+        return cls(Store.open(url))
+
+    @property
+    def postgres(self) -> bool:
+        return self.store.postgres
 
     def close(self) -> None:
-        self.connection.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        if self.postgres:
-            with self.connection.transaction(), self.connection.cursor() as cur:
-                yield cur
-            return
-        cur = self.connection.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
-
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s") if self.postgres else statement
+        self.store.close()
 
     def create_run(self, run_id: str, config: dict[str, Any], audits: list[Audit]) -> None:
-        with self._transaction() as cur:
-            cur.execute(self._sql("INSERT INTO fleet_runs (run_id, created, state, config) VALUES (?, ?, ?, ?)"),
-                        (run_id, now(), "running", json.dumps(config)))
-            self._plan(cur, audits)
-
-    def plan(self, audits: list[Audit]) -> None:
-        """Add planned audits that are not there yet (a resumed run may find new ones)."""
-        with self._transaction() as cur:
-            self._plan(cur, audits)
-
-    def _plan(self, cur: Any, audits: list[Audit]) -> None:
-        for a in audits:
-            cur.execute(self._sql(
-                "INSERT INTO fleet_audits (run_id, node, device_uuid, device, state, attempts) "
-                "VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (run_id, node, device_uuid) DO NOTHING"),
-                (a.run_id, a.node, a.device_uuid, a.device, PENDING))
+        """The run and its plan, at once. A device listed twice is planned once."""
+        with self.store.write() as conn:
+            conn.execute(insert(fleet_runs), {"run_id": run_id, "created": now(), "state": "running",
+                                              "config": json.dumps(config)})
+            if audits:
+                conn.execute(self.store.insert_ignoring_duplicates(conn, fleet_audits), [
+                    {"run_id": a.run_id, "node": a.node, "device_uuid": a.device_uuid, "device": a.device,
+                     "state": PENDING, "attempts": 0} for a in audits])
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        with self._transaction() as cur:
-            cur.execute(self._sql("SELECT run_id, created, finished, state, config FROM fleet_runs WHERE run_id = ?"),
-                        (run_id,))
-            row = cur.fetchone()
+        t = fleet_runs.c
+        with self.store.read() as conn:
+            row = conn.execute(select(t.run_id, t.created, t.finished, t.state, t.config)
+                               .where(t.run_id == run_id)).first()
         if row is None:
             return None
-        return {"run_id": row[0], "created": row[1], "finished": row[2], "state": row[3],
-                "config": json.loads(row[4])}
+        return {**row._asdict(), "config": json.loads(row.config)}
 
     def set_run_state(self, run_id: str, state: str) -> None:
-        with self._transaction() as cur:
-            cur.execute(self._sql("UPDATE fleet_runs SET state = ?, finished = ? WHERE run_id = ?"),
-                        (state, now() if state == "finished" else None, run_id))
+        with self.store.write() as conn:
+            conn.execute(update(fleet_runs).where(fleet_runs.c.run_id == run_id)
+                         .values(state=state, finished=now() if state == "finished" else None))
 
     def audits(self, run_id: str, key: tuple[str, str] | None = None) -> list[Audit]:
-        where, args = ("run_id = ?", (run_id,)) if key is None else (
-            "run_id = ? AND node = ? AND device_uuid = ?", (run_id, *key))
-        with self._transaction() as cur:
-            cur.execute(self._sql(f"SELECT {', '.join(_COLUMNS)} FROM fleet_audits WHERE {where} "
-                                  "ORDER BY node, device_uuid"), args)
-            rows = cur.fetchall()
-        return [Audit(*(bytes(v) if isinstance(v, memoryview) else v for v in row)) for row in rows]
+        t = fleet_audits.c
+        where = t.run_id == run_id if key is None else _one(run_id, key)
+        with self.store.read() as conn:
+            rows = conn.execute(select(*_COLUMNS).where(where).order_by(t.node, t.device_uuid)).all()
+        return [Audit(**{**row._asdict(), "bundle": None if row.bundle is None else bytes(row.bundle)})
+                for row in rows]
 
     def counts(self, run_id: str) -> dict[str, int]:
-        with self._transaction() as cur:
-            cur.execute(self._sql("SELECT state, COUNT(*) FROM fleet_audits WHERE run_id = ? GROUP BY state"),
-                        (run_id,))
-            return {state: int(n) for state, n in cur.fetchall()}
+        t = fleet_audits.c
+        with self.store.read() as conn:
+            rows = conn.execute(select(t.state, func.count()).where(t.run_id == run_id).group_by(t.state)).all()
+        return {state: int(n) for state, n in rows}
 
     def start(self, run_id: str, key: tuple[str, str]) -> None:
-        with self._transaction() as cur:
-            cur.execute(self._sql(
-                "UPDATE fleet_audits SET state = ?, attempts = attempts + 1, started = ?, reason = NULL "
-                "WHERE run_id = ? AND node = ? AND device_uuid = ? AND state <> ?"),
-                (RUNNING, now(), run_id, *key, DONE))
+        self._unless_done(run_id, key, state=RUNNING, attempts=fleet_audits.c.attempts + 1, started=now(),
+                          reason=None)
 
     def finish(self, run_id: str, key: tuple[str, str], verdict: str, model: str, report: str,
-               bundle: bytes | None) -> bool:
+               bundle: bytes | None, note: str | None = None) -> bool:
         """Record a finished audit once; False when it was already recorded (a duplicate finish)."""
-        with self._transaction() as cur:
-            cur.execute(self._sql(
-                "UPDATE fleet_audits SET state = ?, verdict = ?, model = ?, report = ?, bundle = ?, finished = ?, "
-                "reason = NULL WHERE run_id = ? AND node = ? AND device_uuid = ? AND state <> ?"),
-                (DONE, verdict, model, report, bundle, now(), run_id, *key, DONE))
-            return bool(cur.rowcount)
+        return self._unless_done(run_id, key, state=DONE, verdict=verdict, model=model, report=report,
+                                 bundle=bundle, note=note, finished=now(), reason=None)
 
     def fail(self, run_id: str, key: tuple[str, str], state: str, reason: str) -> None:
-        with self._transaction() as cur:
-            cur.execute(self._sql(
-                "UPDATE fleet_audits SET state = ?, reason = ?, finished = ? "
-                "WHERE run_id = ? AND node = ? AND device_uuid = ? AND state <> ?"),
-                (state, reason[:1000], now(), run_id, *key, DONE))
+        self._unless_done(run_id, key, state=state, reason=reason[:1000], finished=now())
+
+    def _unless_done(self, run_id: str, key: tuple[str, str], **values: Any) -> bool:
+        """The one way an audit's row changes: never once it is done, so a finished result stands. On
+        PostgreSQL a concurrent twin waits for the row's lock and then sees `done`."""
+        with self.store.write() as conn:
+            changed = conn.execute(update(fleet_audits).where(_one(run_id, key), fleet_audits.c.state != DONE)
+                                   .values(**values))
+            return bool(changed.rowcount)
 
     def requeue(self, run_id: str) -> None:
         """Everything not finished becomes pending again, for resume."""
-        with self._transaction() as cur:
-            cur.execute(self._sql("UPDATE fleet_audits SET state = ? WHERE run_id = ? AND state <> ?"),
-                        (PENDING, run_id, DONE))
-            cur.execute(self._sql("UPDATE fleet_runs SET state = ?, finished = NULL WHERE run_id = ?"),
-                        ("running", run_id))
+        with self.store.write() as conn:
+            conn.execute(update(fleet_audits).where(fleet_audits.c.run_id == run_id, fleet_audits.c.state != DONE)
+                         .values(state=PENDING))
+            conn.execute(update(fleet_runs).where(fleet_runs.c.run_id == run_id)
+                         .values(state="running", finished=None))
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def _redact(url: str) -> str:
-    """Never print a password from a database URL."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}" if ":" in credentials else url
+def _one(run_id: str, key: tuple[str, str]) -> ColumnElement[bool]:
+    t = fleet_audits.c
+    return and_(t.run_id == run_id, t.node == key[0], t.device_uuid == key[1])

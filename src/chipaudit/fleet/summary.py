@@ -154,6 +154,7 @@ def summarize(run: dict[str, Any], audits: list[Audit]) -> dict[str, Any]:
         "outliers": [asdict(o) for o in _outliers(done)],
         "stack_deviants": _stack_deviants(done),
         "audits": [{"node": a.node, "device_uuid": a.device_uuid, "device": a.device, "state": a.state,
-                    "attempts": a.attempts, "verdict": a.verdict, "model": a.model, "reason": a.reason}
+                    "attempts": a.attempts, "verdict": a.verdict, "model": a.model, "reason": a.reason,
+                    "note": a.note}
                    for a in audits],
     }
