@@ -14,6 +14,7 @@ from evidence_support import synthetic_report
 
 from chipaudit.evidence import history
 from chipaudit.report.model import CheckResult
+from chipaudit.store import StoreError
 
 WRITERS, RUNS_EACH = 6, 15
 
@@ -50,7 +51,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     history.record(db, synthetic_report())
     broken = synthetic_report()
     broken.checks.append(CheckResult.model_validate(broken.checks[0].model_dump()))  # a duplicate check id
-    with pytest.raises(history.HistoryProblem):
+    with pytest.raises(StoreError):
         history.record(db, broken)
     runs = history.runs(db)
     assert len(runs) == 1

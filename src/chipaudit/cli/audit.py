@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,6 +13,7 @@ from chipaudit.cli.common import (
     FAIL,
     INCONCLUSIVE,
     DeviceOption,
+    Inconclusive,
     Kind,
     UsageError,
     app,
@@ -29,6 +29,7 @@ from chipaudit.cli.common import (
     usage_errors,
 )
 from chipaudit.report.model import EXIT_CODES, Level, Report
+from chipaudit.store import StoreError, StoreTargetError
 
 if TYPE_CHECKING:
     from chipaudit.evidence.publish import Outputs
@@ -251,7 +252,8 @@ def report(
 def history(
     device: Annotated[str | None, typer.Option(help="Show one device (its id, device string or name) over "
                                                "time, with its key figures.")] = None,
-    db: Annotated[Path | None, typer.Option(help="History database (default: the user's data folder).")] = None,
+    db: Annotated[str | None, typer.Option(help="History store: a SQLite file or a postgresql:// URL (default: "
+                                              "history.sqlite3 in the user's data folder).")] = None,
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many runs, the latest.")] = 20,
 ) -> None:
     """List recorded runs, or one device's verdicts and figures by date.
@@ -262,11 +264,13 @@ def history(
     from chipaudit.report.history_view import figures_table, runs_table
 
     path = db or runs_db.default_db()
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", str(db or "")):
-        raise UsageError(f"--db {db}: history reads a SQLite file (a fleet's store: chipaudit fleet report)")
-    with usage_errors(runs_db.HistoryProblem):
+    try:
         runs = runs_db.runs(path, device, limit)
         trends = runs_db.figures(path, [r.id for r in runs]) if device else {}
+    except StoreTargetError:
+        raise
+    except StoreError as e:  # a store that cannot be reached or read: nothing wrong with the input
+        raise Inconclusive(str(e)) from None
     if not runs:
         say(f"no runs recorded{f' for {device}' if device else ''} in {path}")
         return

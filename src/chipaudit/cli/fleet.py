@@ -21,6 +21,7 @@ from chipaudit.cli.common import (
     stop,
     usage_errors,
 )
+from chipaudit.errors import InputError
 from chipaudit.report.model import EXIT_CODES, Level
 
 if TYPE_CHECKING:
@@ -41,30 +42,27 @@ Address = Annotated[str | None, typer.Option(help="Ray cluster address (host:por
 
 
 @contextmanager
-def _store_errors(db: str | None = None) -> Iterator[None]:
-    """A store that cannot be reached or used says nothing about the input (exit 3); one that is not a
-    store at all, or lacks the run asked for, does (exit 2)."""
-    from chipaudit.fleet import FleetProblem, StoreProblem
+def _store_errors() -> Iterator[None]:
+    """A store that cannot be reached or used says nothing about the input (exit 3); a store that is
+    no store at all (StoreTargetError) or a run that is not there is an InputError and exits 2."""
+    from chipaudit.fleet import FleetProblem
+    from chipaudit.store import StoreError
 
     try:
         yield
-    except StoreProblem as e:
-        if type(e.__cause__).__name__ == "OperationalError":  # sqlite3's or psycopg's: the store, not the input
-            raise Inconclusive(str(e)) from None
-        raise UsageError(str(e)) from None
+    except InputError:
+        raise
+    except StoreError as e:
+        raise Inconclusive(str(e)) from None
     except FleetProblem as e:
         raise UsageError(str(e)) from None
-    except Exception as e:
-        if type(e).__module__.split(".")[0] not in ("sqlite3", "psycopg"):
-            raise
-        raise Inconclusive(f"the store {db or '(the history database)'} failed: {e}") from None
 
 
-def _drive(action: Callable[[Callable[[Progress], None]], T], db: str | None) -> T:
+def _drive(action: Callable[[Callable[[Progress], None]], T]) -> T:
     """Run a fleet action under live counts; Ctrl-C passes through, for the caller to say how to resume."""
     from chipaudit.fleet.view import live
 
-    with _store_errors(db), live(console) as update:
+    with _store_errors(), live(console) as update:
         return action(update)
 
 
@@ -73,7 +71,7 @@ def _exit(run_id: str, db: str | None) -> None:
     from chipaudit.fleet.summary import summarize
     from chipaudit.fleet.view import outcome
 
-    with _store_errors(db):
+    with _store_errors():
         store, _ = open_store(db)
         run = store.run(run_id)
         summary = summarize(run, store.audits(run_id)) if run else {}
@@ -118,7 +116,7 @@ def fleet_run(
                            burn_in_seconds)
     run_ids: list[str] = []
     try:
-        run_ids.append(_drive(lambda update: start(options, db, update, run_ids.append), db))
+        run_ids.append(_drive(lambda update: start(options, db, update, run_ids.append)))
     except KeyboardInterrupt:
         stop(INCONCLUSIVE, f"interrupted; finished audits are kept. Continue with: chipaudit fleet resume "
              f"{run_ids[0]}" if run_ids else None)
@@ -139,7 +137,7 @@ def fleet_resume(
 
     check_outputs((db, "--db", Kind.file))
     try:
-        _drive(lambda update: resume(run_id, address, db, update), db)
+        _drive(lambda update: resume(run_id, address, db, update))
     except KeyboardInterrupt:
         stop(INCONCLUSIVE, f"interrupted; continue with: chipaudit fleet resume {run_id}")
     _exit(run_id, db)
@@ -165,7 +163,7 @@ def fleet_report(
     from chipaudit.report.model import write_atomic
 
     check_outputs((html_path, "--html", Kind.file), (json_path, "--json", Kind.file))
-    with _store_errors(db):
+    with _store_errors():
         store, _ = open_store(db)
         run = store.run(run_id)
         if run is None:

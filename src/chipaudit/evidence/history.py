@@ -23,7 +23,7 @@ from sqlalchemy import insert, or_, select
 
 from chipaudit.report.figures import scalar_figures
 from chipaudit.report.model import Report, Status
-from chipaudit.store import Store, StoreAbsent, StoreError
+from chipaudit.store import Store, StoreAbsent, StoreTargetError
 from chipaudit.store.dialects import is_postgres
 from chipaudit.store.schema import checks as checks_table
 from chipaudit.store.schema import figures as figures_table
@@ -32,10 +32,6 @@ from chipaudit.store.schema import runs as runs_table
 DB_NAME = "history.sqlite3"
 # Device properties that name one physical device, in order of preference.
 IDENTITY_KEYS = ("uuid", "serial", "device_uuid", "serial_number")
-
-# The store's error, under the name callers of the history have always caught.
-HistoryProblem = StoreError
-
 
 def data_dir() -> Path:
     """The per-user data folder: $XDG_DATA_HOME wherever it is set, else the platform's own."""
@@ -69,7 +65,7 @@ def _opened(db: Path | str, create: bool) -> Iterator[Store]:
     try:
         store = Store.open(db, create=create)
     except StoreAbsent:
-        raise StoreError(f"{db}: no history yet (runs are recorded there by chipaudit run)") from None
+        raise StoreTargetError(f"{db}: no history yet (runs are recorded there by chipaudit run)") from None
     with store:
         yield store
 

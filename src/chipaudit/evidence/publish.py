@@ -15,6 +15,7 @@ from pathlib import Path
 
 from chipaudit.evidence import bundle, history
 from chipaudit.report.model import Report
+from chipaudit.store import StoreError
 
 
 @dataclass
@@ -65,7 +66,7 @@ def publish(report: Report, outputs: Outputs) -> tuple[list[str], list[str]]:
     db = outputs.db or history.default_db()
     try:
         run_id = history.record(db, report, outputs.bundle)
-    except (history.HistoryProblem, OSError) as e:
+    except (StoreError, OSError) as e:
         failed.append(f"could not record the run in the history: {e}")
     else:
         written.append(f"history: run {run_id} in {db}")

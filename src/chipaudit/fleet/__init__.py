@@ -13,12 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from chipaudit.errors import InputError
 from chipaudit.fleet.cluster import FleetProblem, FleetRun, Progress, Slot, connect, discover
-from chipaudit.fleet.store import Audit, FleetStore, StoreProblem
+from chipaudit.fleet.store import Audit, FleetStore
 from chipaudit.report.model import Level
 from chipaudit.runner import levels
 
-__all__ = ["FleetOptions", "FleetProblem", "StoreProblem", "open_store", "resume", "start"]
+__all__ = ["FleetOptions", "FleetProblem", "open_store", "resume", "start"]
 
 # An audit that takes this many times its level's budget is stuck, not slow.
 AUDIT_TIMEOUT_FACTOR = 3.0
@@ -102,7 +103,7 @@ def resume(run_id: str, address: str | None, db: str | None, on_progress: Callab
     store, history_db = open_store(db)
     run = store.run(run_id)
     if run is None:
-        raise StoreProblem(f"no fleet run {run_id} in this store")
+        raise InputError(f"no fleet run {run_id} in this store")
     config = run["config"]
     connect(address if address is not None else config["address"])
     slots = discover(config["resource"], config["device"])

@@ -16,16 +16,12 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, insert, select, update
 
-from chipaudit.store import Store, StoreError
+from chipaudit.store import Store
 from chipaudit.store.schema import fleet_audits, fleet_runs
 
 # Audit states. Only `pending` audits are (re)scheduled by resume; `done`, `failed` and `lost` are final
 # for a run, though resume retries `lost` and `failed` ones too.
 PENDING, RUNNING, DONE, FAILED, LOST = "pending", "running", "done", "failed", "lost"
-
-# The store's error, under the name the fleet commands have always caught.
-StoreProblem = StoreError
-
 
 @dataclass
 class Audit:

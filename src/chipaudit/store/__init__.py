@@ -7,7 +7,7 @@ place where SQLite and PostgreSQL differ. The history (chipaudit.evidence.histor
 """
 
 from chipaudit.store.database import Store
-from chipaudit.store.errors import StoreAbsent, StoreError
+from chipaudit.store.errors import StoreAbsent, StoreError, StoreTargetError
 from chipaudit.store.schema import SCHEMA_VERSION
 
-__all__ = ["SCHEMA_VERSION", "Store", "StoreAbsent", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "Store", "StoreAbsent", "StoreError", "StoreTargetError"]

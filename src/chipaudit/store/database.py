@@ -36,7 +36,7 @@ class Store:
         except StoreError:
             raise
         except (exc.SQLAlchemyError, ValueError) as e:
-            raise StoreError(f"{name}: {dialects.describe(e)}") from e
+            raise dialects.error_for(name, e) from e
         try:
             store.migrate()
         except BaseException:
@@ -80,7 +80,7 @@ class Store:
         except StoreError:
             raise
         except exc.SQLAlchemyError as e:
-            raise StoreError(f"{self.name}: {dialects.describe(e)}") from e
+            raise dialects.error_for(self.name, e) from e
 
     def insert_ignoring_duplicates(self, conn: Connection, table: Table) -> Insert:
         return dialects.insert_ignoring_duplicates(conn, table)

@@ -9,6 +9,7 @@ should live on a server. Neither dialect's peculiarities may leak out of this mo
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
 
-from chipaudit.store.errors import StoreAbsent, StoreError
+from chipaudit.store.errors import StoreAbsent, StoreError, StoreTargetError
 
 # A deep audit holds SQLite's write lock for milliseconds; a minute of waiting means something is wrong.
 LOCK_TIMEOUT_S = 60.0
@@ -54,7 +55,7 @@ def engine_for(target: str | Path, create: bool) -> Engine:
     if is_postgres(target):
         return _postgres_engine(str(target))
     if "://" in str(target):
-        raise StoreError(f"{display_name(target)}: a store is a SQLite file path or a postgresql:// URL")
+        raise StoreTargetError(f"{display_name(target)}: a store is a SQLite file path or a postgresql:// URL")
     return _sqlite_engine(Path(target), create)
 
 
@@ -62,11 +63,11 @@ def _postgres_engine(url: str) -> Engine:
     try:
         import psycopg  # noqa: F401  (SQLAlchemy would otherwise name a driver the user never asked for)
     except ImportError as e:
-        raise StoreError("a PostgreSQL store needs psycopg: pip install 'chipaudit[fleet]'") from e
+        raise StoreTargetError("a PostgreSQL store needs psycopg: pip install 'chipaudit[fleet]'") from e
     try:
         parsed = make_url(url).set(drivername="postgresql+psycopg")
     except (exc.ArgumentError, ValueError) as e:
-        raise StoreError(f"{display_name(url)}: not a usable PostgreSQL URL ({describe(e)})") from e
+        raise StoreTargetError(f"{display_name(url)}: not a usable PostgreSQL URL ({describe(e)})") from e
     # pre-ping: a long fleet run survives a server restart between two of its writes.
     return create_engine(parsed, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}, pool_pre_ping=True)
 
@@ -76,7 +77,7 @@ def _sqlite_engine(path: Path, create: bool) -> Engine:
         if not create:
             raise StoreAbsent(f"{path}: does not exist")
         if not path.parent.is_dir():
-            raise StoreError(f"{path}: the folder {path.parent} does not exist")
+            raise StoreTargetError(f"{path}: the folder {path.parent} does not exist")
     engine = create_engine(URL.create("sqlite", database=str(path)), connect_args={"timeout": LOCK_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -129,3 +130,11 @@ def describe(e: BaseException) -> str:
     original = getattr(e, "orig", None) or e
     lines = [line.strip() for line in str(original).splitlines() if line.strip()]
     return lines[0] if lines else type(original).__name__
+
+
+def error_for(name: str, e: BaseException) -> StoreError:
+    """One line naming the store. A file that is no SQLite database at all (SQLite's NOTADB and CORRUPT
+    codes, which its Python driver raises as a bare DatabaseError) is the user's input, exit 2; anything
+    else is the store failing, exit 3."""
+    kind = StoreTargetError if type(getattr(e, "orig", None)) is sqlite3.DatabaseError else StoreError
+    return kind(f"{name}: {describe(e)}")

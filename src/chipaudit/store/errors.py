@@ -3,10 +3,17 @@ without knowing SQLite, PostgreSQL or SQLAlchemy."""
 
 from __future__ import annotations
 
+from chipaudit.errors import InputError
+
 
 class StoreError(Exception):
     """The store cannot be opened or used. The message is one line and names the database, never with its
     password."""
+
+
+class StoreTargetError(StoreError, InputError):
+    """The store named is no store chipaudit can open (a malformed URL, another database, a missing
+    folder): the user's input is wrong (exit 2), unlike a server that cannot be reached (exit 3)."""
 
 
 class StoreAbsent(StoreError):
