@@ -69,6 +69,9 @@ def run(
                                                   "'chipaudit baseline create'); differences are findings.")] = None,
     burn_in_seconds: Annotated[float | None, typer.Option(min=1.0, help="How long the sustained verified load "
                                                           "runs. Default: quick 10, standard 60, deep 600.")] = None,
+    memory_share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of free device memory the "
+                                                       "memory test covers. Default: quick 0.01, standard "
+                                                       "0.25, deep 0.9.")] = None,
 ) -> None:
     """Audit a device: run the checks of a level and print a verdict.
 
@@ -93,7 +96,8 @@ def run(
     outputs = Outputs(bundle=bundle, html=html, junit=junit, prometheus=prometheus, db=db)
     config = AuditConfig(device=resolved, level=level, seed=secrets.randbits(32) if seed is None else seed,
                          only=only, params={**outputs.params(), **_baseline_params(baseline, resolved),
-                                              **({"burn_in_seconds": burn_in_seconds} if burn_in_seconds else {})})
+                                              **({"burn_in_seconds": burn_in_seconds} if burn_in_seconds else {}),
+                                              **({"memory_share": memory_share} if memory_share is not None else {})})
     console.print(f"chipaudit: auditing {resolved} at level {level.value}, seed {config.seed}")
 
     def save(report: Report) -> None:

@@ -22,7 +22,8 @@ seed are read back to the host after each pass and compared there, so a device t
 comparisons is caught with the probability of the sample. Every error is recorded with its address,
 expected and observed word.
 
-Size: share of free memory per level (MEMORY_SHARE; deep >= 90%), of the device's free memory as its
+Size: share of free memory per level (MEMORY_SHARE; deep >= 90%; the audit's `memory_share` parameter,
+`chipaudit run --memory-share`, replaces it, e.g. for a short deep run), of the device's free memory as its
 driver reports it, or on the CPU of the process's limits: the smallest of available RAM, the cgroup's
 memory limit less its usage, and RLIMIT_AS / RLIMIT_DATA less what the process already maps. Quick and
 standard also stop where the estimated time would exceed a share of the time limit.
