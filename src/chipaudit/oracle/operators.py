@@ -275,7 +275,7 @@ def sum_expectation(x: np.ndarray, fmt: NumberFormat, bound: str, mean: bool = F
     scale = 1.0 / k if mean else 1.0
     exp = ieee.dot_expectation(rows, np.ones((1, k, 1)), fmt, bound, scale=scale)
     staged = reduction_staging(rows, fmt, bound).reshape(exp.bound.shape) * scale
-    finite = exp.rule == Rule.finite
+    finite = (exp.rule == Rule.finite) | (exp.rule == Rule.either)
     exp.bound[finite] += staged[finite]
     if mean:  # one more rounding, of the division
         exp.bound += fmt.u_out * np.abs(exp.value)
