@@ -15,6 +15,7 @@ The CPU has no fault: anything a run reports is a false alarm. Counted, per run:
 Last line: `false_alarms: N`, N = the sum over all runs (issue 12 asks for 0).
 
     python benchmarks/false_alarms.py [--seeds 10] [--levels quick,standard,deep] [--deep-seeds 1]
+                                      [--seed-offset 0] [--burn-in-seconds 30] [--memory-share 0.005]
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=SEEDS, help="runs per level for quick and standard")
     parser.add_argument("--deep-seeds", type=int, default=1, help="runs of deep")
+    parser.add_argument("--seed-offset", type=int, default=0, help="start each level's seeds this far on, to "
+                        "extend an earlier run with new seeds")
     parser.add_argument("--levels", default="quick,standard,deep", help="comma-separated levels")
     parser.add_argument("--burn-in-seconds", type=float, default=DEEP_BURN_IN_S, help="deep's burn-in")
     parser.add_argument("--memory-share", type=float, default=DEEP_MEMORY_SHARE, help="deep's memory share")
@@ -115,7 +118,7 @@ def main() -> int:
             deep = level is Level.deep
             count = args.deep_seeds if deep else args.seeds
             for i in range(count):
-                seed = FIRST_SEED[level] + i
+                seed = FIRST_SEED[level] + args.seed_offset + i
                 report, elapsed, code = run_audit(level, seed, folder, args.burn_in_seconds if deep else None,
                                                   args.memory_share if deep else None)
                 alarms, notes = alarms_of(report, level)
