@@ -109,7 +109,8 @@ def test_reductions_known_answers(dtype: str) -> None:
     exp = ref.sum_expectation(x, fmt, "worst" if dtype == "bf16" else "exact")
     assert exp.value.tolist() == [float((np.arange(200) % 16).sum()), 0.0, 100.0]
     assert ieee.judge(device_result(lambda t: t.sum(-1), fmt, x), exp, "t").ok
-    assert not ieee.judge(device_result(lambda t: t.sum(-1), fmt, x) + np.array([0, 0, 1]), exp, "t").ok
+    # bf16's worst case allows a pairwise tree of 8 bf16 roundings (3% of sum|x|): 5% is wrong everywhere.
+    assert not ieee.judge(device_result(lambda t: t.sum(-1), fmt, x) + np.array([0, 0, 5]), exp, "t").ok
     mean = ref.sum_expectation(x, fmt, "worst", mean=True)
     assert ieee.judge(device_result(lambda t: t.mean(-1), fmt, x), mean, "t").ok
     specials = np.array([[np.inf, -np.inf, 1.0], [np.nan, 1.0, 2.0], [np.inf, 1.0, 2.0], [-0.0, -0.0, -0.0]])

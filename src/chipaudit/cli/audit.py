@@ -57,6 +57,9 @@ def run(
                                                   "'chipaudit baseline create'); differences are findings.")] = None,
     burn_in_seconds: Annotated[float | None, typer.Option(min=1.0, help="How long the sustained verified load "
                                                           "runs. Default: quick 10, standard 60, deep 600.")] = None,
+    memory_share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of free device memory the "
+                                                       "memory test covers. Default: quick 0.01, standard "
+                                                       "0.25, deep 0.9.")] = None,
 ) -> None:
     """Audit a device: run the checks of a level and print a verdict.
 
@@ -65,7 +68,8 @@ def run(
     check_outputs((json_path, "--json", Kind.file), (bundle, "--bundle", Kind.new_folder),
                   (html, "--html", Kind.file), (junit, "--junit", Kind.file),
                   (prometheus, "--prometheus", Kind.file), (db, "--db", Kind.file))
-    params = {"burn_in_seconds": burn_in_seconds} if burn_in_seconds else {}
+    params = {**({"burn_in_seconds": burn_in_seconds} if burn_in_seconds else {}),
+              **({"memory_share": memory_share} if memory_share is not None else {})}
     report = audit(device, level, seed, only, params, json_path, baseline=baseline, bundle=bundle, html=html,
                    junit=junit, prometheus=prometheus, db=db)
     raise typer.Exit(EXIT_CODES[report.verdict])

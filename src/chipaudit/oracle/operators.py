@@ -22,7 +22,9 @@ Tolerances, per operator (|y| the exact result, x the input):
   of the mean (g(k)*u_int*mean|x|) and e_rstd = (16 + g(k)*(var + mean^2)/(var + eps))*u_int: the
   one-pass variance E[x^2] - E[x]^2 some devices use loses u*E[x^2] absolutely.
 - RMS norm: |y|*(2*u_out + (16 + g(k))*u_int).
-- sum and mean: the matrix-product bound with a vector of ones (ieee.dot_expectation); max: exact.
+- sum and mean: the matrix-product bound with a vector of ones (ieee.dot_expectation), plus, for
+  formats narrower than their accumulator, the staged roundings of partial sums kept in the result's
+  format (see `reduction_staging`); max: exact.
 - conv2d: the matrix-product bound of its im2col product, times CONV_ALGORITHM_FACTOR, plus, for
   formats narrower than their accumulator, STAGED_ROUNDINGS*u_out times the spread of the products
   (sum|a*b| for structured inputs, LAMBDA*(|y| + s2) for random ones): see `conv_expectation`.
@@ -59,6 +61,24 @@ CONV_ALGORITHM_FACTOR = 16.0
 # accumulation alone allows. Two such roundings are allowed, each of up to u_out times the largest
 # partial result.
 STAGED_ROUNDINGS = 2.0
+# Reductions of fp16 and bf16 may store partial sums in the result's format. torch's CPU sum splits a
+# large reduction among its threads, rounds each thread's float32 sum to fp16/bf16 and adds those
+# (aten TensorIteratorReduce.cpp, two_pass_reduction): two roundings, each up to u_out times a partial
+# sum. A GPU kernel may combine warp or block partials pairwise in the narrow format: a tree, in which
+# each element passes through ceil(log2 k) roundings. The model allows that tree, the deepest honest
+# staging: with D = ceil(log2 k) levels, each level's rounding errors sum, for iid inputs, to about
+# u_out*(|y| + s2) (the partial sums of a level have a root-sum-square of at most |y| + s2), and the D
+# levels are independent, so
+#     random:     STAGED_SUM_MARGIN * u_out * sqrt(D) * (|y| + s2)
+#     structured: gamma_D(u_out) * sum|x|          (Higham 2002, section 4.2, pairwise summation)
+# Measured on the check's whole-tensor sums (32000 to 131072 iid terms with a mean; the simulations are
+# in tests/test_integrity_reduction.py): torch's CPU sum, on 1 to 16 threads, reaches at most 0.11 of
+# this bound; a pairwise tree in the narrow format 0.14 (0.32 for zero-mean terms, up to k = 262144);
+# fp32 blocks of 1024 combined one by one in the narrow format 0.38. A sum accumulated sequentially in
+# the narrow format, one rounding per term, is a "tree" of depth k: its error grows like u_out*k, and
+# once the running sum's half-ulp exceeds the terms it stagnates; it exceeds this bound 12x (bf16) to
+# 25x (fp16) on every seed tried.
+STAGED_SUM_MARGIN = tolerance.LAMBDA  # the margin of the random model above, tolerance.py's calibration
 
 
 def growth(k: int, structured: bool) -> float:
@@ -228,13 +248,38 @@ def rms_norm_expectation(x: np.ndarray, w: np.ndarray, eps: float, fmt: NumberFo
 
 # ----- reductions over the last axis -----
 
+def staging_depth(k: int) -> int:
+    """Levels of a pairwise tree over k terms: the most roundings an element passes through in an
+    honest reduction that keeps partial sums in the result's format."""
+    return max(1, math.ceil(math.log2(k))) if k > 1 else 0
+
+
+def reduction_staging(x: np.ndarray, fmt: NumberFormat, bound: str) -> np.ndarray:
+    """The error the staged roundings of partial sums may add to a sum over the last axis of x (finite
+    entries; zero for formats whose result is as wide as their accumulator, and for exact sums)."""
+    if fmt.u_out <= fmt.u_acc or bound == "exact":
+        return np.zeros(x.shape[:-1])
+    depth = staging_depth(x.shape[-1])
+    fx = np.where(np.isfinite(x), x, 0.0)
+    if bound == "worst":
+        return tolerance.gamma(depth, fmt.u_out) * np.abs(fx).sum(axis=-1)
+    spread = np.abs(fx.sum(axis=-1)) + np.sqrt((fx * fx).sum(axis=-1))
+    return STAGED_SUM_MARGIN * fmt.u_out * math.sqrt(depth) * spread
+
+
 def sum_expectation(x: np.ndarray, fmt: NumberFormat, bound: str, mean: bool = False) -> Expectation:
-    """sum (or mean) as a product with a vector of ones, so that the same IEEE rules and error bounds hold."""
+    """sum (or mean) as a product with a vector of ones, so that the same IEEE rules and error bounds
+    hold, plus the staged roundings of narrow partial sums (`reduction_staging`)."""
     k = x.shape[-1]
     rows = x.reshape(1, -1, k)
-    exp = ieee.dot_expectation(rows, np.ones((1, k, 1)), fmt, bound, scale=1.0 / k if mean else 1.0)
+    scale = 1.0 / k if mean else 1.0
+    exp = ieee.dot_expectation(rows, np.ones((1, k, 1)), fmt, bound, scale=scale)
+    staged = reduction_staging(rows, fmt, bound).reshape(exp.bound.shape) * scale
+    finite = (exp.rule == Rule.finite) | (exp.rule == Rule.either)
+    exp.bound[finite] += staged[finite]
     if mean:  # one more rounding, of the division
         exp.bound += fmt.u_out * np.abs(exp.value)
+    ieee.apply_overflow(exp, fmt)  # a wider bound may reach the overflow threshold: either is honest there
     return Expectation(*(a.reshape(x.shape[:-1]) for a in (exp.value, exp.bound, exp.rule)))
 
 

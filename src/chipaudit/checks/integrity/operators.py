@@ -21,6 +21,8 @@ A failing case is re-run to tell a reproducible fault from an intermittent one.
 - integrity.ops.attention: scaled-dot-product attention (no mask, causal, boolean and additive masks).
 - integrity.ops.convert: conversions between fp64, fp32, fp16, bf16, int32 and int8.
 
+Normalisation and reduction live in rowwise.py, the framework they all share in opcheck.py.
+
 Pass: every element within its bound, exact where exact, and by its rule where special.
 Fail (high): any element wrong, or the device refusing an input it computes for other inputs.
 
@@ -33,155 +35,24 @@ skipped in the coverage, not judged.
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
 from chipaudit.checks.integrity.corner import random_bits
-from chipaudit.checks.integrity.gemm import RETESTS, to_host
-from chipaudit.checks.integrity.gemm import one_line as _one_line
-from chipaudit.devices import torchdev
+from chipaudit.checks.integrity.opcheck import Builder, OpCase, OperatorCheck, mixed, special_values, upload
+from chipaudit.checks.integrity.rowwise import NormalizationCheck, ReductionCheck
 from chipaudit.oracle import ieee
 from chipaudit.oracle import operators as ref
 from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.oracle.ieee import Expectation, Rule
-from chipaudit.oracle.matmul import Verification
-from chipaudit.report.model import Category, Level, Severity
+from chipaudit.report.model import Level
 
 # Elements per elementwise operator and format, per level.
 ELEMENTWISE_SIZE = {Level.quick: 1 << 14, Level.standard: 1 << 17, Level.deep: 1 << 20}
-# Rows x length of normalisation and reduction cases, per level.
-ROWS = {Level.quick: ((32, 1000), (8, 4096)), Level.standard: ((64, 1000), (16, 4096), (4, 32768)),
-        Level.deep: ((64, 1000), (16, 4096), (4, 32768), (2, 262144))}
-BIT_PATTERNS = 2048
-LAYER_NORM_EPS = 1e-5
-RMS_NORM_EPS = 1e-6  # Llama's
-_OPERATOR_ERRORS = (RuntimeError, TypeError, NotImplementedError, ValueError)
-
-
-@dataclass
-class OpCase:
-    """One device computation and what it must return."""
-
-    op: str
-    label: str
-    run: Callable[[str], torch.Tensor]
-    expectation: Expectation
-    ftz: Callable[[], Expectation] | None = None
-    dtype: str = ""  # the formats to name in findings, when not the check's loop format
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-
-Builder = Callable[[np.random.Generator, NumberFormat], OpCase]
-
-
-def upload(x: np.ndarray, fmt: NumberFormat, device: str) -> torch.Tensor:
-    """Host values already on the format's grid, moved to the device exactly."""
-    return fmt.host_buffer(x).to(device).to(fmt.torch_dtype)
-
-
-class OperatorCheck(Check):
-    category = Category.integrity
-    formats: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
-
-    @abstractmethod
-    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]: ...
-
-    def run(self, ctx: CheckContext) -> Outcome:
-        with torchdev.strict_precision():
-            return self._run(ctx)
-
-    def _run(self, ctx: CheckContext) -> Outcome:
-        plan = [(FORMATS[name], builder) for name in self.formats for builder in self.cases(ctx.level, FORMATS[name])]
-        out = Outcome()
-        tally: Counter[str] = Counter()
-        computed: set[tuple[str, str]] = set()
-        unsupported: dict[str, str] = {}
-        worst_ratio = 0.0
-        for i, (fmt, builder) in enumerate(plan):
-            case = builder(np.random.default_rng([ctx.seed, i]), fmt)
-            ctx.progress(i, len(plan), f"{fmt.name} {case.label}")
-            key = (case.op, fmt.name)
-            if f"{case.op} {fmt.name}" in unsupported:
-                continue
-            dtype = case.dtype or fmt.name
-            evidence = {"case": case.label, "op": case.op, "dtype": dtype, "seed": ctx.seed, "case_index": i,
-                        **case.evidence}
-            try:
-                v = self._verify(ctx.device, case)
-            except _OPERATOR_ERRORS as e:
-                if key not in computed:  # the device does not have this operator in this format
-                    unsupported[f"{case.op} {fmt.name}"] = _one_line(e)
-                    continue
-                out.findings.append(self.finding(
-                    Severity.high, f"device refused {case.op} in {dtype}",
-                    f"{case.label}: the device raised on inputs it must accept, having computed "
-                    f"{case.op} in {dtype} for others: {_one_line(e)}", **evidence))
-                continue
-            computed.add(key)
-            tally["cases"] += 1
-            tally["elements"] += v.checked
-            tally[f"op:{case.op}"] += 1
-            if v.method.endswith("+ftz"):
-                tally["flushed"] += 1
-            if v.ok:
-                worst_ratio = max(worst_ratio, v.max_ratio)
-                continue
-            reproduced = 1 + sum(not self._verify(ctx.device, case).ok for _ in range(RETESTS))
-            out.findings.append(self.finding(
-                Severity.high, f"wrong {dtype} {case.op} results",
-                f"{case.label}: {v.bad} of {v.checked} elements break their rule; worst: expected "
-                f"{v.worst.get('rule')} {v.worst.get('expected')}, got {v.worst.get('observed')} "
-                f"(bound {v.worst.get('bound')}); the fault reproduced in {reproduced} of {1 + RETESTS} runs.",
-                **evidence, bad=v.bad, checked=v.checked, worst=v.worst, reproduced=f"{reproduced}/{1 + RETESTS}"))
-        ctx.progress(len(plan), len(plan), "done")
-        if not computed:
-            raise NotApplicable("the device computes none of these operators: "
-                                + "; ".join(f"{k}: {r}" for k, r in unsupported.items())[:400])
-        out.coverage = {
-            "cases": tally["cases"], "elements_checked": tally["elements"],
-            "ops": {k[3:]: n for k, n in sorted(tally.items()) if k.startswith("op:")},
-            "formats": sorted({f for _, f in computed}),
-            "unsupported": unsupported,
-            "cases_judged_flushed": tally["flushed"],
-        }
-        out.measurements = {"max_error_to_bound": worst_ratio}
-        return out
-
-    def _verify(self, device: str, case: OpCase) -> Verification:
-        result = case.run(device)
-        torchdev.synchronize(device)
-        observed = to_host(result).astype(np.float64).reshape(case.expectation.value.shape)
-        return ieee.judge_flushing(observed, case.expectation, case.ftz, case.op)[0]
-
-
-# ----- shared input makers -----
-
-def special_values(fmt: NumberFormat) -> np.ndarray:
-    """NaN, the infinities, signed zeros, the smallest subnormal and normal, the largest finite value,
-    and powers of two across the whole exponent range."""
-    tiny = ieee.smallest_normal(fmt)
-    sub = float(torch.finfo(fmt.torch_dtype).smallest_normal) * float(torch.finfo(fmt.torch_dtype).eps)
-    top = fmt.max_finite
-    lo, hi = math.frexp(tiny)[1] - 1, math.frexp(top)[1] - 1
-    powers = np.exp2(np.arange(lo, hi + 1, max(1, (hi - lo) // 48)))
-    values = np.concatenate([[np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, 2.0, sub, -sub, tiny, -tiny,
-                              top, -top], powers, -powers])
-    return fmt.quantize(values)
-
-
-def _mixed(rng: np.random.Generator, fmt: NumberFormat, random: np.ndarray, extra: np.ndarray) -> np.ndarray:
-    """Random inputs, the special values, and random bit patterns (finite and any), shuffled."""
-    bits = np.concatenate([random_bits(rng, fmt, (BIT_PATTERNS,), 8), random_bits(rng, fmt, (BIT_PATTERNS,), None)])
-    x = np.concatenate([fmt.quantize(random), special_values(fmt), fmt.quantize(extra), bits])
-    return x[rng.permutation(x.size)]
 
 
 # ----- elementwise -----
@@ -220,147 +91,12 @@ class ElementwiseCheck(OperatorCheck):
     def _builder(name: str, n: int) -> Builder:
         def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
             random, edges = _elementwise_domain(name, rng, fmt, n)
-            x = _mixed(rng, fmt, random, edges)
+            x = mixed(rng, fmt, random, edges)
             fn = _ELEMENTWISE_TORCH[name]
             return OpCase(name, f"{name} on {x.size} values", lambda device: fn(upload(x, fmt, device)),
                           ref.elementwise_expectation(ref.ELEMENTWISE[name], x, fmt), evidence={"n": int(x.size)})
         return build
 
-
-# ----- softmax and normalisation -----
-
-def _rows_with_corners(rng: np.random.Generator, fmt: NumberFormat, rows: int, k: int) -> np.ndarray:
-    """Random rows, then corner rows: constant, zero, a NaN, an +Inf, a -Inf, huge, tiny (and room for
-    more: at least 12 rows)."""
-    x = rng.standard_normal((max(rows, 12), k))
-    x[0] = 0.75
-    x[1] = 0.0
-    x[2, rng.integers(k)] = np.nan
-    x[3, rng.integers(k)] = np.inf
-    x[4, rng.integers(k)] = -np.inf
-    x[5] *= 2.0 ** (math.frexp(fmt.max_finite)[1] // 4)
-    x[6] *= ieee.smallest_normal(fmt) * 2**12
-    return fmt.quantize(x)
-
-
-class NormalizationCheck(OperatorCheck):
-    id = "integrity.ops.normalization"
-
-    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]:
-        builders: list[Builder] = []
-        for rows, k in ROWS[level]:
-            builders += [self._softmax(rows, k, corner) for corner in (False, True)]
-            builders += [self._layer_norm(rows, k, corner) for corner in (False, True)]
-            builders += [self._rms_norm(rows, k, corner) for corner in (False, True)]
-        return builders
-
-    @staticmethod
-    def _softmax(rows: int, k: int, corner: bool) -> Builder:
-        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
-            if corner:
-                x = _rows_with_corners(rng, fmt, rows, k)
-                x[7, rng.random(k) < 0.5] = -np.inf  # attention-style masking
-                x[8] = -np.inf  # a fully masked row
-                x[9] = fmt.quantize(rng.standard_normal(k) * min(1e4, fmt.max_finite / 8))  # one-hot-like
-            else:
-                x = fmt.quantize(rng.standard_normal((rows, k)) * 3.0)
-            return OpCase("softmax", f"softmax {x.shape[0]}x{k}{' corners' if corner else ''}",
-                          lambda device: torch.softmax(upload(x, fmt, device), dim=-1),
-                          ref.softmax_expectation(x, fmt, structured=corner), evidence={"shape": [rows, k]})
-        return build
-
-    @staticmethod
-    def _layer_norm(rows: int, k: int, corner: bool) -> Builder:
-        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
-            w, b = fmt.quantize(1.0 + 0.1 * rng.standard_normal(k)), fmt.quantize(0.1 * rng.standard_normal(k))
-            if corner:
-                x = _rows_with_corners(rng, fmt, rows, k)
-                x[7] = fmt.quantize(100.0 + rng.standard_normal(k))  # a large mean: one-pass variance cancels
-                w[rng.integers(k)] = np.nan
-            else:
-                x = fmt.quantize(rng.standard_normal((rows, k)))
-            return OpCase("layer_norm", f"layer norm {x.shape[0]}x{k}{' corners' if corner else ''}",
-                          lambda device: F.layer_norm(upload(x, fmt, device), (k,), upload(w, fmt, device),
-                                                      upload(b, fmt, device), LAYER_NORM_EPS),
-                          ref.layer_norm_expectation(x, w, b, LAYER_NORM_EPS, fmt, structured=corner),
-                          evidence={"shape": [rows, k]})
-        return build
-
-    @staticmethod
-    def _rms_norm(rows: int, k: int, corner: bool) -> Builder:
-        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
-            w = fmt.quantize(1.0 + 0.1 * rng.standard_normal(k))
-            x = _rows_with_corners(rng, fmt, rows, k) if corner else fmt.quantize(rng.standard_normal((rows, k)))
-            if corner:  # keep sum(x^2) inside float32: RMS norm squares before it divides
-                x[5] = fmt.quantize(rng.standard_normal(k) * min(2.0**40, fmt.max_finite) / math.sqrt(k) / 8)
-            return OpCase("rms_norm", f"RMS norm {x.shape[0]}x{k}{' corners' if corner else ''}",
-                          lambda device: _rms_norm(upload(x, fmt, device), k, upload(w, fmt, device)),
-                          ref.rms_norm_expectation(x, w, RMS_NORM_EPS, fmt, structured=corner),
-                          evidence={"shape": [rows, k]})
-        return build
-
-
-def _rms_norm(x: torch.Tensor, k: int, w: torch.Tensor) -> torch.Tensor:
-    if not hasattr(F, "rms_norm"):  # torch < 2.4
-        raise NotImplementedError("torch.nn.functional.rms_norm needs torch >= 2.4")
-    return F.rms_norm(x, (k,), w, RMS_NORM_EPS)
-
-
-# ----- reductions -----
-
-class ReductionCheck(OperatorCheck):
-    id = "integrity.ops.reduction"
-
-    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]:
-        builders: list[Builder] = []
-        for rows, k in ROWS[level]:
-            builders += [self._sum(rows, k, kind, mean) for kind in ("random", "integers", "corners")
-                         for mean in (False, True)]
-            builders += [self._max(rows, k)]
-        return builders
-
-    @staticmethod
-    def _sum(rows: int, k: int, kind: str, mean: bool) -> Builder:
-        name = "mean" if mean else "sum"
-
-        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
-            if kind == "random":
-                x, bound = fmt.quantize(rng.standard_normal((rows, k))), "random"
-            elif kind == "integers":
-                # Known answers: small integers, 0..k-1 (k(k-1)/2), alternating signs (0), a constant.
-                x = rng.integers(-3, 4, (rows, k)).astype(np.float64)
-                x[0], x[1], x[2] = np.arange(k) % 2048, np.where(np.arange(k) % 2, -1.0, 1.0), 1.0
-                x = fmt.quantize(x)
-                exact = (np.abs(x).sum(axis=-1).max() <= fmt.exact_int_limits()[1]
-                         and np.abs(x).max() <= fmt.exact_int_limits()[0])
-                bound = "exact" if exact and not mean else "worst"
-            else:
-                x, bound = _rows_with_corners(rng, fmt, rows, k), "worst"
-                x[7, :2] = (np.inf, -np.inf)  # Inf - Inf
-                x[8] = fmt.max_finite / 2  # sums beyond the format's range
-            whole = kind == "random" and rows > 1
-
-            def run(device: str) -> torch.Tensor:
-                t = upload(x, fmt, device)
-                if whole:  # a reduction over every element, as a one-element result
-                    return (t.mean() if mean else t.sum()).reshape(1)
-                return t.mean(dim=-1) if mean else t.sum(dim=-1)
-
-            host = x.reshape(1, -1) if whole else x
-            return OpCase(name, f"{name} over {'all of ' if whole else 'rows of '}{x.shape[0]}x{k} ({kind})", run,
-                          ref.sum_expectation(host, fmt, bound, mean=mean), evidence={"shape": [rows, k]})
-        return build
-
-    @staticmethod
-    def _max(rows: int, k: int) -> Builder:
-        def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
-            x = _rows_with_corners(rng, fmt, rows, k)
-            x[7] = -0.0
-            x[8] = -np.inf
-            return OpCase("max", f"max over rows of {x.shape[0]}x{k}",
-                          lambda device: torch.amax(upload(x, fmt, device), -1), ref.max_expectation(x),
-                          evidence={"shape": [rows, k]})
-        return build
 
 
 # ----- 2-D convolution -----

@@ -1,0 +1,149 @@
+"""What the operator checks share: a case (one device computation and what it must return), the check
+that runs, judges and re-runs its cases format by format, and the input makers. The checks themselves
+are in operators.py (elementwise, conv2d, attention, conversions) and rowwise.py (softmax,
+normalisation, reductions); operators.py describes them all.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
+from chipaudit.checks.integrity.corner import random_bits
+from chipaudit.checks.integrity.gemm import RETESTS, one_line, to_host
+from chipaudit.devices import torchdev
+from chipaudit.oracle import ieee
+from chipaudit.oracle.formats import FORMATS, NumberFormat
+from chipaudit.oracle.ieee import Expectation
+from chipaudit.oracle.matmul import Verification
+from chipaudit.report.model import Category, Level, Severity
+
+BIT_PATTERNS = 2048
+_OPERATOR_ERRORS = (RuntimeError, TypeError, NotImplementedError, ValueError)
+
+
+
+@dataclass
+class OpCase:
+    """One device computation and what it must return."""
+
+    op: str
+    label: str
+    run: Callable[[str], torch.Tensor]
+    expectation: Expectation
+    ftz: Callable[[], Expectation] | None = None
+    dtype: str = ""  # the formats to name in findings, when not the check's loop format
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[np.random.Generator, NumberFormat], OpCase]
+
+
+def upload(x: np.ndarray, fmt: NumberFormat, device: str) -> torch.Tensor:
+    """Host values already on the format's grid, moved to the device exactly."""
+    return fmt.host_buffer(x).to(device).to(fmt.torch_dtype)
+
+
+class OperatorCheck(Check):
+    category = Category.integrity
+    formats: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
+
+    @abstractmethod
+    def cases(self, level: Level, fmt: NumberFormat) -> list[Builder]: ...
+
+    def run(self, ctx: CheckContext) -> Outcome:
+        with torchdev.strict_precision():
+            return self._run(ctx)
+
+    def _run(self, ctx: CheckContext) -> Outcome:
+        plan = [(FORMATS[name], builder) for name in self.formats for builder in self.cases(ctx.level, FORMATS[name])]
+        out = Outcome()
+        tally: Counter[str] = Counter()
+        computed: set[tuple[str, str]] = set()
+        unsupported: dict[str, str] = {}
+        worst_ratio = 0.0
+        for i, (fmt, builder) in enumerate(plan):
+            case = builder(np.random.default_rng([ctx.seed, i]), fmt)
+            ctx.progress(i, len(plan), f"{fmt.name} {case.label}")
+            key = (case.op, fmt.name)
+            if f"{case.op} {fmt.name}" in unsupported:
+                continue
+            dtype = case.dtype or fmt.name
+            evidence = {"case": case.label, "op": case.op, "dtype": dtype, "seed": ctx.seed, "case_index": i,
+                        **case.evidence}
+            try:
+                v = self._verify(ctx.device, case)
+            except _OPERATOR_ERRORS as e:
+                if key not in computed:  # the device does not have this operator in this format
+                    unsupported[f"{case.op} {fmt.name}"] = one_line(e)
+                    continue
+                out.findings.append(self.finding(
+                    Severity.high, f"device refused {case.op} in {dtype}",
+                    f"{case.label}: the device raised on inputs it must accept, having computed "
+                    f"{case.op} in {dtype} for others: {one_line(e)}", **evidence))
+                continue
+            computed.add(key)
+            tally["cases"] += 1
+            tally["elements"] += v.checked
+            tally[f"op:{case.op}"] += 1
+            if v.method.endswith("+ftz"):
+                tally["flushed"] += 1
+            if v.ok:
+                worst_ratio = max(worst_ratio, v.max_ratio)
+                continue
+            reproduced = 1 + sum(not self._verify(ctx.device, case).ok for _ in range(RETESTS))
+            out.findings.append(self.finding(
+                Severity.high, f"wrong {dtype} {case.op} results",
+                f"{case.label}: {v.bad} of {v.checked} elements break their rule; worst: expected "
+                f"{v.worst.get('rule')} {v.worst.get('expected')}, got {v.worst.get('observed')} "
+                f"(bound {v.worst.get('bound')}); the fault reproduced in {reproduced} of {1 + RETESTS} runs.",
+                **evidence, bad=v.bad, checked=v.checked, worst=v.worst, reproduced=f"{reproduced}/{1 + RETESTS}"))
+        ctx.progress(len(plan), len(plan), "done")
+        if not computed:
+            raise NotApplicable("the device computes none of these operators: "
+                                + "; ".join(f"{k}: {r}" for k, r in unsupported.items())[:400])
+        out.coverage = {
+            "cases": tally["cases"], "elements_checked": tally["elements"],
+            "ops": {k[3:]: n for k, n in sorted(tally.items()) if k.startswith("op:")},
+            "formats": sorted({f for _, f in computed}),
+            "unsupported": unsupported,
+            "cases_judged_flushed": tally["flushed"],
+        }
+        out.measurements = {"max_error_to_bound": worst_ratio}
+        return out
+
+    def _verify(self, device: str, case: OpCase) -> Verification:
+        result = case.run(device)
+        torchdev.synchronize(device)
+        observed = to_host(result).astype(np.float64).reshape(case.expectation.value.shape)
+        return ieee.judge_flushing(observed, case.expectation, case.ftz, case.op)[0]
+
+
+# ----- shared input makers -----
+
+def special_values(fmt: NumberFormat) -> np.ndarray:
+    """NaN, the infinities, signed zeros, the smallest subnormal and normal, the largest finite value,
+    and powers of two across the whole exponent range."""
+    tiny = ieee.smallest_normal(fmt)
+    sub = float(torch.finfo(fmt.torch_dtype).smallest_normal) * float(torch.finfo(fmt.torch_dtype).eps)
+    top = fmt.max_finite
+    lo, hi = math.frexp(tiny)[1] - 1, math.frexp(top)[1] - 1
+    powers = np.exp2(np.arange(lo, hi + 1, max(1, (hi - lo) // 48)))
+    values = np.concatenate([[np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, 2.0, sub, -sub, tiny, -tiny,
+                              top, -top], powers, -powers])
+    return fmt.quantize(values)
+
+
+def mixed(rng: np.random.Generator, fmt: NumberFormat, random: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """Random inputs, the special values, and random bit patterns (finite and any), shuffled."""
+    bits = np.concatenate([random_bits(rng, fmt, (BIT_PATTERNS,), 8), random_bits(rng, fmt, (BIT_PATTERNS,), None)])
+    x = np.concatenate([fmt.quantize(random), special_values(fmt), fmt.quantize(extra), bits])
+    return x[rng.permutation(x.size)]
