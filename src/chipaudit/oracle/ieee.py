@@ -37,7 +37,7 @@ import torch
 
 from chipaudit.oracle import tolerance
 from chipaudit.oracle.formats import FORMATS, NumberFormat
-from chipaudit.oracle.matmul import Verification, _oracle_factor
+from chipaudit.oracle.matmul import Verification, oracle_factor
 
 
 class Rule(IntEnum):
@@ -130,7 +130,7 @@ def dot_expectation(
     else:
         err = tolerance.element_bound(fmt, k, np.abs(value), np.sqrt((fa * fa) @ (fb * fb)))
     err = np.where(abs_sum == 0, 0.0, err)  # every product an exact zero: the sum is exactly zero
-    exp = Expectation.finite(value * scale, err * abs(scale) * _oracle_factor(fmt))
+    exp = Expectation.finite(value * scale, err * abs(scale) * oracle_factor(fmt))
 
     # Intermediate sums may overflow in some order: then any non-finite result is honest too.
     acc_limit = accumulator_threshold(fmt) / (1.0 + tolerance.gamma(k, fmt.u_acc))

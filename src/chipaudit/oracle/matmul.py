@@ -46,7 +46,7 @@ class Verification:
         return self.bad == 0
 
 
-def _oracle_factor(fmt: NumberFormat) -> float:
+def oracle_factor(fmt: NumberFormat) -> float:
     """The float64 oracle rounds too; at fp64 its own error is as large as the device's."""
     return 2.0 if fmt.name == "fp64" else 1.0
 
@@ -78,7 +78,7 @@ def verify_full(a: np.ndarray, b: np.ndarray, c: np.ndarray, fmt: NumberFormat) 
     k = a.shape[-1]
     expected = np.matmul(a, b)
     s2 = np.sqrt(np.matmul(a * a, b * b))
-    bound = tolerance.element_bound(fmt, k, np.abs(expected), s2) * _oracle_factor(fmt)
+    bound = tolerance.element_bound(fmt, k, np.abs(expected), s2) * oracle_factor(fmt)
     return _compare("full", c, expected, bound, lambda idx: idx)
 
 
@@ -126,7 +126,7 @@ def verify_sampled(
     n = b.shape[2]
     alpha, beta = tolerance.coefficients(fmt, k)
     floor = tolerance.floor(fmt)
-    factor = _oracle_factor(fmt)
+    factor = oracle_factor(fmt)
     lhs = np.empty((nb, PROJECTION_VECTORS, n))
     rhs = np.empty_like(lhs)
     proj_bound = np.empty((nb, 1, n))

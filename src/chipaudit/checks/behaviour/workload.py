@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from chipaudit.checks.integrity.gemm import Case, GemmCheck, Operands, bits_of, compute, to_host
+from chipaudit.checks.integrity.gemm import Case, Operands, bits_of, compute, draw_operands, to_host, verify_product
 from chipaudit.devices import torchdev
+from chipaudit.oracle.formats import FORMATS
 from chipaudit.runner.child import Channel, child_main
 
 ENV_SEEN = ("TZ", "LANG", "LC_ALL", "LANGUAGE", "FAKETIME")
@@ -76,9 +77,9 @@ class TaskSpec:
 class Task:
     def __init__(self, spec: TaskSpec, device: str) -> None:
         self.spec, self.device = spec, device
-        self.check = GemmCheck(spec.format)
+        self.fmt = FORMATS[spec.format]
         case = Case(spec.op, spec.batch, spec.m, spec.k, spec.n, spec.label)
-        ops = self.check._operands(case, np.random.default_rng(spec.seed), spec.dist, exact=False)
+        ops = draw_operands(case, self.fmt, np.random.default_rng(spec.seed), spec.dist, exact=False)
         if spec.pad_k or spec.pad_n:
             ops = _padded(ops, spec.pad_k, spec.pad_n)
         self.ops = ops
@@ -87,7 +88,7 @@ class Task:
     def compute(self) -> torch.Tensor:
         if self.tensors is None:
             self.tensors = self.ops.upload(self.device)
-        fmt, op, split = self.check.fmt, self.spec.op, self.spec.split
+        fmt, op, split = self.fmt, self.spec.op, self.spec.split
         if not split:
             return compute(fmt, op, self.tensors)
         if op == "linear":
@@ -102,7 +103,7 @@ class Task:
         result = self.compute()
         torchdev.synchronize(self.device)
         a, b = self.ops.host_augmented()
-        v = self.check._verify(a, b, to_host(result).reshape(a.shape[0], a.shape[1], -1), exact=False)
+        v = verify_product(a, b, to_host(result).reshape(a.shape[0], a.shape[1], -1), self.fmt)
         return {"ok": v.ok, "bad": v.bad, "checked": v.checked, "method": v.method, "worst": v.worst,
                 "max_ratio": v.max_ratio, "digest": hashlib.blake2b(bits_of(result), digest_size=16).hexdigest()}
 
