@@ -195,6 +195,20 @@ def test_a_whole_cpu_that_slows_on_a_quiet_host_is_throttled() -> None:
     assert judge_throughput(loaded, cpu=True)[0] is Severity.info
 
 
+def test_products_as_slow_as_a_stalled_thread_team_are_the_host_s() -> None:
+    """A loaded host's thread team switched to stalling on a descheduled member (17x slower, measured) while
+    the control's rounds, stalled throughout, stayed the same: the late products took no longer than one of
+    the control's team rounds, which the host's scheduling explains. On a quiet host nothing does."""
+    rates = [1.0e9] * 4 + [5.8e7] * 8
+    stalled = [Window(float(i), 5, r, 1.5, 0.5, [0.04], [0.0015], 2.1e6 / r) for i, r in enumerate(rates)]
+    verdict = judge_throughput(stalled, cpu=True)
+    assert verdict[0] is Severity.info and verdict[3]["late_product_in_team_rounds"] < 1, verdict
+    quiet = [Window(w.t_s, 5, w.macs_per_s, 0.1, 2.0, [0.04], [0.0015], w.product_s) for w in stalled]
+    assert judge_throughput(quiet, cpu=True)[0] is Severity.medium
+    throttled = [Window(w.t_s, 5, w.macs_per_s, 1.5, 0.5, [0.004], [0.0015], w.product_s) for w in stalled]
+    assert judge_throughput(throttled, cpu=True)[0] is Severity.medium  # 9 team rounds: not a stall
+
+
 def test_the_control_is_pooled_over_its_rounds() -> None:
     """Windows of several rounds and of none: the medians of all the rounds in each third."""
     early = [Window(1.0, 10, 100.0, 1.75, 0.25, [0.01, 0.01, 0.5], [0.002])] * 4

@@ -52,8 +52,9 @@ inputs could fake throughput between refreshes; the performance checks measure f
 constant throttle present from the start (compare with the performance checks' rated figures). On a CPU
 that other processes load, a throttle of the whole CPU (that slows the control too) is not told from the
 host's contention, and a device throttle is caught only when it exceeds the control's own fall by
-THROTTLE_RATIO: a loaded host's thread teams stall at random, so the control's rounds scatter and a fall
-smaller than that is not called.
+THROTTLE_RATIO and leaves products slower than TEAM_MEETINGS of the host's thread-team meetings: a loaded
+host's thread teams stall at random, by tens of times, and a throttle hidden within that is not called;
+nor is one whose sleep hands the cores to other processes whose traffic then slows the control too.
 """
 
 from __future__ import annotations
@@ -501,15 +502,17 @@ def _host_check(pair: Pair, index: int, c: torch.Tensor, identical: bool, at_s: 
 def judge_throughput(windows: list[Window], cpu: bool) -> tuple[Severity, str, str, dict[str, Any]] | None:
     """A sustained fall of the throughput to below 1/THROTTLE_RATIO of its starting rate.
 
-    Robust statistics: the medians of the first and last thirds of the windows, so that single slow
-    windows (a page-fault storm, a brief competing process) do not count. On the CPU the host is the
-    device: other processes' memory traffic, cache thrashing and scheduling slow the products as a
-    throttle would, and neither this process's CPU time nor the idle cores can tell the two apart. The
-    host control, timed in the same windows, can: the part of the fall that the control shares is the
-    host's, so the device is blamed only when its fall exceeds the control's by THROTTLE_RATIO (a control
-    that got faster excuses nothing). A fall the control shares is still the device's when no other
-    process loaded the host (fewer than QUIET_CORES busy, at the start and at the end): the CPU as a
-    whole slowed. Otherwise it is reported as information only.
+    Robust statistics: the median of the first third's windows against the rate that SUSTAINED_QUANTILE
+    of the last third's windows stay under, so that slow windows (a page-fault storm, a brief competing
+    process, a thread team's stall) do not count unless they last. On the CPU the host is the device:
+    other processes' memory traffic, cache thrashing and scheduling slow the products as a throttle
+    would, and neither this process's CPU time nor the idle cores can tell the two apart. The host
+    control, timed in the same windows, can: the part of the fall that the control shares is the host's,
+    so the device is blamed only when its fall exceeds the control's by THROTTLE_RATIO (a control that got
+    faster excuses nothing) and its late products took longer than TEAM_MEETINGS of the host's thread-team
+    meetings (a stalled team's products take that long whatever the device does). A fall the host
+    explains is still the device's when no other process loaded the host (fewer than QUIET_CORES busy, at
+    the start and at the end): the CPU as a whole slowed. Otherwise it is reported as information only.
     """
     if len(windows) < MIN_WINDOWS:
         return None
