@@ -28,24 +28,38 @@ host is the device, every result is compared with NumPy on the host (single-thre
 comparison does not stall the product's threads on a busy host).
 
 Throughput is recorded per window of about a second (the throughput curve, in the measurements). A
-sustained fall to less than 1/THROTTLE_RATIO of the starting rate is a finding. On the CPU, where other
-processes share the cores, each window also records the cores this process and all others kept busy, and
-a fall is attributed to the device only when the host's load cannot explain it (judge_throughput).
+sustained fall (SUSTAINED_QUANTILE of the last third's windows below 1/THROTTLE_RATIO of the first third's
+median rate) is a finding. On the CPU the host is the device: other processes' memory traffic, cache
+thrashing and scheduling slow each of this process's CPU-seconds as a throttle would, so neither its CPU
+time nor the idle cores can tell a throttled device from a contended host. A host control tells them
+apart: a small fixed NumPy computation (the host's BLAS and a memory copy, never torch's kernels, which an
+adversary may have replaced), timed in the same windows (HostControl, about 2% of an idle host's burn-in,
+at most CONTROL_SHARE plus a round per window of a loaded one's). The part of the device's fall that the
+control shares is the host's; the device is blamed when its fall exceeds the control's by THROTTLE_RATIO,
+or when the control fell with it while no other process loaded the host (the CPU as a whole slowed). Each
+window records the control's rounds and the cores this process and all others kept busy
+(judge_throughput). Accelerators keep the plain rule: the host's load does not slow their kernels.
 
 Pass: every result identical to its golden result (or within the bound), and no throughput collapse.
-Fail (high): a wrong result. Fail (medium): throughput fell by THROTTLE_RATIO or more under sustained load.
+Fail (high): a wrong result. Fail (medium): throughput fell by THROTTLE_RATIO or more under sustained load
+(on the CPU: beyond the host control's fall, or with it on a host no other process loaded). Information: a
+CPU's fall that the host control shares while other processes loaded the host.
 Warning (low): results that differ in their bits but stay within the bound.
 
 Cannot see: faults that need longer than the run (deep runs 10 minutes; set burn_in_seconds for
 longer); corruption of inputs other than the pairs drawn (a device that caches results for repeated
 inputs could fake throughput between refreshes; the performance checks measure fresh inputs); a
-constant throttle present from the start (compare with the performance checks' rated figures).
+constant throttle present from the start (compare with the performance checks' rated figures). On a CPU
+that other processes load, a throttle of the whole CPU (that slows the control too) is not told from the
+host's contention, and a device throttle is caught only when it exceeds the control's own fall by
+THROTTLE_RATIO and leaves products slower than TEAM_MEETINGS of the host's thread-team meetings: a loaded
+host's thread teams stall at random, by tens of times, and a throttle hidden within that is not called;
+nor is one whose sleep hands the cores to other processes whose traffic then slows the control too.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -89,8 +103,41 @@ MIN_WINDOWS = 6  # a throughput trend needs at least this many windows
 # A fall of the sustained rate to below 1/2 of the starting rate. Honest thermal throttling of data-
 # centre GPUs costs 10-30%; clock-throttle events that halve throughput are what DCGM's diagnostics flag.
 THROTTLE_RATIO = 2.0
-# On the CPU: a fall is the device's when this many cores sat idle meanwhile (judge_throughput).
-IDLE_CORES = 0.5
+# Sustained: the fall must hold for this share of the last third's windows (the rate of the window at this
+# quantile of them, against the first third's median). A loaded CPU's thread team runs in two modes, at full
+# speed or stalled on a descheduled member, so its windows' rates scatter by tens of times; a throttle
+# slows every window, and a quarter of them may recover (a pause that ends the load).
+SUSTAINED_QUANTILE = 0.75
+# On the CPU the host is the device, so other processes' memory traffic, cache thrashing and scheduling
+# slow every CPU-second of the burn-in as much as a throttle would. A host control, a small fixed NumPy
+# computation (the host's BLAS and memory copies, never torch's kernels, which a fault may replace), is
+# timed in the same windows; a fall of the device's rate is the device's only when it exceeds the
+# control's fall by THROTTLE_RATIO (judge_throughput). The control has two parts, each timed by the wall
+# clock, because a loaded host slows a product in two ways:
+# - team: a CONTROL_N^3 fp32 product in the host BLAS, threaded as torch's product is (above OpenBLAS's
+#   64^3 threshold): a thread team waits for its slowest member, so the product slows with the scheduling
+#   of the host far more than a single thread does (a 0.1 ms product took a median 30 ms on a 2-core host
+#   at load 8, measured). 0.1 ms on an idle 2-core host.
+# - memory: a single-threaded copy of CONTROL_COPY_WORDS fp32 words (2 x 16 MiB, the size of a server's
+#   shared last-level cache): the cache and memory bandwidth that other processes' traffic takes. 1.5 ms.
+CONTROL_N = 128
+CONTROL_COPY_WORDS = 4 * 1024 * 1024
+# A round of both every CONTROL_EVERY_S, the first at each window's start, while the window's rounds took
+# less than CONTROL_SHARE of it: about 2% of an idle host's burn-in, at most about 5% of a loaded one's
+# (plus the one round per window), however slow the host makes a round.
+CONTROL_EVERY_S = 0.1
+CONTROL_SHARE = 0.05
+# On a loaded CPU a thread team runs in two modes, at full speed or stalled on a descheduled member, and
+# it can switch for good in mid-run, without any change the host's counters or the control show (a 128^3
+# product went from 2 ms to 40 ms, 17x, while this process and the others kept the same cores busy,
+# measured on a 2-core host at load 8). A stalled product takes a few of the host's team meetings, which
+# the control's team round measures (its arithmetic is negligible): about 1 at 128^3 and 2.5 at 256^3,
+# measured. So a late product that took fewer than TEAM_MEETINGS control team rounds is explained by the
+# host's scheduling, whatever the fall; a throttle is seen on a loaded host only beyond that.
+TEAM_MEETINGS = 3.0
+# A fall that the control shares is still the device's when no other process loaded the host: fewer than
+# this many cores busy outside this process, at the start and at the end (the CPU as a whole slowed).
+QUIET_CORES = 0.5
 MAX_EVENTS = 16
 
 
@@ -112,6 +159,9 @@ class Window:
     macs_per_s: float
     other_cores: float | None = None  # CPU only: cores kept busy by other processes
     own_cores: float | None = None  # CPU only: cores this process kept busy
+    control_team_s: list[float] = field(default_factory=list)  # CPU only: the host control's rounds
+    control_memory_s: list[float] = field(default_factory=list)
+    product_s: float | None = None  # CPU only: the window's device time (without the control) per product
 
     @property
     def macs_per_cpu_s(self) -> float:
@@ -130,6 +180,7 @@ class BurnState:
     first_wrong: dict[str, Any] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
+    control_s: float = 0.0  # CPU only: seconds the host control took
 
 
 class _HostLoad:
@@ -154,6 +205,42 @@ class _HostLoad:
         wall = max(t1 - t0, 1e-6)
         own = (own1 - own0) / wall
         return max(0.0, (busy1 - busy0) / wall - own), own
+
+
+class HostControl:
+    """The host control (CPU only): a fixed NumPy computation, never torch's kernels, timed in the same
+    windows as the device's products, so that the host's own slowdown can be told from the device's."""
+
+    def __init__(self, seed: int) -> None:
+        rng = np.random.default_rng([seed, 0xC0])
+        self.a = rng.standard_normal((CONTROL_N, CONTROL_N), dtype=np.float32)
+        self.b = rng.standard_normal((CONTROL_N, CONTROL_N), dtype=np.float32)
+        self.src = rng.standard_normal(CONTROL_COPY_WORDS, dtype=np.float32)
+        self.dst = self.src.copy()  # touched: no page faults in the first round
+        self.team: list[float] = []  # seconds of each round's parts in the current window
+        self.memory: list[float] = []
+        self.seconds = 0.0  # of all rounds in the current window
+        self.last = -math.inf
+
+    def due(self, now: float, window_start: float) -> bool:
+        return not self.team or (now - self.last >= CONTROL_EVERY_S
+                                 and self.seconds < CONTROL_SHARE * (now - window_start))
+
+    def round(self) -> None:
+        t0 = time.perf_counter()
+        np.matmul(self.a, self.b)
+        t1 = time.perf_counter()
+        np.copyto(self.dst, self.src)
+        self.last = t2 = time.perf_counter()
+        self.team.append(t1 - t0)
+        self.memory.append(t2 - t1)
+        self.seconds += t2 - t0
+
+    def close_window(self) -> tuple[list[float], list[float], float]:
+        """The window's (team seconds, memory seconds, total seconds the control took); a new window."""
+        done = self.team, self.memory, self.seconds
+        self.team, self.memory, self.seconds, self.last = [], [], 0.0, -math.inf
+        return done
 
 
 class BurnInCheck(Check):
@@ -199,9 +286,14 @@ class BurnInCheck(Check):
                 "macs_per_s": [round(w.macs_per_s) for w in state.windows],
                 "products": [w.products for w in state.windows],
                 **({"other_cores": [round(w.other_cores or 0.0, 3) for w in state.windows],
-                    "own_cores": [round(w.own_cores or 0.0, 3) for w in state.windows]}
+                    "own_cores": [round(w.own_cores or 0.0, 3) for w in state.windows],
+                    "control_team_ms": [_ms(w.control_team_s) for w in state.windows],
+                    "control_memory_ms": [_ms(w.control_memory_s) for w in state.windows],
+                    "control_rounds": [len(w.control_team_s) for w in state.windows]}
                    if torch.device(ctx.device).type == "cpu" else {}),
             },
+            **({"control_share": round(state.control_s / max(elapsed, 1e-9), 4)}
+               if torch.device(ctx.device).type == "cpu" else {}),
             "median_macs_per_s": median(rates) if rates else 0.0,
             "min_macs_per_s": min(rates, default=0.0),
             "max_macs_per_s": max(rates, default=0.0),
@@ -248,6 +340,11 @@ class BurnInCheck(Check):
         if throttle is not None:
             severity, title, detail, evidence = throttle
             out.findings.append(self.finding(severity, title, detail, **evidence))
+
+
+def _ms(seconds: list[float]) -> float | None:
+    """A window's median control round, in milliseconds."""
+    return round(median(seconds) * 1e3, 3) if seconds else None
 
 
 def make_pair(ctx: CheckContext, fmt: NumberFormat, n: int, index: int) -> tuple[Pair, Verification]:
@@ -302,6 +399,7 @@ def burn(ctx: CheckContext, pool: list[Pair], fmt: NumberFormat, n: int, seconds
     macs = n**3
     cpu = torch.device(ctx.device).type == "cpu"
     load = _HostLoad() if cpu else None
+    control = HostControl(ctx.seed) if cpu else None
     start = time.perf_counter()
     window_start, window_products = start, 0
     refreshed = start
@@ -312,13 +410,18 @@ def burn(ctx: CheckContext, pool: list[Pair], fmt: NumberFormat, n: int, seconds
             refreshed = now = time.perf_counter()
         if now - window_start >= WINDOW_S:
             other, own = load.cores() if load else (None, None)
-            state.windows.append(Window(now - start, window_products, window_products * macs / (now - window_start),
-                                        other, own))
+            team, memory, control_s = control.close_window() if control else ([], [], 0.0)
+            rate = window_products * macs / max(now - window_start - control_s, 1e-9)  # the device's own time
+            state.control_s += control_s
+            state.windows.append(Window(now - start, window_products, rate, other, own, team, memory,
+                                        macs / rate if cpu and rate > 0 else None))
             window_start, window_products = now, 0
             ctx.progress(min(int(now - start), int(seconds)), int(seconds),
                          f"{state.products} products verified ({n}x{n}x{n} {fmt.name})")
         if now - start >= seconds:
             break
+        if control is not None and control.due(now, window_start):
+            control.round()
         i = secrets.randbelow(len(pool))
         pair = pool[i]
         c = torch.mm(pair.a, pair.b)
@@ -399,40 +502,75 @@ def _host_check(pair: Pair, index: int, c: torch.Tensor, identical: bool, at_s: 
 def judge_throughput(windows: list[Window], cpu: bool) -> tuple[Severity, str, str, dict[str, Any]] | None:
     """A sustained fall of the throughput to below 1/THROTTLE_RATIO of its starting rate.
 
-    Robust statistics: the medians of the first and last thirds of the windows, so that single slow
-    windows (a page-fault storm, a brief competing process) do not count. On the CPU, other processes
-    share the cores, so a fall is blamed on the device only when the host cannot explain it: either
-    each multiply-add cost this process more CPU time than at the start (the device computes more
-    slowly: efficiency fell by THROTTLE_RATIO too), or the host had IDLE_CORES to spare that this
-    process left unused (the device waited). A fall while other processes took the cores is reported
-    as information only.
+    Robust statistics: the median of the first third's windows against the rate that SUSTAINED_QUANTILE
+    of the last third's windows stay under, so that slow windows (a page-fault storm, a brief competing
+    process, a thread team's stall) do not count unless they last. On the CPU the host is the device:
+    other processes' memory traffic, cache thrashing and scheduling slow the products as a throttle
+    would, and neither this process's CPU time nor the idle cores can tell the two apart. The host
+    control, timed in the same windows, can: the part of the fall that the control shares is the host's,
+    so the device is blamed only when its fall exceeds the control's by THROTTLE_RATIO (a control that got
+    faster excuses nothing) and its late products took longer than TEAM_MEETINGS of the host's thread-team
+    meetings (a stalled team's products take that long whatever the device does). A fall the host
+    explains is still the device's when no other process loaded the host (fewer than QUIET_CORES busy, at
+    the start and at the end): the CPU as a whole slowed. Otherwise it is reported as information only.
     """
     if len(windows) < MIN_WINDOWS:
         return None
     third = len(windows) // 3
     early, late = windows[:third], windows[-third:]
     start_rate = median(w.macs_per_s for w in early)
-    end_rate = median(w.macs_per_s for w in late)
+    ordered = sorted(w.macs_per_s for w in late)
+    end_rate = ordered[math.ceil(SUSTAINED_QUANTILE * len(ordered)) - 1]
     if end_rate <= 0 or start_rate / end_rate < THROTTLE_RATIO:
         return None
     fall = start_rate / end_rate
     evidence: dict[str, Any] = {"start_macs_per_s": start_rate, "end_macs_per_s": end_rate, "fall": round(fall, 2)}
-    if cpu:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else psutil.cpu_count() or 1
-        efficiency_fall = median(w.macs_per_cpu_s for w in early) / max(
-            median(w.macs_per_cpu_s for w in late), 1e-9)
-        other = median(w.other_cores or 0.0 for w in late)
-        idle = cores - other - median(w.own_cores or 0.0 for w in late)
-        evidence |= {"efficiency_fall": round(efficiency_fall, 2), "other_cores_end": round(other, 2),
-                     "idle_cores_end": round(idle, 2)}
-        if efficiency_fall < THROTTLE_RATIO and idle < IDLE_CORES:
-            return (Severity.info, "throughput fell while other processes loaded the host",
-                    f"The rate fell {fall:.1f}x while other processes kept {other:.1f} core(s) busy and no core "
-                    "was idle; each multiply-add cost no more CPU time than before: not attributed to the "
-                    "device.", evidence)
-    return (Severity.medium, f"throughput fell {fall:.1f}x under sustained load",
-            f"The median rate of the last third of the burn-in was {end_rate:.3g} multiply-adds/s against "
-            f"{start_rate:.3g} in the first third: the device throttled, or was made to.", evidence)
+    title = f"throughput fell {fall:.1f}x under sustained load"
+    detail = (f"In {SUSTAINED_QUANTILE:.0%} of the windows of the last third of the burn-in the rate was at most "
+              f"{end_rate:.3g} multiply-adds/s, against a median {start_rate:.3g} in the first third: the device "
+              "throttled, or was made to.")
+    if not cpu:
+        return Severity.medium, title, detail, evidence
+    team, memory = control_fall(early, late, "control_team_s"), control_fall(early, late, "control_memory_s")
+    host_fall = max(team, memory)
+    excess = fall / max(host_fall, 1.0)
+    other = (median(w.other_cores or 0.0 for w in early), median(w.other_cores or 0.0 for w in late))
+    evidence |= {"control_fall": round(host_fall, 2), "control_team_fall": round(team, 2),
+                 "control_memory_fall": round(memory, 2), "fall_beyond_control": round(excess, 2),
+                 "other_cores_start": round(other[0], 2), "other_cores_end": round(other[1], 2),
+                 "efficiency_fall": round(median(w.macs_per_cpu_s for w in early) / max(
+                     median(w.macs_per_cpu_s for w in late), 1e-9), 2)}
+    late_product = [w.product_s for w in late if w.product_s]
+    late_team = [r for w in late for r in w.control_team_s]
+    meetings = median(late_product) / max(median(late_team), 1e-9) if late_product and late_team else math.inf
+    if math.isfinite(meetings):
+        evidence["late_product_in_team_rounds"] = round(meetings, 2)
+    if excess >= THROTTLE_RATIO and meetings >= TEAM_MEETINGS:
+        return (Severity.medium, title, f"{detail} The host's control fell {host_fall:.2f}x over the same "
+                "windows: the host's load does not explain the fall.", evidence)
+    if max(other) < QUIET_CORES:  # nothing else ran: the control's fall, or the team's stall, is the CPU's
+        return (Severity.medium, f"the CPU slowed {fall:.1f}x under sustained load",
+                f"The rate fell {fall:.1f}x (the host's control {host_fall:.1f}x) while other processes kept "
+                f"under {QUIET_CORES} core busy: nothing but the CPU explains it; it throttled.", evidence)
+    why = (f"the host's control, timed in the same windows, fell {host_fall:.1f}x" if excess < THROTTLE_RATIO
+           else f"each late product took {meetings:.1f} of the host's thread-team meetings (the control's team "
+                "round), as a stalled team does on a loaded host")
+    return (Severity.info, "throughput fell while other processes loaded the host",
+            f"The rate fell {fall:.1f}x while {why} and other processes kept {other[1]:.1f} core(s) busy: the "
+            "host slowed, not attributed to the device.", evidence)
+
+
+def control_fall(early: list[Window], late: list[Window], part: str) -> float:
+    """How many times longer the control's part took in the late windows than in the early ones, their
+    rounds pooled (a window holds one round or several); 1 without rounds. The larger of the ratios of
+    the median rounds (the typical round) and of the mean rounds (the average, as the device's rate is one:
+    a host that stalls thread teams now and then shows there first)."""
+    before = [s for w in early for s in getattr(w, part)]
+    after = [s for w in late for s in getattr(w, part)]
+    if not before or not after:
+        return 1.0
+    return max(median(after) / max(median(before), 1e-9),
+               (sum(after) / len(after)) / max(sum(before) / len(before), 1e-9))
 
 
 CHECKS = [BurnInCheck()]
