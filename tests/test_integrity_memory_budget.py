@@ -34,6 +34,7 @@ def test_a_pattern_stops_between_blocks_at_its_deadline() -> None:
 def test_the_check_keeps_to_its_budget_when_the_probe_promised_too_much(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory.MemoryCheck, "timeout_s", {**memory.MemoryCheck.timeout_s, Level.standard: 2.0})
     monkeypatch.setattr(memory.MemoryCheck, "_probe", lambda self, device, block_bytes: 1e13)
+    monkeypatch.setattr(memory, "Region", SlowRegion)  # the host slows after the probe, whatever its load
     ctx = CheckContext(device="cpu", level=Level.standard, seed=1, params={"memory_share": 0.001})
     t0 = time.perf_counter()
     out = memory.MemoryCheck().run(ctx)
