@@ -137,3 +137,22 @@ def test_ctrl_c_leaves_a_partial_report_marked_incomplete(tmp_path: Path) -> Non
     assert [c["id"] for c in report["checks"]] == ["fake.ok"]
     assert any("interrupted" in limit for limit in report["limits"])
     assert "interrupted" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("check", "option", "value", "param", "coverage", "expected"), [
+    ("integrity.burnin", "--burn-in-seconds", "2", "burn_in_seconds", "requested_seconds", 2.0),
+    ("integrity.memory", "--memory-share", "0.001", "memory_share", "target_share", 0.001),
+])
+def test_an_audit_parameter_is_used_recorded_and_repeated_by_the_replay_command(
+        tmp_path: Path, check: str, option: str, value: str, param: str, coverage: str, expected: float) -> None:
+    report = tmp_path / "r.json"
+    done = chipaudit("run", "--device", "cpu", "--level", "quick", "--only", check, option, value, "--seed", "4",
+                     "--json", str(report), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = load(report)
+    (result,) = data["checks"]
+    assert result["status"] == "passed" and result["coverage"][coverage] == expected
+    assert f"{option} {value}" in data["replay"] and data["params"] == {param: expected}
+    if check == "integrity.burnin":  # the shortened burn-in still did verified work and drew its curve
+        assert result["coverage"]["products"] > 0 and result["measurements"]["throughput_curve"]["t_s"]

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import chipaudit, load
 
 from chipaudit.checks.base import CheckContext
 from chipaudit.checks.integrity import burnin
@@ -262,19 +260,6 @@ def test_fresh_operands_late_in_the_run_meet_a_fault_that_spares_old_ones(
     assert out.coverage["fresh_pairs"] >= 2
     wrong = [f for f in out.findings if f.severity is Severity.high]
     assert wrong and wrong[0].evidence["first"]["fresh"] is True
-
-
-@pytest.mark.slow
-def test_cli_burn_in_seconds_option(tmp_path: Path) -> None:
-    report = tmp_path / "r.json"
-    done = chipaudit("run", "--device", "cpu", "--level", "quick", "--only", "integrity.burnin",
-                     "--burn-in-seconds", "2", "--seed", "4", "--json", str(report), timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    data = load(report)
-    (check,) = data["checks"]
-    assert check["coverage"]["requested_seconds"] == 2.0 and check["coverage"]["products"] > 0
-    assert "--burn-in-seconds 2" in data["replay"] and data["params"] == {"burn_in_seconds": 2.0}
-    assert len(check["measurements"]["throughput_curve"]["t_s"]) >= 1
 
 
 @pytest.mark.parametrize(("seconds", "chosen"), [

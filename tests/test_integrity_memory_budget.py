@@ -5,11 +5,9 @@ between blocks, reports what it did not run, and never reaches the watchdog's li
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import chipaudit, load
 
 from chipaudit.checks.base import CheckContext
 from chipaudit.checks.integrity import memory
@@ -42,15 +40,3 @@ def test_the_check_keeps_to_its_budget_when_the_probe_promised_too_much(monkeypa
     assert [f.severity for f in out.findings] == [Severity.info]
     assert out.coverage["pattern_cut_short"] or out.coverage["patterns_not_run"]
     assert out.measurements["errors"] == 0
-
-
-@pytest.mark.slow
-def test_cli_memory_share_option(tmp_path: Path) -> None:
-    report = tmp_path / "r.json"
-    done = chipaudit("run", "--device", "cpu", "--level", "quick", "--only", "integrity.memory",
-                     "--memory-share", "0.001", "--seed", "4", "--json", str(report), timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    data = load(report)
-    (check,) = data["checks"]
-    assert check["status"] == "passed" and check["coverage"]["target_share"] == 0.001
-    assert "--memory-share 0.001" in data["replay"] and data["params"] == {"memory_share": 0.001}
