@@ -20,6 +20,12 @@ class InputError(ValueError):
     """Bad input from the user (an option, a file, an environment variable): one line, exit 2."""
 
 
+class Unavailable(Exception):
+    """Something outside the user's input and outside chipaudit stopped the command (a store that
+    cannot be reached or read): one line, exit 3, no traceback, because there is nothing in chipaudit
+    to debug."""
+
+
 def one_line(message: object) -> str:
     """Errors from libraries (a database driver, a parser) span lines and may quote a URL with its
     password; what a user sees and what CI logs keep must be neither."""

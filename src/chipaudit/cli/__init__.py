@@ -10,8 +10,8 @@ import sys
 import typer
 
 from chipaudit.cli import audit, evidence, fleet, performance, stack
-from chipaudit.cli.common import INCONCLUSIVE, Inconclusive, app, fail
-from chipaudit.errors import InputError, crash_log, one_line
+from chipaudit.cli.common import INCONCLUSIVE, app, fail
+from chipaudit.errors import InputError, Unavailable, crash_log, one_line
 from chipaudit.report.model import EXIT_USAGE
 
 __all__ = ["app", "audit", "evidence", "fleet", "main", "performance", "stack"]
@@ -44,7 +44,7 @@ def main() -> None:
     except InputError as e:
         fail(f"error: {e}")
         code = EXIT_USAGE
-    except Inconclusive as e:
+    except Unavailable as e:
         fail(f"error: {e}")
         code = INCONCLUSIVE
     except (typer.Abort, KeyboardInterrupt):

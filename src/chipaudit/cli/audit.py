@@ -13,7 +13,6 @@ from chipaudit.cli.common import (
     FAIL,
     INCONCLUSIVE,
     DeviceOption,
-    Inconclusive,
     Kind,
     UsageError,
     app,
@@ -29,7 +28,6 @@ from chipaudit.cli.common import (
     usage_errors,
 )
 from chipaudit.report.model import EXIT_CODES, Level, Report
-from chipaudit.store import StoreError, StoreTargetError
 
 if TYPE_CHECKING:
     from chipaudit.evidence.publish import Outputs
@@ -268,13 +266,8 @@ def history(
     from chipaudit.report.history_view import figures_table, runs_table
 
     path = db or runs_db.default_db()
-    try:
-        runs = runs_db.runs(path, device, limit)
-        trends = runs_db.figures(path, [r.id for r in runs]) if device else {}
-    except StoreTargetError:
-        raise
-    except StoreError as e:  # a store that cannot be reached or read: nothing wrong with the input
-        raise Inconclusive(str(e)) from None
+    runs = runs_db.runs(path, device, limit)
+    trends = runs_db.figures(path, [r.id for r in runs]) if device else {}
     if not runs:
         say(f"no runs recorded{f' for {device}' if device else ''} in {path}")
         return

@@ -49,11 +49,6 @@ class UsageError(InputError):
     """Bad input from the user: reported as one line, exit 2."""
 
 
-class Inconclusive(Exception):
-    """Something outside the user's input stopped the command (a store that cannot be reached): one
-    line, exit 3, no traceback, because there is nothing in chipaudit to debug."""
-
-
 def fail(message: str) -> None:
     """One line on stderr, never wrapped, never a traceback, never a password."""
     print(f"chipaudit: {one_line(message)}", file=sys.stderr, flush=True)

@@ -12,7 +12,6 @@ import typer
 
 from chipaudit.cli.common import (
     INCONCLUSIVE,
-    Inconclusive,
     Kind,
     UsageError,
     check_outputs,
@@ -21,7 +20,6 @@ from chipaudit.cli.common import (
     stop,
     usage_errors,
 )
-from chipaudit.errors import InputError
 from chipaudit.report.model import EXIT_CODES, Level
 
 if TYPE_CHECKING:
@@ -42,18 +40,14 @@ Address = Annotated[str | None, typer.Option(help="Ray cluster address (host:por
 
 
 @contextmanager
-def _store_errors() -> Iterator[None]:
-    """A store that cannot be reached or used says nothing about the input (exit 3); a store that is
-    no store at all (StoreTargetError) or a run that is not there is an InputError and exits 2."""
+def _cluster_errors() -> Iterator[None]:
+    """A cluster that cannot be reached is the user's address to fix (exit 2). The store's own errors
+    need nothing here: a bad store target is an InputError (exit 2), a store that fails is Unavailable
+    (exit 3)."""
     from chipaudit.fleet import FleetProblem
-    from chipaudit.store import StoreError
 
     try:
         yield
-    except InputError:
-        raise
-    except StoreError as e:
-        raise Inconclusive(str(e)) from None
     except FleetProblem as e:
         raise UsageError(str(e)) from None
 
@@ -62,7 +56,7 @@ def _drive(action: Callable[[Callable[[Progress], None]], T]) -> T:
     """Run a fleet action under live counts; Ctrl-C passes through, for the caller to say how to resume."""
     from chipaudit.fleet.view import live
 
-    with _store_errors(), live(console) as update:
+    with _cluster_errors(), live(console) as update:
         return action(update)
 
 
@@ -71,7 +65,7 @@ def _exit(run_id: str, db: str | None) -> None:
     from chipaudit.fleet.summary import summarize
     from chipaudit.fleet.view import outcome
 
-    with _store_errors():
+    with _cluster_errors():
         store, _ = open_store(db)
         run = store.run(run_id)
         summary = summarize(run, store.audits(run_id)) if run else {}
@@ -163,7 +157,7 @@ def fleet_report(
     from chipaudit.report.model import write_atomic
 
     check_outputs((html_path, "--html", Kind.file), (json_path, "--json", Kind.file))
-    with _store_errors():
+    with _cluster_errors():
         store, _ = open_store(db)
         run = store.run(run_id)
         if run is None:

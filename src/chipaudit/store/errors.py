@@ -3,10 +3,10 @@ without knowing SQLite, PostgreSQL or SQLAlchemy."""
 
 from __future__ import annotations
 
-from chipaudit.errors import InputError
+from chipaudit.errors import InputError, Unavailable
 
 
-class StoreError(Exception):
+class StoreError(Unavailable):
     """The store cannot be opened or used. The message is one line and names the database, never with its
     password."""
 
