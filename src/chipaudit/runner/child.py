@@ -40,11 +40,18 @@ class Wrapper:
     child's own command begins, e.g. `unshare --net --` or `strace -o FILE --`), changes to the
     environment the whole chain starts with (None removes a variable; a layer that must perturb the
     child alone, such as strace's -E, carries them in its prefix instead), and the files it writes,
-    which are the tool's own (a sensor reads them back; a sampler must not count them)."""
+    which are the tool's own (a sensor reads them back; a sampler must not count them).
+
+    `stays` says whether the layer remains a process above the child (strace does; a namespace shim
+    that executes the child in its own place does not). `started` is called with the started
+    process's pid, before the tool talks to the child: a layer that must be finished from outside
+    (a namespace whose network the tool wires) does it there, while its shim waits."""
 
     prefix: tuple[str, ...] = ()
     env: Mapping[str, str | None] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    stays: bool = True
+    started: Callable[[int], None] | None = None
 
 
 def command(argv: Sequence[str], wrappers: Sequence[Wrapper]) -> list[str]:
@@ -93,6 +100,14 @@ class Child:
             raise
         finally:
             os.close(write_fd)
+        try:
+            for w in self.wrappers:
+                if w.started is not None:
+                    w.started(self.proc.pid)
+        except BaseException:
+            self.stop()
+            self._release()
+            raise
 
     @property
     def pid(self) -> int:
@@ -101,7 +116,7 @@ class Child:
     @property
     def wrapped(self) -> bool:
         """Whether the process started is a wrapper rather than the child's own command."""
-        return any(w.prefix for w in self.wrappers)
+        return any(w.prefix and w.stays for w in self.wrappers)
 
     @property
     def files(self) -> list[Path]:
