@@ -3,8 +3,10 @@
 Runs every behaviour check that applies (at --level, quick by default) RUNS times on the CPU, which
 has no trojan, each run with a new seed. Every other run shares the machine with a competing CPU load
 in another process, alternately steady (one core spinning) and bursty (both cores, on and off every
-fraction of a second, the worst case for timing comparisons). A false alarm is a finding of medium
-severity or above.
+fraction of a second, the worst case for timing comparisons). Every run also shares it with an
+unrelated neighbour that talks TCP over loopback and writes files all along, as any busy host has:
+the sensors must tell the device's processes from the rest of the machine. A false alarm is a
+finding of medium severity or above.
 
 A run counts only if every check that applies to the CPU ran to its end, in every one of its worlds.
 A run in which one of them raised (an error), declared itself not applicable, or left a world out is
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 
 from chipaudit.checks import select
@@ -50,6 +53,28 @@ while True:
     time.sleep(60)
 """,
 }
+
+
+# An unrelated program on the same host: a TCP echo over loopback and a file rewritten, ten times a second.
+NEIGHBOUR = """
+import os, socket, sys, threading, time
+server = socket.create_server(("127.0.0.1", 0))
+port = server.getsockname()[1]
+def echo():
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(conn.recv(64))
+threading.Thread(target=echo, daemon=True).start()
+folder = sys.argv[1]
+while True:
+    with socket.create_connection(("127.0.0.1", port)) as c:
+        c.sendall(b"ping")
+        c.recv(64)
+    with open(os.path.join(folder, "state"), "w") as f:
+        f.write(str(time.time()))
+    time.sleep(0.1)
+"""
 
 
 def load_for(run: int) -> str | None:
@@ -97,27 +122,39 @@ def main() -> int:
     if not checks:
         print("behaviour_false_alarms: FAILED: no selected check applies to the CPU, nothing was watched")
         return 1
-    alarms, failed = 0, 0
-    for run in range(args.runs):
-        kind = load_for(run)
-        competitor = subprocess.Popen([sys.executable, "-c", LOADS[kind]]) if kind else None
+    with tempfile.TemporaryDirectory(prefix="neighbour-") as folder:
+        neighbour = subprocess.Popen([sys.executable, "-c", NEIGHBOUR, folder])
         try:
-            t0 = time.monotonic()
-            found, notes, missed = run_checks(checks, run, args.level)
-            alarms += found
-            failed += bool(missed)
-            print(f"run {run + 1:2d}/{args.runs} load={kind or 'none':6s} {time.monotonic() - t0:5.0f}s  "
-                  + ", ".join(notes) + "".join(f"  FAILED: {m}" for m in missed), flush=True)
+            alarms, failed = runs(checks, args.runs, args.level)
         finally:
-            if competitor is not None:
-                competitor.kill()
-                competitor.wait()
+            neighbour.kill()
+            neighbour.wait()
     if failed:
         print(f"behaviour_false_alarms: FAILED: {failed} of {args.runs} runs did not run every check "
               f"({alarms} alarms over all runs)")
         return 1
     print(f"behaviour_false_alarms: {alarms}")
     return 0
+
+
+def runs(checks: list[Check], count: int, level: Level) -> tuple[int, int]:
+    """(alarms, runs that did not run every check) over `count` runs."""
+    alarms, failed = 0, 0
+    for run in range(count):
+        kind = load_for(run)
+        competitor = subprocess.Popen([sys.executable, "-c", LOADS[kind]]) if kind else None
+        try:
+            t0 = time.monotonic()
+            found, notes, missed = run_checks(checks, run, level)
+            alarms += found
+            failed += bool(missed)
+            print(f"run {run + 1:2d}/{count} load={kind or 'none':6s} {time.monotonic() - t0:5.0f}s  "
+                  + ", ".join(notes) + "".join(f"  FAILED: {m}" for m in missed), flush=True)
+        finally:
+            if competitor is not None:
+                competitor.kill()
+                competitor.wait()
+    return alarms, failed
 
 
 if __name__ == "__main__":
