@@ -217,7 +217,7 @@ def parse(path: Path) -> tuple[list[Event], set[int]]:
                 continue
             opened = _RETURN_FD_PATH.match(result)
             target = opened.group(1) if opened else (_paths(args) or ["?"])[0]
-            if _is_device_node(target):
+            if is_device_node(target):
                 continue
             events.append(Event("strace", FILE, call, target.split("<", 1)[0], pid, t, failed,
                                 detail=line))
@@ -227,7 +227,7 @@ def parse(path: Path) -> tuple[list[Event], set[int]]:
     return events, pids
 
 
-def _is_device_node(target: str) -> bool:
+def is_device_node(target: str) -> bool:
     """Opening a device node read-write is how every driver is reached (/dev/nvidia0, /dev/kfd);
     /dev/shm and /dev/mqueue hold files another process can read, and stay events."""
     if "<char " in target or "<block " in target:
