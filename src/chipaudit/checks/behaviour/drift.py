@@ -91,7 +91,7 @@ class DriftProbe(Check):
         if sustained.hello is None:
             raise RuntimeError(f"the workload did not start: {sustained.dead}")
         out = Outcome()
-        out.findings += findings.session_findings(self, harness.sessions, sustained)
+        out.findings += findings.session_findings(self, harness.sessions, sustained, ctx.device)
         trends = {t.label: self._trend(ctx, series, i, telemetry.readings) for i, t in enumerate(tasks)}
 
         def slowed_in_use(c: Comparison) -> bool:
