@@ -120,6 +120,10 @@ BACKENDS: dict[str, dict[str, Entry]] = {
                           "target") for f in ("fp64", "fp32", "fp16", "bf16")},
         "tf32": _lacks("torch's TF32 switch (torch.backends.cuda.matmul.allow_tf32) is NVIDIA's; ROCm enables its "
                        "xf32 mode only through hipBLASLt's own environment, outside torch"),
+        # hipBLASLt, which torch._int_mm needs on ROCm, supports only some architectures: a rating of the
+        # SKU declares int8, the table alone does not.
+        "int8": Entry(Support.undeclared, "torch._int_mm through hipBLASLt on the architectures hipBLASLt supports "
+                                          "(pytorch/pytorch pull request 122431; counted from torch 2.4)", (2, 4)),
     },
     "mps": {
         "fp64": _lacks("the MPS backend has no float64 (Metal has no double type; torch raises on float64 "
@@ -174,7 +178,7 @@ def torch_release(version: str | None = None) -> tuple[int, int]:
 
 
 def _from_table(entry: Entry, subject: str) -> Capability:
-    if entry.support is Support.backend and torch_release() < entry.since:
+    if torch_release() < entry.since:
         return Capability(subject, Support.lacks,
                           f"torch {torch.__version__} predates it: {entry.source}")
     return Capability(subject, entry.support, entry.source)
@@ -192,17 +196,18 @@ def _declared(device: str, fmt: str, subject: str) -> Capability | None:
         flag = next((f for f in CPU_FLAGS.get(fmt, ()) if f in _cpu_flags()), None)
         return Capability(subject, Support.declared, f"the CPU lists {flag} in /proc/cpuinfo (CPUID)") if flag else None
     info = torchdev.describe(device)
+    arch = str(info.properties.get("gcnArchName", ""))
+    # Before the rating: MI300's rated fp8 is e4m3fnuz, another format than the one audited here.
+    if kind == "cuda" and torch.version.hip and fmt == "fp8_e4m3" and arch.startswith(ROCM_FNUZ_FP8):
+        return Capability(subject, Support.lacks, f"{arch} computes fp8 as e4m3fnuz, not the OCP e4m3fn audited")
     spec = specs.lookup(info.name or "")
     rating = spec.dense.get(fmt) if spec is not None else None
     if spec is not None and rating is not None and rating.kind == "vendor":
         return Capability(subject, Support.declared, f"{spec.name} is rated {rating.value:g} dense for {fmt} by "
                                                      f"{rating.source}")
     if kind == "cuda" and torch.version.hip:
-        arch = str(info.properties.get("gcnArchName", ""))
         if fmt == "fp8_e4m3" and arch.startswith(ROCM_OCP_FP8):
             return Capability(subject, Support.declared, f"{arch} has OCP fp8 (e4m3fn) matrix cores")
-        if fmt == "fp8_e4m3" and arch.startswith(ROCM_FNUZ_FP8):
-            return Capability(subject, Support.lacks, f"{arch} computes fp8 as e4m3fnuz, not the OCP e4m3fn audited")
         return None
     if kind == "cuda" and "major" in info.properties:
         have = (int(info.properties["major"]), int(info.properties.get("minor", 0)))
@@ -229,8 +234,9 @@ def of_format(device: str, fmt: str) -> Capability:
     subject = f"{fmt} products"
     kind = torch.device(device).type
     entry = BACKENDS.get("rocm" if kind == "cuda" and torch.version.hip else kind, {}).get(fmt)
-    # Hardware with the format is no use to a torch without the kernel: the release decides first.
-    if entry is not None and torch_release() < entry.since:
+    # Hardware with the format is no use through a torch backend without it (no kernel in this release,
+    # no switch to ask for it): the backend's lack decides first.
+    if entry is not None and (entry.support is Support.lacks or torch_release() < entry.since):
         return _from_table(entry, subject)
     declared = _declared(device, fmt, subject)
     if declared is not None:
