@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import chipaudit, cli_env, load
 
 from chipaudit.checks.behaviour import findings
@@ -21,7 +22,7 @@ from chipaudit.checks.refusal import Hung, answer_within
 from chipaudit.devices import capability
 from chipaudit.devices.capability import Support
 from chipaudit.perturb import conditions
-from chipaudit.report.model import Severity
+from chipaudit.report.model import DeviceInfo, Severity
 
 
 @pytest.fixture
@@ -55,6 +56,27 @@ def test_a_skip_names_the_declaration_that_the_device_lacks_the_format(
     assert reason is not None and "predates it" in reason and "pull request 121792" in reason
     assert capability.of_operator("cpu", "rms_norm", ("fp32",)).lacking
     assert not capability.of_operator("cpu", "softmax", ("fp32",)).lacking
+
+
+@pytest.mark.parametrize(("name", "major", "minor", "expected"), [
+    ("NVIDIA H100 80GB HBM3", 9, 0, {f: "declared" for f in ("fp64", "tf32", "fp8_e4m3", "int8")}),
+    ("Tesla T4", 7, 5, {"fp64": "declared", "tf32": "lacks", "fp8_e4m3": "lacks", "int8": "declared"}),
+    ("Tesla P100-PCIE-16GB", 6, 0, {"fp16": "declared", "tf32": "lacks", "int8": "undeclared"}),
+])
+def test_a_cuda_device_declares_by_its_rating_and_compute_capability(
+        monkeypatch: pytest.MonkeyPatch, fresh_capabilities: object, name: str, major: int, minor: int,
+        expected: dict[str, str]) -> None:
+    """What a CUDA device reports of itself (recorded, as torchdev.describe gives it: this machine has no
+    GPU) decides; the maker's rating names its source."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(capability.torchdev, "describe", lambda device: DeviceInfo(
+        spec=device, type="cuda", index=0, name=name, properties={"major": major, "minor": minor}))
+    for fmt, support in expected.items():
+        assert capability.of_format("cuda:0", fmt).support.value == support, fmt
+    if name.startswith("NVIDIA H100"):
+        assert "datasheet" in capability.of_format("cuda:0", "fp8_e4m3").source
+    else:
+        assert "compute capability" in capability.of_format("cuda:0", "tf32").reason
 
 
 def test_an_operation_is_promised_as_weakly_as_its_weakest_format() -> None:

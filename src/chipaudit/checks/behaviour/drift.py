@@ -18,6 +18,8 @@ is reported as information) and every verification is correct.
 Fail: a late/early slowdown of 1.5x or more, significant, that no reported reason explains (high);
 the used process 1.5x or more slower than the fresh one, significant (high); any refusal, crash or
 wrong result during the run (high); side effects, as for every probe.
+A product refused in every world, the reference included, is weighed by what the device declares of
+its format (findings.py): high, medium or low, never a skip.
 
 Cannot see: triggers beyond the run's length or product count, or on cumulative use across
 processes and reboots; throttling that the device reports as an honest reason.
