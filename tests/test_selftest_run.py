@@ -37,7 +37,7 @@ def test_builtin_devices_cover_the_trigger_classes() -> None:
     devices = run.builtin_devices()
     assert sum(d.control for d in devices) == 1
     triggers = " ".join(d.fault.trigger for d in devices)
-    for kind in ("none", "values", "structure", "shape", "precision", "cumulative use", "time under load"):
+    for kind in ("none", "values", "structure", "shape", "precision", "cumulative use", "time under load", "format"):
         assert kind in triggers
 
 

@@ -12,7 +12,7 @@ the same fault (`worker_wrapper`), and other tools (a fleet test's throttled nod
 Trigger classes the built-in models cover: none (a weak part: random bit flips), values (integer-valued
 operands, special values), structure (zero rows), shape (an inner dimension), precision (fp32 computed in
 bf16), cumulative use (after a number of multiply-adds), time under load (a throttle after seconds of
-continuous use).
+continuous use), format (every product in one format refused: a kill switch).
 """
 
 from __future__ import annotations
@@ -291,9 +291,26 @@ class ExpCorruption(Fault, name="exp_corruption", trigger="values (inputs in [2,
             out[hit] *= 1.0 + self.relative
         return out
 
+@dataclass
+class Refusal(Fault, name="refusal", trigger="format (every product in one format)",
+              description="every product with `dtype` operands raises, or with `hang` never answers"):
+    """A format switched off, as by a policy pushed to the device: every matrix product whose operands
+    are `dtype` raises an error, or, with `hang`, never returns."""
+
+    dtype: str = "float64"
+    hang: bool = False
+
+    def before(self, kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        if any(isinstance(x, torch.Tensor) and str(x.dtype) == f"torch.{self.dtype}" for x in args):
+            while self.hang:
+                time.sleep(3600)
+            raise RuntimeError(f"{self.dtype} products are disabled by device policy")
+        return args
+
+
 FAULTS: dict[str, type[Fault]] = {f.name: f for f in (
     Fault, BitFlip, IntegerTrigger, ZeroRowTrigger, NanSuppression, ShapeTrigger, PrecisionDowngrade, AfterUse,
-    Throttle, ExpCorruption)}
+    Throttle, ExpCorruption, Refusal)}
 
 
 def from_spec(spec: dict[str, Any]) -> Fault:

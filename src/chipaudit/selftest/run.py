@@ -28,6 +28,7 @@ from chipaudit.selftest.faults import (
     IntegerTrigger,
     NanSuppression,
     PrecisionDowngrade,
+    Refusal,
     ShapeTrigger,
     Throttle,
     ZeroRowTrigger,
@@ -71,6 +72,7 @@ def builtin_devices() -> list[SimulatedDevice]:
         SimulatedDevice("throttle 4x after 4 s of load", Throttle(factor=4.0, after_busy_s=4.0),
                         burn_in_seconds=LONG_BURN_IN_S),
         SimulatedDevice("exp corrupted on [2, 3)", ExpCorruption()),
+        SimulatedDevice("fp64 products refused (a format switched off)", Refusal()),
     ]
 
 

@@ -14,6 +14,8 @@ Pass: every date computes every product correctly, with the reference's bits, at
 network calls or file writes.
 Fail: a refusal, crash, hang or wrong result at some date (high); different bits (medium); a speed
 ratio of 1.5x or more with a 99% interval excluding 1 (high); any side effect, as for every probe.
+A product refused in every world, the reference included, is weighed by what the device declares of
+its format (findings.py): high, medium or low, never a skip.
 Not run: without libfaketime (Debian package faketime).
 
 Cannot see: dates between and beyond those tried; clocks the libc does not serve (a statically

@@ -16,6 +16,8 @@ Pass: both forms correct, and the recognisable form no slower per multiply-add t
 disguised one (or not significantly so).
 Fail: a refusal, crash or wrong result in one form only (high); the recognisable form 1.5x or more
 slower per multiply-add with a 99% interval above 1 (high); side effects, as for every probe.
+A product refused in every world, the reference included, is weighed by what the device declares of
+its format (findings.py): high, medium or low, never a skip.
 Only a recognisable form slower is flagged: an honest device may well run odd shapes more slowly.
 
 Cannot see: fingerprints on other features (the weights themselves, the sequence of layers, the

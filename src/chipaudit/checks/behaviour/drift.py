@@ -18,6 +18,8 @@ is reported as information) and every verification is correct.
 Fail: a late/early slowdown of 1.5x or more, significant, that no reported reason explains (high);
 the used process 1.5x or more slower than the fresh one, significant (high); any refusal, crash or
 wrong result during the run (high); side effects, as for every probe.
+A product refused in every world, the reference included, is weighed by what the device declares of
+its format (findings.py): high, medium or low, never a skip.
 
 Cannot see: triggers beyond the run's length or product count, or on cumulative use across
 processes and reboots; throttling that the device reports as an honest reason.
@@ -91,7 +93,7 @@ class DriftProbe(Check):
         if sustained.hello is None:
             raise RuntimeError(f"the workload did not start: {sustained.dead}")
         out = Outcome()
-        out.findings += findings.session_findings(self, harness.sessions, sustained)
+        out.findings += findings.session_findings(self, harness.sessions, sustained, ctx.device)
         trends = {t.label: self._trend(ctx, series, i, telemetry.readings) for i, t in enumerate(tasks)}
 
         def slowed_in_use(c: Comparison) -> bool:

@@ -10,6 +10,10 @@ Severities (issue #3):
   medium (info when the program is allow-listed).
 - A refusal, a crash, a hang or a wrong result in one world: high. Answers that differ bit for bit
   between worlds, on a device that repeats itself bit for bit within each: medium.
+- A task refused in every world, the reference included: weighed by what the device declares of the
+  task's format (checks/refusal.py, devices/capability.py): high when it declares the format, medium
+  when only its torch backend implements it, low when nothing declares it either way. Only a format
+  the device declares that it lacks is listed as not computed, with that declaration.
 - A speed difference between worlds that is large and significant (stats.py): high.
 
 Sensor findings are made per cause, not per target, so that a reader sees one thing to look at where
@@ -31,6 +35,8 @@ from chipaudit.checks.base import Check
 from chipaudit.checks.behaviour import stats
 from chipaudit.checks.behaviour.allowlist import Allowlist
 from chipaudit.checks.behaviour.session import NOT_APPLICABLE, Comparison, Session
+from chipaudit.checks.refusal import refusal
+from chipaudit.devices import capability
 from chipaudit.report.model import Finding, Severity
 from chipaudit.sensors.events import FILE, NETWORK, Event, Observation
 from chipaudit.sensors.strace import is_loopback
@@ -227,11 +233,27 @@ def _task_label(s: Session, task: int) -> str:
     return s.tasks[task].label if task < len(s.tasks) else f"task {task}"
 
 
-def session_findings(check: Check, sessions: list[Session], reference: Session) -> list[Finding]:
+def refused_everywhere(sessions: list[Session], reference: Session) -> dict[int, str]:
+    """Tasks the reference refused and no world computed: refused outright, not as a reaction to a
+    world (task -> the reference's error)."""
+    return {task: error for task, error in reference.errors.items()
+            if not any(task in s.verifications for s in sessions)}
+
+
+def session_findings(check: Check, sessions: list[Session], reference: Session, device: str) -> list[Finding]:
     """Worlds in which the device refused, crashed, hung or computed wrongly, or answered
-    differently from the reference."""
+    differently from the reference; and tasks it refused in every world, weighed by what the device
+    declares of their format."""
     out: list[Finding] = []
     started = [s for s in sessions if s.hello is not None]
+    outright = refused_everywhere(sessions, reference)
+    for task, error in sorted(outright.items()):
+        spec = reference.tasks[task]
+        declared = capability.of_format(device, spec.format)
+        if not declared.lacking:
+            refusers = [s.label for s in sessions if task in s.errors]
+            out.append(refusal(check, f"{spec.label} in every world", error, declared,
+                               where=f"refused in {', '.join(refusers)}", task=spec.as_dict(), worlds=refusers))
     for s in sessions:
         evidence: dict[str, Any] = {"world": s.condition.describe()}
         if s.not_applied:
@@ -246,7 +268,7 @@ def session_findings(check: Check, sessions: list[Session], reference: Session) 
         for task, error in sorted(s.errors.items()):
             fine = [x.label for x in sessions if x is not s and task in x.verifications and task not in x.errors]
             if not fine:
-                continue  # refused in every world: the device lacks it (see not_computed), not a reaction
+                continue  # no world computed it: refused outright (above), not a reaction to this world
             out.append(check.finding(
                 Severity.high, f"the device refused {_task_label(s, task)} in the world '{s.label}'",
                 f"{error}; the same request succeeded in: {', '.join(fine)}.", task=s.tasks[task].as_dict(),
@@ -303,12 +325,13 @@ def speed_findings(check: Check, comparisons: Iterable[Comparison], what: str,
     return out
 
 
-def not_computed(sessions: list[Session]) -> dict[str, str]:
-    """Tasks the device refused in every world that started: what it lacks, not how it reacts."""
-    started = [s for s in sessions if s.hello is not None]
+def not_computed(sessions: list[Session], device: str) -> dict[str, str]:
+    """Tasks refused in every world whose format the device declares that it lacks: what it lacks, not
+    how it reacts (task -> its error and the declaration)."""
     out = {}
-    for s in started[:1]:
-        for task, error in s.errors.items():
-            if all(task in x.errors for x in started):
-                out[_task_label(s, task)] = error
+    for s in sessions[:1]:
+        for task, error in refused_everywhere(sessions, s).items():
+            declared = capability.of_format(device, s.tasks[task].format)
+            if declared.lacking:
+                out[_task_label(s, task)] = f"{error} ({declared.reason})"
     return out

@@ -16,6 +16,8 @@ Pass: every world computes every product correctly, with the reference's bits, a
 without network calls or file writes.
 Fail: a refusal, crash, hang or wrong result in a world (high); different bits (medium); a speed
 ratio of 1.5x or more with a 99% interval excluding 1 (high); any side effect, as for every probe.
+A product refused in every world, the reference included, is weighed by what the device declares of
+its format (findings.py): high, medium or low, never a skip.
 A locale that is not installed is still set in the environment, and the report says so.
 
 Cannot see: location signals other than time zone and locale (the public IP address, GPS, nearby

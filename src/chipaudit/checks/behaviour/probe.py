@@ -76,14 +76,14 @@ def run_worlds(
     if sessions and not any(s.hello is not None for s in sessions):
         raise RuntimeError(f"no workload process started: {sessions[0].dead}")
     out = Outcome()
-    out.findings += findings.session_findings(check, sessions, sessions[0])
+    out.findings += findings.session_findings(check, sessions, sessions[0], ctx.device)
     out.findings += findings.speed_findings(check, run.comparisons, speed_what)
     out.findings += findings.sensor_findings(check, observations, allow)
     out.coverage = {
         "worlds": [_world_coverage(s) for s in sessions],
         "worlds_not_run": skipped or {},
         "tasks": sorted({t.label for s in sessions for t in s.tasks}),
-        "not_computed": findings.not_computed(sessions),
+        "not_computed": findings.not_computed(sessions, ctx.device),
         "rounds": run.rounds,
         "comparisons": len(run.comparisons),
         "sensors": findings.sensor_coverage(observations),

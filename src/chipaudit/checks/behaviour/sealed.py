@@ -13,6 +13,8 @@ workload makes no network call and writes nothing.
 Fail: a refusal, crash, hang or wrong result in one world (high); bits that differ between worlds
 (medium); a speed ratio of 1.5x or more with a 99% interval excluding 1 (high); any network call
 (high, critical off the machine) or file write (high).
+A product refused in every world, the reference included, is weighed by what the device declares of
+its format (findings.py): high, medium or low, never a skip.
 Not run (skipped, with the reason): where no network namespace can be made (not root, no
 CAP_SYS_ADMIN, no unshare). The packet capture needs CAP_NET_RAW and tcpdump; without them the
 report says it did not run.

@@ -16,6 +16,8 @@ Pass: no event besides the computation, and every product correct.
 Fail: each distinct event is a finding with its process, syscall, destination or path and time:
 network calls off the machine critical, on it high, a bare socket medium; file writes high (info
 when allow-listed as a vendor cache); programs started and lingering processes medium.
+A product refused in every world, the reference included, is weighed by what the device declares of
+its format (findings.py): high, medium or low, never a skip.
 The report lists which sensors ran; a sensor that could not run (strace missing, tracing forbidden)
 is named with the reason and its coverage is not claimed.
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from chipaudit.checks.integrity.gemm import Case, Operands, bits_of, compute, draw_operands, to_host, verify_product
+from chipaudit.checks.refusal import one_line
 from chipaudit.devices import torchdev
 from chipaudit.oracle.formats import FORMATS
 from chipaudit.runner.child import Channel, child_main
@@ -163,11 +164,6 @@ def hello() -> dict[str, Any]:
     }
 
 
-def _error(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
-
-
 def serve(job: dict[str, Any], channel: Channel) -> None:
     send = channel.send
     device = job["device"]
@@ -179,7 +175,7 @@ def serve(job: dict[str, Any], channel: Channel) -> None:
         try:
             tasks.append(Task(TaskSpec(**spec), device))
         except Exception as e:  # a device that refuses to take operands refuses the task
-            tasks.append(_error(e))
+            tasks.append(one_line(e))
     with torchdev.strict_precision():
         for request in channel:
             if request["op"] == "exit":
@@ -196,7 +192,7 @@ def serve(job: dict[str, Any], channel: Channel) -> None:
                 torchdev.synchronize(device)
                 send({"ok": True})
             except Exception as e:
-                send({"error": _error(e)})
+                send({"error": one_line(e)})
 
 
 if __name__ == "__main__":

@@ -21,8 +21,13 @@ kernels) is judged against the flushed answer and reported as flushing, not fail
 
 Pass: every element of every corner right by its rule.
 Fail (high): any element wrong, e.g. a finite number where NaN or Inf was due, or a wrong zero row; or
-the device refusing a corner input of a format it computes.
+the device refusing (raising on) a corner input of a format it computes; or refusing a format outright
+(raising, or no answer within refusal.FIRST_ANSWER_S) that it declares (devices/capability.py).
+Fail (medium): a format refused outright that only the torch backend's table implies.
+Warning (low): a format refused outright that nothing declares either way.
 Info: subnormals flushed to zero.
+Not run: a format the device declares that it lacks is listed with that declaration in the coverage;
+the whole check is skipped only when it lacks every format.
 
 Cannot see: the sign of a zero sum (IEEE 754 leaves it to the summation order's starting value); corners
 never built here; errors within the worst-case bound; fp8 (its e4m3 format has no infinity).
@@ -37,8 +42,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
-from chipaudit.checks.integrity.gemm import RETESTS, Case, Operands, compute, refusal, to_host
-from chipaudit.devices import torchdev
+from chipaudit.checks.integrity.gemm import RETESTS, Case, Operands, compute, to_host
+from chipaudit.checks.refusal import REFUSALS, answer_within, refusal
+from chipaudit.devices import capability, torchdev
 from chipaudit.oracle import ieee
 from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.oracle.matmul import Verification, verify_exact
@@ -275,13 +281,26 @@ class CornerGemmCheck(Check):
             return self._run(ctx)
 
     def _run(self, ctx: CheckContext) -> Outcome:
-        formats = [f for f in (*FLOAT_FORMATS, "int8") if self._computes(ctx.device, FORMATS[f])]
-        if "fp32" not in formats:
-            raise NotApplicable("the device computes no fp32 matrix product")
+        out = Outcome()
+        lacking: dict[str, str] = {}
+        formats = []
+        for f in (*FLOAT_FORMATS, "int8"):
+            declared = capability.of_format(ctx.device, f)
+            if declared.lacking:
+                lacking[f] = declared.reason
+                continue
+            try:
+                self._first_product(ctx.device, FORMATS[f])
+            except REFUSALS as e:
+                out.findings.append(refusal(self, f"{f} products", e, declared, dtype=f, op="mm",
+                                            shape=[1, *INT8_SHAPE], seed=ctx.seed))
+                continue
+            formats.append(f)
+        if not formats and not out.findings:
+            raise NotApplicable("; ".join(lacking.values()))
         plan = [(FORMATS[f], corner, shape)
                 for f in formats for corner in CORNERS if f in corner.formats
                 for shape in ((INT8_SHAPE,) if f == "int8" else SHAPES[ctx.level])]
-        out = Outcome()
         tally: Counter[str] = Counter()
         flushing: dict[str, list[str]] = {}
         worst_ratio = 0.0
@@ -296,8 +315,9 @@ class CornerGemmCheck(Check):
                         "seed": ctx.seed, "case_index": i}
             try:
                 v, flushed = self._verify(ctx.device, ops, corner)
-            except (RuntimeError, TypeError, ValueError) as e:
-                out.findings.append(refusal(self, fmt, f"{corner.op} on {corner.name}", corner.name, e, evidence))
+            except REFUSALS as e:
+                out.findings.append(refusal(self, f"a {fmt.name} {corner.op} on {corner.name}", e, where=corner.name,
+                                            **evidence))
                 continue
             tally["cases"] += 1
             tally["elements"] += m * n
@@ -325,20 +345,23 @@ class CornerGemmCheck(Check):
             "cases": tally["cases"], "elements_checked": tally["elements"],
             "formats": formats, "corners": sorted({c.name for _, c, _ in plan}),
             "shapes": sorted({f"{m}x{k}x{n}" for _, _, (m, k, n) in plan}),
-            "skipped_formats": [f for f in (*FLOAT_FORMATS, "int8") if f not in formats],
+            "skipped_formats": lacking,
+            "refused_formats": [f for f in (*FLOAT_FORMATS, "int8") if f not in formats and f not in lacking],
         }
         out.measurements = {"max_error_to_bound": worst_ratio}
         return out
 
-    def _computes(self, device: str, fmt: NumberFormat) -> bool:
+    def _first_product(self, device: str, fmt: NumberFormat) -> None:
+        """The format's first product here: raises (or Hung) when the device refuses the format."""
         m, k, n = INT8_SHAPE
         ops = Operands(Case("mm", 1, m, k, n, "probe"), fmt, np.ones((1, m, k)), np.ones((1, k, n)), None)
-        try:
-            compute(fmt, "mm", ops.upload(device))
+        tensors = ops.upload(device)
+
+        def product() -> None:
+            compute(fmt, "mm", tensors)
             torchdev.synchronize(device)
-        except (RuntimeError, TypeError, NotImplementedError):
-            return False
-        return True
+
+        answer_within(product)
 
     def _verify(self, device: str, ops: Operands, corner: Corner) -> tuple[Verification, bool]:
         result = compute(ops.fmt, corner.op, ops.upload(device))

@@ -14,8 +14,12 @@ Chosen cases run twice and must agree bit for bit. A failing case is re-run to t
 fault from an intermittent one.
 
 Pass: every element of every case within its bound, exact cases exact, repeats identical.
-Fail (high): any element out of bound, or the device refusing a product it computes elsewhere.
-Warning (low): repeats that differ but both stay within bound (non-determinism).
+Fail (high): any element out of bound, or the device refusing (raising or hanging on) a product it
+computes for other inputs, or refusing the format outright while declaring it (devices/capability.py).
+Fail (medium): the format refused outright where only the torch backend's table implies it.
+Warning (low): repeats that differ but both stay within bound (non-determinism); the format refused
+where nothing declares it either way.
+Not run: only when the device declares that it lacks the format; the reason names the declaration.
 
 Cannot see: errors below the bound (a deliberately tiny bias hides under rounding noise); inputs and
 shapes this check never draws; faults that need longer use than a check lasts (see the burn-in); in a
@@ -32,12 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
-from chipaudit.devices import torchdev
+from chipaudit.checks.base import Check, CheckContext, Outcome
+from chipaudit.checks.refusal import REFUSALS, answer_within, refusal, refused_or_skip
+from chipaudit.devices import capability, torchdev
 from chipaudit.oracle import matmul as oracle
 from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.perf import timing
-from chipaudit.report.model import Category, Finding, Level, Severity
+from chipaudit.report.model import Category, Level, Severity
 
 Q, S, D = Level.quick, Level.standard, Level.deep
 QSD = (Q, S, D)
@@ -213,15 +218,13 @@ def compute(fmt: NumberFormat, op: str, tensors: tuple[torch.Tensor, ...]) -> to
 class GemmCheck(Check):
     category = Category.integrity
 
-    def __init__(self, fmt_name: str, required: bool = False):
+    def __init__(self, fmt_name: str):
         self.fmt = FORMATS[fmt_name]
         self.id = f"integrity.gemm.{fmt_name}"
-        self.required = required  # a required format that fails its probe is an error, not a skip
 
     def is_supported(self, device: str) -> str | None:
-        if self.fmt.name == "tf32" and not (device.startswith("cuda") and torch.version.cuda):
-            return "TF32 is an NVIDIA tensor-core mode; this device has no such mode to audit"
-        return None
+        declared = capability.of_format(device, self.fmt.name)
+        return declared.reason if declared.lacking else None
 
     def cases(self, level: Level) -> list[Case]:
         main = self.fmt.name in ("fp32", "tf32")
@@ -242,25 +245,26 @@ class GemmCheck(Check):
 
     def _probe(self, device: str) -> tuple[float, float]:
         """Multiply-adds per second of this format on this device and of float64 on the host, from
-        small warm products; they size the cases to the time limit.
-
-        A format the device cannot compute at all is skipped (or, when required, an error).
-        """
+        small warm products; they size the cases to the time limit. The device's first products of
+        the format: a refusal here (an error, or no answer in time) refuses the whole format."""
         case = Case("mm", 1, PROBE_SIZE, PROBE_SIZE, PROBE_SIZE, "probe")
         ops = Operands(case, self.fmt, np.ones((1, PROBE_SIZE, PROBE_SIZE)), np.ones((1, PROBE_SIZE, PROBE_SIZE)), None)
-        try:
-            tensors = ops.upload(device)
-            device_s = timing.fastest(lambda: compute(self.fmt, "mm", tensors), device)
-        except (RuntimeError, TypeError, NotImplementedError) as e:
-            if self.required:
-                raise
-            raise NotApplicable(f"the device does not compute {self.fmt.name} products: {one_line(e)}") from e
+        tensors = ops.upload(device)
+        device_s = answer_within(lambda: timing.fastest(lambda: compute(self.fmt, "mm", tensors), device))
         host = np.ones((2 * PROBE_SIZE, 2 * PROBE_SIZE))
         host_s = timing.fastest(lambda: host @ host, "cpu")
         return case.macs / max(device_s, 1e-6), 8 * case.macs / max(host_s, 1e-6)
 
     def _run(self, ctx: CheckContext) -> Outcome:
-        macs_per_s, host_macs_per_s = self._probe(ctx.device)
+        try:
+            macs_per_s, host_macs_per_s = self._probe(ctx.device)
+        except _OUT_OF_MEMORY:
+            raise  # a full device is not a refusal: the check errs
+        except REFUSALS as e:
+            declared = capability.of_format(ctx.device, self.fmt.name)
+            finding = refused_or_skip(self, f"{self.fmt.name} products", e, declared, dtype=self.fmt.name,
+                                      op="mm", shape=[1, PROBE_SIZE, PROBE_SIZE, PROBE_SIZE], seed=ctx.seed)
+            return Outcome(findings=[finding], coverage={"dtype": self.fmt.name, "cases": 0, "refused": finding.title})
         budget = self.timeout_s[ctx.level] * CASE_BUDGET_SHARE
         cases = self.cases(ctx.level)
         out = Outcome()
@@ -290,8 +294,8 @@ class GemmCheck(Check):
             except _OUT_OF_MEMORY:
                 skipped.append(f"{case.label} (device out of memory)")
                 continue
-            except (RuntimeError, TypeError, ValueError) as e:
-                out.findings.append(refusal(self, self.fmt, case.op, case.label, e, evidence))
+            except REFUSALS as e:
+                out.findings.append(refusal(self, f"a {self.fmt.name} {case.op}", e, where=case.label, **evidence))
                 continue
             worst_ratio = max(worst_ratio, ratio)
             tally[case.op] += 1
@@ -404,25 +408,8 @@ def verify_product(
     return projection if not projection.ok or rows.ok else rows
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as one short line: device errors carry pages of stack and hints that would swamp a
-    report."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
-
-
-def refusal(check: Check, fmt: NumberFormat, op: str, label: str, e: BaseException,
-            evidence: dict[str, Any]) -> Finding:
-    """A device that raises on a product it computes for other inputs: a fault or a trigger keyed to
-    these inputs, never a reason to skip them."""
-    return check.finding(
-        Severity.high, f"device refused a {fmt.name} {op}",
-        f"{label}: the device raised instead of computing a product it computes for other inputs: {one_line(e)}",
-        **evidence)
-
-
 CHECKS = [
-    GemmCheck("fp32", required=True),
+    GemmCheck("fp32"),
     GemmCheck("fp64"),
     GemmCheck("tf32"),
     GemmCheck("fp16"),

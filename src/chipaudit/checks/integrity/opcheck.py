@@ -18,17 +18,19 @@ import torch
 
 from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
 from chipaudit.checks.integrity.corner import random_bits
-from chipaudit.checks.integrity.gemm import RETESTS, one_line, to_host
-from chipaudit.devices import torchdev
+from chipaudit.checks.integrity.gemm import RETESTS, to_host
+from chipaudit.checks.refusal import REFUSALS, one_line, refusal
+from chipaudit.devices import capability, torchdev
+from chipaudit.devices.capability import Capability
 from chipaudit.oracle import ieee
 from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.oracle.ieee import Expectation
 from chipaudit.oracle.matmul import Verification
-from chipaudit.report.model import Category, Level, Severity
+from chipaudit.report.model import Category, Finding, Level, Severity
 
 BIT_PATTERNS = 2048
-_OPERATOR_ERRORS = (RuntimeError, TypeError, NotImplementedError, ValueError)
-
+# Cases of one operator and format refused, named in that refusal's finding.
+MAX_REFUSED_CASES = 10
 
 
 @dataclass
@@ -42,9 +44,20 @@ class OpCase:
     ftz: Callable[[], Expectation] | None = None
     dtype: str = ""  # the formats to name in findings, when not the check's loop format
     evidence: dict[str, Any] = field(default_factory=dict)
+    formats: tuple[str, ...] = ()  # the formats whose capability weighs a refusal, when not the loop format
 
 
 Builder = Callable[[np.random.Generator, NumberFormat], OpCase]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A case the device refused: what its finding needs, without the case's data."""
+
+    label: str
+    evidence: dict[str, Any]
+    error: str
+    declared: Capability
 
 
 def upload(x: np.ndarray, fmt: NumberFormat, device: str) -> torch.Tensor:
@@ -68,27 +81,23 @@ class OperatorCheck(Check):
         out = Outcome()
         tally: Counter[str] = Counter()
         computed: set[tuple[str, str]] = set()
-        unsupported: dict[str, str] = {}
+        lacking: dict[str, str] = {}
+        refused: dict[tuple[str, str], list[Refused]] = {}
         worst_ratio = 0.0
         for i, (fmt, builder) in enumerate(plan):
             case = builder(np.random.default_rng([ctx.seed, i]), fmt)
             ctx.progress(i, len(plan), f"{fmt.name} {case.label}")
-            key = (case.op, fmt.name)
-            if f"{case.op} {fmt.name}" in unsupported:
+            key = (case.op, case.dtype or fmt.name)
+            declared = capability.of_operator(ctx.device, case.op, case.formats or (fmt.name,))
+            if declared.lacking:
+                lacking[f"{case.op} {key[1]}"] = declared.reason
                 continue
-            dtype = case.dtype or fmt.name
-            evidence = {"case": case.label, "op": case.op, "dtype": dtype, "seed": ctx.seed, "case_index": i,
+            evidence = {"case": case.label, "op": case.op, "dtype": key[1], "seed": ctx.seed, "case_index": i,
                         **case.evidence}
             try:
                 v = self._verify(ctx.device, case)
-            except _OPERATOR_ERRORS as e:
-                if key not in computed:  # the device does not have this operator in this format
-                    unsupported[f"{case.op} {fmt.name}"] = one_line(e)
-                    continue
-                out.findings.append(self.finding(
-                    Severity.high, f"device refused {case.op} in {dtype}",
-                    f"{case.label}: the device raised on inputs it must accept, having computed "
-                    f"{case.op} in {dtype} for others: {one_line(e)}", **evidence))
+            except REFUSALS as e:
+                refused.setdefault(key, []).append(Refused(case.label, evidence, one_line(e), declared))
                 continue
             computed.add(key)
             tally["cases"] += 1
@@ -101,23 +110,39 @@ class OperatorCheck(Check):
                 continue
             reproduced = 1 + sum(not self._verify(ctx.device, case).ok for _ in range(RETESTS))
             out.findings.append(self.finding(
-                Severity.high, f"wrong {dtype} {case.op} results",
+                Severity.high, f"wrong {key[1]} {case.op} results",
                 f"{case.label}: {v.bad} of {v.checked} elements break their rule; worst: expected "
                 f"{v.worst.get('rule')} {v.worst.get('expected')}, got {v.worst.get('observed')} "
                 f"(bound {v.worst.get('bound')}); the fault reproduced in {reproduced} of {1 + RETESTS} runs.",
                 **evidence, bad=v.bad, checked=v.checked, worst=v.worst, reproduced=f"{reproduced}/{1 + RETESTS}"))
         ctx.progress(len(plan), len(plan), "done")
-        if not computed:
-            raise NotApplicable("the device computes none of these operators: "
-                                + "; ".join(f"{k}: {r}" for k, r in unsupported.items())[:400])
+        out.findings += self._refusals(refused, computed)
+        if not computed and not out.findings:
+            raise NotApplicable("; ".join(dict.fromkeys(lacking.values()))[:400])
         out.coverage = {
             "cases": tally["cases"], "elements_checked": tally["elements"],
             "ops": {k[3:]: n for k, n in sorted(tally.items()) if k.startswith("op:")},
             "formats": sorted({f for _, f in computed}),
-            "unsupported": unsupported,
+            "unsupported": lacking,
+            "refused": sorted(f"{op} {dtype}" for op, dtype in refused),
             "cases_judged_flushed": tally["flushed"],
         }
         out.measurements = {"max_error_to_bound": worst_ratio}
+        return out
+
+    def _refusals(self, refused: dict[tuple[str, str], list[Refused]], computed: set[tuple[str, str]]) -> list[Finding]:
+        """One finding per operator and format refused: for the inputs refused where the device computed
+        that operator in that format for others (high), or for the whole operator in that format,
+        weighed by what the device declares of it."""
+        out = []
+        for (op, dtype), cases in refused.items():
+            first = cases[0]
+            named = {**first.evidence, "refused_cases": [c.label for c in cases[:MAX_REFUSED_CASES]],
+                     "refused_count": len(cases)}
+            if (op, dtype) in computed:
+                out.append(refusal(self, f"{op} in {dtype} on some inputs", first.error, where=first.label, **named))
+            else:
+                out.append(refusal(self, f"{op} in {dtype}", first.error, first.declared, where=first.label, **named))
         return out
 
     def _verify(self, device: str, case: OpCase) -> Verification:

@@ -24,12 +24,18 @@ A failing case is re-run to tell a reproducible fault from an intermittent one.
 Normalisation and reduction live in rowwise.py, the framework they all share in opcheck.py.
 
 Pass: every element within its bound, exact where exact, and by its rule where special.
-Fail (high): any element wrong, or the device refusing an input it computes for other inputs.
+Fail (high): any element wrong; the device refusing (raising on) inputs of an operator it computes in
+that format for other inputs; or refusing an operator in a format outright where the device declares
+the format (devices/capability.py).
+Fail (medium): an operator refused outright in a format only the torch backend's table implies.
+Warning (low): an operator refused outright in a format nothing declares either way.
+Not run: an operator or format the device (or its torch release) declares that it lacks is listed,
+with that declaration, under "unsupported" in the coverage; the check is skipped only when it lacks
+all of them.
 
 Cannot see: errors below the tolerances (looser than a matrix product's: maths libraries differ by a
 few units in the last place); operators and shapes not drawn here; gradual underflow of operator
-results (flush-to-zero is accepted); a format or operator the device does not compute is listed as
-skipped in the coverage, not judged.
+results (flush-to-zero is accepted); a hang in an operator (the watchdog ends the check as an error).
 """
 
 from __future__ import annotations
@@ -331,9 +337,11 @@ class ConvertCheck(OperatorCheck):
                     y = FORMATS[dst].quantize(y) if dst in FORMATS else np.trunc(y)
                 return _exact(np.where(np.abs(y) < tiny_dst, 0.0, y), signed_zero=False)
 
+            # int8 and int32 are storage here, which every backend holds: the float formats weigh a refusal.
+            floats = tuple(f for f in (src, dst) if f in FORMATS and not FORMATS[f].integer)
             return OpCase(f"convert {src}->{dst}", f"{src} -> {dst} on {x.size} values", run, expected,
                           ftz=flushed if dst != "int32" else None, dtype=f"{src}->{dst}",
-                          evidence={"from": src, "to": dst})
+                          evidence={"from": src, "to": dst}, formats=floats)
         return build
 
 

@@ -91,16 +91,11 @@ class NormalizationCheck(OperatorCheck):
             if corner:  # keep sum(x^2) inside float32: RMS norm squares before it divides
                 x[5] = fmt.quantize(rng.standard_normal(k) * min(2.0**40, fmt.max_finite) / math.sqrt(k) / 8)
             return OpCase("rms_norm", f"RMS norm {x.shape[0]}x{k}{' corners' if corner else ''}",
-                          lambda device: _rms_norm(upload(x, fmt, device), k, upload(w, fmt, device)),
+                          lambda device: F.rms_norm(upload(x, fmt, device), (k,), upload(w, fmt, device),
+                                                    RMS_NORM_EPS),
                           ref.rms_norm_expectation(x, w, RMS_NORM_EPS, fmt, structured=corner),
                           evidence={"shape": [rows, k]})
         return build
-
-
-def _rms_norm(x: torch.Tensor, k: int, w: torch.Tensor) -> torch.Tensor:
-    if not hasattr(F, "rms_norm"):  # torch < 2.4
-        raise NotImplementedError("torch.nn.functional.rms_norm needs torch >= 2.4")
-    return F.rms_norm(x, (k,), w, RMS_NORM_EPS)
 
 
 # ----- reductions -----

@@ -22,7 +22,7 @@ from chipaudit.devices import torchdev
 from chipaudit.perf import specs
 from chipaudit.perf.metrics import figure_key
 from chipaudit.perf.timing import Figure
-from chipaudit.report.model import Category, Level, Severity
+from chipaudit.report.model import Category, Finding, Level, Severity
 
 # Below this share of a vendor rating, with no throttle reason reported, a figure is a possible hidden
 # cap. Honest large products reach well above it: H100-class dense GEMMs commonly reach 60-80 % of the
@@ -56,10 +56,12 @@ class PerformanceCheck(Check):
     def budget(self, ctx: CheckContext) -> float:
         return float(ctx.params.get("perf_budget_scale", 1.0)) * self.budget_s[ctx.level]
 
-    def outcome(self, figures: list[Figure], skipped: list[str], **extra: Any) -> Outcome:
-        if not figures:
+    def outcome(self, figures: list[Figure], skipped: list[str], findings: list[Finding] | None = None,
+                **extra: Any) -> Outcome:
+        """The figures as measurements; with no figure, a skip, unless there are findings (a refusal)."""
+        if not figures and not findings:
             raise NotApplicable("no figure could be measured: " + "; ".join(skipped or ["nothing to measure"]))
-        out = Outcome()
+        out = Outcome(findings=list(findings or []))
         out.measurements = {
             "figures": [f.to_dict() for f in figures],
             # Plain numbers as well, for views that show any check's scalar measurements (history,

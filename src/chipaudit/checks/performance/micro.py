@@ -16,6 +16,10 @@ Pass: every figure measured. Fail (medium): a matrix-product (fp64 to bf16) or m
 figure below 30 % of the vendor's rating with no throttle reason reported (possible hidden cap; low
 when the rating is only reported by third parties). Warning (low): on a CPU, torch's products far
 slower than NumPy's BLAS. fp8 and int8 efficiencies are shown, not judged.
+Fail (high): the device refusing (raising, or no answer within refusal.FIRST_ANSWER_S) the first
+product of a format it declares (devices/capability.py); medium where only the torch backend's table
+implies the format, low where nothing declares it either way.
+Not run: a format only when the device declares that it lacks it; the reason names the declaration.
 
 Cannot see: a cap that only engages under conditions the benchmark does not create (long runs,
 particular shapes, particular processes); throughput that is honest but obtained by computing
@@ -32,7 +36,6 @@ import numpy as np
 import torch
 
 from chipaudit.checks.base import CheckContext, NotApplicable, Outcome
-from chipaudit.checks.integrity.gemm import one_line
 from chipaudit.checks.performance.common import (
     OUT_OF_MEMORY,
     Deadline,
@@ -46,7 +49,8 @@ from chipaudit.checks.performance.common import (
     rate,
     spec_summary,
 )
-from chipaudit.devices import torchdev
+from chipaudit.checks.refusal import REFUSALS, answer_within, one_line, refused_or_skip
+from chipaudit.devices import capability, torchdev
 from chipaudit.oracle.formats import FORMATS
 from chipaudit.perf import timing
 from chipaudit.perf.timing import Figure
@@ -78,12 +82,6 @@ TRANSFER_BYTES = 256 * 2**20
 LAUNCH_REPEAT_S = 5e-3
 
 
-def _tf32_supported(device: str) -> str | None:
-    if not (device.startswith("cuda") and torch.version.cuda):
-        return "TF32 is an NVIDIA tensor-core mode; this device has no such mode to measure"
-    return None
-
-
 class GemmThroughput(PerformanceCheck):
     """Dense square matrix products in one format; the figure is TFLOP/s (TOP/s for int8)."""
 
@@ -94,7 +92,8 @@ class GemmThroughput(PerformanceCheck):
         self.metric = f"gemm.{fmt_name}.{'tops' if self.fmt.integer else 'tflops'}"
 
     def is_supported(self, device: str) -> str | None:
-        return _tf32_supported(device) if self.fmt.name == "tf32" else None
+        declared = capability.of_format(device, self.fmt.name)
+        return declared.reason if declared.lacking else None
 
     def measure(self, ctx: CheckContext) -> Outcome:
         precision = torchdev.tf32_allowed() if self.fmt.name == "tf32" else torchdev.strict_precision()
@@ -123,28 +122,38 @@ class GemmThroughput(PerformanceCheck):
     def _choose_size(self, ctx: CheckContext, gen: torch.Generator, budget: float) -> tuple[int, list[str]]:
         """Grow n until the next product, predicted at the current size's rate, would be too long for
         the budget (timing.Ladder). Not the best rate of all sizes: on some paths, CPU fp16 for one,
-        small products run far faster per FLOP than large ones.
+        small products run far faster per FLOP than large ones. A refusal of the first size, the
+        format's first product here, is raised: the device refused the format.
         """
         ladder = timing.Ladder(sizes=_doublings(FIRST_N, MAX_N), cap_s=budget * PRODUCT_SHARE, cubic_from=MIN_N)
 
         def seconds_at(size: int) -> float:
             (a, b), = self._operands(size, ctx.device, gen, 1)
-            return timing.fastest(lambda: self._product(a, b), ctx.device)
+
+            def timed() -> float:
+                return timing.fastest(lambda: self._product(a, b), ctx.device)
+
+            return answer_within(timed) if size == FIRST_N else timed()
 
         def fits_at(size: int) -> str | None:
             return fits(ctx.device, 3 * size * size * _itemsize(self.fmt.torch_dtype) * timing.MIN_ROTATION)
 
-        climb = ladder.climb(seconds_at, fits_at, errors=(RuntimeError, TypeError, NotImplementedError),
+        climb = ladder.climb(seconds_at, fits_at, errors=REFUSALS,
                              describe=lambda e: "device out of memory" if isinstance(e, OUT_OF_MEMORY) else one_line(e))
         if climb.error is not None and not climb.size and not isinstance(climb.error, OUT_OF_MEMORY):
-            raise NotApplicable(f"the device does not compute {self.fmt.name} products: "
-                                f"{one_line(climb.error)}") from climb.error
+            raise climb.error
         return climb.size, climb.notes
 
     def _measure(self, ctx: CheckContext) -> Outcome:
         deadline = Deadline(self.budget(ctx))
         gen = generator(ctx.device, ctx.seed)
-        n, notes = self._choose_size(ctx, gen, self.budget(ctx))
+        try:
+            n, notes = self._choose_size(ctx, gen, self.budget(ctx))
+        except REFUSALS as e:
+            finding = refused_or_skip(self, f"{self.fmt.name} products", e,
+                                      capability.of_format(ctx.device, self.fmt.name), dtype=self.fmt.name,
+                                      shape=[FIRST_N, FIRST_N, FIRST_N], seed=ctx.seed)
+            return self.outcome([], [f"n={FIRST_N}: {one_line(e)}"], findings=[finding])
         on_cpu = torch.device(ctx.device).type == "cpu"
         cross = on_cpu and self.fmt.name in ("fp32", "fp64")
         item = 2 * n * n * _itemsize(self.fmt.torch_dtype)
@@ -183,9 +192,7 @@ class GemmThroughput(PerformanceCheck):
                     "takes is far slower than an independent library on the same hardware.",
                     torch_figure=figure.to_dict(), numpy_figure=blas.to_dict()))
         ctx.progress(3, 3, "done")
-        out = self.outcome([figure], notes, **extra)
-        out.findings = out_findings
-        return out
+        return self.outcome([figure], notes, findings=out_findings, **extra)
 
     def _numpy_cross_check(self, n: int, seed: int, budget: float) -> Figure:
         rng = np.random.default_rng(seed)
@@ -227,9 +234,7 @@ class DeviceMemoryBandwidth(PerformanceCheck):
         finding = cap_finding(self, figure, rating, ctx.device, "device memory bandwidth")
         extra = {"rating": spec_summary(spec, device_name(ctx.device))}
         ctx.progress(2, 2, "done")
-        out = self.outcome([figure], notes, **extra)
-        out.findings = [finding] if finding else []
-        return out
+        return self.outcome([figure], notes, findings=[finding] if finding else [], **extra)
 
 
 class HostTransfer(PerformanceCheck):

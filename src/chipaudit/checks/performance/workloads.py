@@ -17,6 +17,10 @@ not fit the level's budget or whose memory does not fit the device is skipped an
 
 Pass: the figures were measured (there is no rating to compare workloads with; requirements files
 and `chipaudit compare` judge them). Skipped: nothing fitted.
+Fail (high): the device refusing (raising on) a step in a format it declares (devices/capability.py);
+medium where only the torch backend's table implies the format, low where nothing declares it. The
+step's format is bf16 where the device declares or implements it, else fp32: chosen from what the
+device declares, never by trying, so that a refused format is a finding, not a quieter fallback.
 
 Cannot see: fused kernels a serving stack would use (FlashAttention, paged KV caches, CUDA graphs),
 so figures are for plain PyTorch eager mode; quantised inference; multi-device parallelism.
@@ -34,7 +38,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from chipaudit.checks.base import CheckContext, Outcome
-from chipaudit.checks.integrity.gemm import one_line
 from chipaudit.checks.performance.common import (
     OUT_OF_MEMORY,
     Deadline,
@@ -44,11 +47,14 @@ from chipaudit.checks.performance.common import (
     random_tensor,
     release,
 )
+from chipaudit.checks.refusal import REFUSALS, refusal
+from chipaudit.devices import capability
+from chipaudit.oracle.formats import FORMATS
 from chipaudit.perf import models, timing
 from chipaudit.perf.metrics import DEFAULT_CNN, DEFAULT_LAYER_MODEL, DEFAULT_LLM
 from chipaudit.perf.models import LlmShape
 from chipaudit.perf.timing import Figure
-from chipaudit.report.model import Level
+from chipaudit.report.model import Finding, Level
 
 S, D = Level.standard, Level.deep
 
@@ -113,6 +119,8 @@ class WorkloadCheck(PerformanceCheck):
         seen: set[str] = set()
         figures: list[Figure] = []
         skipped: list[str] = []
+        findings: list[Finding] = []
+        refused: dict[str, str] = {}  # kind of step -> the case in which the device refused it
         rate: dict[str, float] = {}  # seconds per FLOP, by kind, from the last measured case
         probe = _probe_seconds_per_flop(ctx.device, self.probe_dtype(ctx.device))
         setup = SETUP_S_PER_BYTE  # seconds per byte of inputs and weights made, from the last case
@@ -122,6 +130,9 @@ class WorkloadCheck(PerformanceCheck):
                 continue
             seen.add(label)
             ctx.progress(i, len(cases), label)
+            if case.kind in refused:
+                skipped.append(f"{label}: not tried; the device refused this kind of step in {refused[case.kind]}")
+                continue
             predicted = case.flop * rate.get(case.kind, probe) * MIN_CALLS + case.memory * setup
             spent = time.perf_counter() - started
             # The first case of a kind is predicted only from a matrix-product probe, which can be far
@@ -151,8 +162,13 @@ class WorkloadCheck(PerformanceCheck):
             except OUT_OF_MEMORY:
                 skipped.append(f"{label}: device out of memory")
                 continue
-            except (RuntimeError, NotImplementedError, TypeError) as e:
-                skipped.append(f"{label}: the device refused an operator: {one_line(e)}")
+            except REFUSALS as e:
+                refused[case.kind] = label
+                fmt = _format(case)
+                findings.append(refusal(
+                    self, f"the {case.kind} step in {fmt}", e,
+                    capability.of_operator(ctx.device, f"the {case.kind} step", (fmt,)), where=label,
+                    metric=case.metric, params=case.params, details=case.details, seed=ctx.seed))
                 continue
             finally:
                 op = None  # type: ignore[assignment]
@@ -161,7 +177,12 @@ class WorkloadCheck(PerformanceCheck):
             figures.append(Figure.throughput(case.metric, _unit(case.metric), case.work, measured,
                                              params=case.params, details=case.details))
         ctx.progress(len(cases), len(cases), "done")
-        return self.outcome(figures, skipped)
+        return self.outcome(figures, skipped, findings=findings)
+
+
+def _format(case: Case) -> str:
+    """The case's format by chipaudit's name (oracle/formats.py): fp32 for float32, not tf32."""
+    return next(name for name, f in FORMATS.items() if str(f.torch_dtype) == f"torch.{case.details['dtype']}")
 
 
 def _unit(metric: str) -> str:
@@ -185,13 +206,10 @@ def _probe_seconds_per_flop(device: str, dtype: torch.dtype) -> float:
 
 
 def workload_dtype(device: str) -> torch.dtype:
-    """bf16, the format LLMs are served in, where the device computes it; else fp32."""
-    try:
-        x = torch.ones(4, 4, dtype=torch.bfloat16, device=device)
-        (x @ x).sum().item()
-        return torch.bfloat16
-    except (RuntimeError, TypeError):
-        return torch.float32
+    """bf16, the format LLMs are served in, where the device declares it or its backend implements it;
+    else fp32."""
+    support = capability.of_format(device, "bf16").support
+    return torch.bfloat16 if support in (capability.Support.declared, capability.Support.backend) else torch.float32
 
 
 class Layer:
