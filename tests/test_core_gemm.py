@@ -128,6 +128,7 @@ def test_the_case_table_covers_what_the_issue_names() -> None:
     quick = GemmCheck("fp32").cases(Level.quick)
     assert {c.op for c in quick} == set(PATHS)
     assert {c.op for c in GemmCheck("fp16").cases(Level.quick)} == set(PATHS)  # small shapes in every format
+    assert all(np.log2(c.alpha).is_integer() for c in EXACT_CASES)  # a scaled exact result stays exact
     assert any(c.k >= 1024 and c.k % 128 == 0 for c in quick)
     assert set(EXACT_CASES) <= set(quick)
 
