@@ -23,6 +23,8 @@ from chipaudit.checks.integrity.gemm import (
     product_on_device,
     verify_result,
 )
+from chipaudit.checks.integrity.products import PATHS, Operands
+from chipaudit.oracle import matmul as oracle
 from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.report.model import Level, Severity
 
@@ -33,27 +35,35 @@ _keep = []
 
 def install():
     aten = torch.ops.aten
-
-    def mm(a, b):
-        out = a.new_empty((a.shape[0], b.shape[1]))
-        aten.mm.out(a, b, out=out)
-        state["calls"] += 1
-{payload}
-        return out
-
+{kernel}
     lib = torch.library.Library("aten", "IMPL")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lib.impl("mm", mm, "CPU")
+        lib.impl("{name}", kernel, "CPU")
     _keep.append(lib)
 
 install()
 """
+# The honest kernel each trojan wraps (its out= variant, which the trojan leaves alone), then its payload.
+KERNELS = {
+    "mm": """
+def kernel(a, b):
+    out = a.new_empty((a.shape[0], b.shape[1]))
+    aten.mm.out(a, b, out=out)
+    state["calls"] += 1
+""",
+    "baddbmm": """
+def kernel(given, a, b, *, beta=1, alpha=1):
+    out = a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
+    aten.baddbmm.out(given, a, b, beta=beta, alpha=alpha, out=out)
+""",
+}
 
 
-def trojan(tmp_path: Path, payload: str) -> dict[str, str]:
-    body = textwrap.indent(textwrap.dedent(payload), " " * 8)
-    (tmp_path / "sitecustomize.py").write_text(WRAPPER.format(payload=body))
+def trojan(tmp_path: Path, payload: str, name: str = "mm") -> dict[str, str]:
+    body = textwrap.indent(textwrap.dedent(payload) + "return out\n", " " * 4)
+    kernel = textwrap.indent(textwrap.dedent(KERNELS[name]) + body, " " * 4)
+    (tmp_path / "sitecustomize.py").write_text(WRAPPER.format(kernel=kernel, name=name))
     env = cli_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH", "")]))
     return env
@@ -116,7 +126,9 @@ def test_the_case_table_covers_what_the_issue_names() -> None:
     for word in ("tiny", "odd", "prime", "pow2", "training", "Llama", "attention", "with bias"):
         assert word in labels
     quick = GemmCheck("fp32").cases(Level.quick)
-    assert {c.op for c in quick} == {"mm", "bmm", "linear"}
+    assert {c.op for c in quick} == set(PATHS)
+    assert {c.op for c in GemmCheck("fp16").cases(Level.quick)} == set(PATHS)  # small shapes in every format
+    assert all(np.log2(c.alpha).is_integer() for c in EXACT_CASES)  # a scaled exact result stays exact
     assert any(c.k >= 1024 and c.k % 128 == 0 for c in quick)
     assert set(EXACT_CASES) <= set(quick)
 
@@ -158,3 +170,81 @@ def test_a_refused_product_is_a_high_finding_naming_the_case(monkeypatch: pytest
     assert refused and all(f.severity is Severity.high for f in refused)
     assert refused[0].detail.endswith("RuntimeError: no kernel for this")
     assert "bmm" not in out.coverage["ops"] and out.coverage["ops"]["mm"] > 0
+
+
+@pytest.mark.slow
+def test_a_trojan_in_baddbmm_alone_fails_the_audit(tmp_path: Path) -> None:
+    """A stack that corrupts only attention scores asked for as GPT-2 asks (baddbmm, beta=0, a scale):
+    mm, bmm and linear stay honest, so only the baddbmm path can see it."""
+    env = trojan(tmp_path, """
+        if a.dtype == torch.float32 and beta == 0 and alpha != 1:
+            out[-1, -1, -1] += 1e-4 * out[-1, -1, -1].abs() + 1e-4
+    """, "baddbmm")
+    code, report = audit_fp32(tmp_path, env)
+    assert code == 1 and report["verdict"] == "fail"
+    evidence = [f["evidence"] for f in report["findings"]]
+    assert evidence and {e["op"] for e in evidence} == {"baddbmm"}
+    assert all(e["reproduced"] == "3/3" and "beta=0" in e["call"] for e in evidence)
+
+
+NEW_PATHS = [op for op in PATHS if op not in ("mm", "bmm", "linear")]
+
+
+def quick_case(op: str) -> Case:
+    return next(c for c in CASES if c.op == op and Level.quick in c.levels)
+
+
+@pytest.mark.parametrize("fmt_name", ["fp32", "fp16", "bf16", "fp64"])
+@pytest.mark.parametrize("op", NEW_PATHS)
+def test_every_path_passes_when_honest_and_fails_on_one_wrong_element(op: str, fmt_name: str) -> None:
+    fmt = FORMATS[fmt_name]
+    for seed, dist in enumerate(gemm.DISTRIBUTIONS):
+        ops = draw_operands(quick_case(op), fmt, np.random.default_rng(seed), dist, exact=False)
+        result = gemm.compute(fmt, op, ops.upload("cpu")).contiguous()
+        v = verify_result(ops, result, exact=False)
+        assert v.ok and v.max_ratio < 1.0, (dist, v.worst)
+    flat = result.view(-1)
+    i = int(torch.argmax(flat.abs()))
+    flat[i] = flat[i] * 1.05  # 5 % of one element: 13 times bf16's unit roundoff
+    v = verify_result(ops, result, exact=False)
+    a, b = ops.host_augmented()
+    assert v.bad == 1 and np.ravel_multi_index(v.worst["index"], (a.shape[0], a.shape[1], b.shape[2])) == i
+
+
+@pytest.mark.parametrize("fmt_name", ["fp32", "fp16", "bf16"])
+def test_exact_cases_of_every_path_demand_every_bit(fmt_name: str) -> None:
+    fmt = FORMATS[fmt_name]
+    for case in [c for c in EXACT_CASES if c.op in NEW_PATHS]:
+        ops = draw_operands(case, fmt, np.random.default_rng(5), "normal", exact=True)
+        result = gemm.compute(fmt, case.op, ops.upload("cpu")).contiguous()
+        assert verify_result(ops, result, exact=True).ok, case.label
+        flat = result.view(-1)
+        flat[7] = torch.nextafter(flat[7], torch.tensor(np.inf, dtype=flat.dtype))
+        assert verify_result(ops, result, exact=True).bad == 1, case.label
+
+
+def decomposed(ops: Operands) -> torch.Tensor:
+    """baddbmm and linear as torch's own decompositions compute them (torch/_decomp/decompositions.py):
+    the bare product, then the scale, then the added input, each rounded to the format on its own."""
+    tensors = ops.upload("cpu")
+    if ops.case.op == "linear":
+        x, weight, bias = tensors
+        return x @ weight.T + bias
+    given, q, keys = tensors
+    scaled = torch.bmm(q, keys) * ops.case.alpha
+    return scaled if ops.case.op == "baddbmm" else given + scaled
+
+
+@pytest.mark.parametrize("fmt_name", ["fp16", "bf16"])
+@pytest.mark.parametrize("op", ["baddbmm", "baddbmm_bias", "linear"])
+def test_a_device_that_rounds_before_the_scale_and_the_bias_is_honest(op: str, fmt_name: str) -> None:
+    fmt = FORMATS[fmt_name]
+    case = quick_case(op)
+    for seed, dist in enumerate(gemm.DISTRIBUTIONS):
+        ops = draw_operands(case, fmt, np.random.default_rng(seed), dist, exact=False)
+        assert ops.epilogue is not None
+        assert verify_result(ops, decomposed(ops), exact=False).ok, dist
+        a, b = ops.host_augmented()  # the sampled method allows it too
+        c = gemm.to_host(decomposed(ops)).reshape(a.shape[0], a.shape[1], -1)
+        projection, rows = oracle.verify_sampled(a, b, c, fmt, epilogue=ops.epilogue)
+        assert projection.ok and rows.ok, dist

@@ -240,3 +240,27 @@ def test_a_wrong_softmax_fails_its_check(monkeypatch: pytest.MonkeyPatch) -> Non
     failed = [f for f in out.findings if f.severity is Severity.high]
     assert failed and all(f.evidence["op"] == "softmax" for f in failed)
     assert failed[0].evidence["reproduced"] == "3/3"
+
+
+def test_attention_covers_the_calls_models_make_and_a_wrong_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hugging Face's 4-D mask, a decode step with an explicit scale, grouped-query attention: each is
+    judged, and an SDPA that errs only when called one of these ways is caught there and nowhere else."""
+    honest = F.scaled_dot_product_attention
+    labels = {c.label: c for c in checks.ATTENTION_CASES}
+    assert {"padding", "causal", "bool", "additive"} <= {c.mask for c in labels.values()}
+    assert any(c.q_len == 1 and c.scale for c in labels.values())
+    assert any(c.kv_heads for c in labels.values()) == checks._GQA
+
+    def wrong(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        out = honest(q, k, v, **kwargs)
+        mask = kwargs.get("attn_mask")
+        if "scale" in kwargs or kwargs.get("enable_gqa") or (isinstance(mask, torch.Tensor) and mask.dim() == 4):
+            out = out.clone()
+            out[-1, -1, -1, 0] += 0.05 * out[-1, -1, -1, 0].abs() + 0.05
+        return out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", wrong)
+    out = checks.AttentionCheck().run(CheckContext(device="cpu", level=Level.quick, seed=4))
+    failed = {f.evidence["case"] for f in out.findings if f.severity is Severity.high}
+    special = {c for c, case in labels.items() if case.mask == "padding" or case.scale or case.kv_heads}
+    assert failed == {f"attention {c} ({corner})" for c in special for corner in ("random", "corners")}

@@ -9,7 +9,10 @@ Three methods, by cost:
   - sampled rows: recompute a secretly chosen sample of whole rows. Projections see large errors
     anywhere; sampled rows see small ones where they land.
 
-All functions take batched operands: A (b, m, k), B (b, k, n), C (b, m, n), as float64 (or int64).
+All functions take batched operands: A (b, m, k), B (b, k, n), C (b, m, n), as float64 (or int64). A
+product that a model finishes with a scale or an added input (baddbmm, a linear layer) comes as one
+product of augmented operands, [alpha*A, 1] @ [B; input], with an `Epilogue` saying which inner terms
+were added after the product, so that the bound allows the roundings of the bare product as well.
 """
 
 from __future__ import annotations
@@ -46,6 +49,33 @@ class Verification:
         return self.bad == 0
 
 
+@dataclass(frozen=True)
+class Epilogue:
+    """The product was finished after its sum: scaled, and with the last `added_terms` inner terms of the
+    augmented operands added (an input or a bias against a column of ones). The bare product, the
+    result less those terms, may be rounded to the output format tolerance.STAGED_ROUNDINGS times."""
+
+    added_terms: int = 0
+
+    def bare(self, a: np.ndarray, b: np.ndarray, full: np.ndarray) -> np.ndarray:
+        """|the bare product| of each element of `full` (the exact result of a @ b)."""
+        t = self.added_terms
+        return np.abs(full - np.matmul(a[..., a.shape[-1] - t:], b[:, b.shape[1] - t:])) if t else np.abs(full)
+
+    def bare_column_norms(self, a: np.ndarray, b: np.ndarray, c_norm: np.ndarray) -> np.ndarray:
+        """An upper bound on each column's 2-norm of the bare product, for one batch (a (m, k), b (k, n)):
+        that of the result plus that of the added terms (triangle inequality)."""
+        t = self.added_terms
+        if not t:
+            return c_norm
+        tail_a = a[:, a.shape[-1] - t:]
+        return c_norm + np.sqrt(np.einsum("ij,ij->j", tail_a, tail_a)) @ np.abs(b[b.shape[0] - t:])
+
+
+def staged_bound(fmt: NumberFormat, bare: np.ndarray) -> np.ndarray:
+    return tolerance.STAGED_ROUNDINGS * fmt.u_out * bare
+
+
 def oracle_factor(fmt: NumberFormat) -> float:
     """The float64 oracle rounds too; at fp64 its own error is as large as the device's."""
     return 2.0 if fmt.name == "fp64" else 1.0
@@ -74,18 +104,27 @@ def _compare(
     return v
 
 
-def verify_full(a: np.ndarray, b: np.ndarray, c: np.ndarray, fmt: NumberFormat) -> Verification:
+def verify_full(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray, fmt: NumberFormat, epilogue: Epilogue | None = None
+) -> Verification:
     k = a.shape[-1]
     expected = np.matmul(a, b)
     s2 = np.sqrt(np.matmul(a * a, b * b))
-    bound = tolerance.element_bound(fmt, k, np.abs(expected), s2) * oracle_factor(fmt)
-    return _compare("full", c, expected, bound, lambda idx: idx)
+    bound = tolerance.element_bound(fmt, k, np.abs(expected), s2)
+    if epilogue is not None:
+        bound = bound + staged_bound(fmt, epilogue.bare(a, b, expected))
+    return _compare("full", c, expected, bound * oracle_factor(fmt), lambda idx: idx)
 
 
 def verify_exact(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> Verification:
-    """Integer-valued operands whose products and sums are exact: the answer has one right bit pattern."""
-    expected = np.matmul(a.astype(np.int64), b.astype(np.int64))
-    return _compare("exact", c, expected.astype(np.float64), np.zeros(expected.shape), lambda idx: idx)
+    """Operands whose products and sums are exact: the answer has one right bit pattern. They are
+    integers, summed in int64, or integers scaled by a power of two (a product's alpha), which float64
+    sums exactly as long as the integers stay far below 2**53."""
+    if np.array_equal(a, np.rint(a)) and np.array_equal(b, np.rint(b)):
+        expected = np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.float64)
+    else:
+        expected = np.matmul(a, b)
+    return _compare("exact", c, expected, np.zeros(expected.shape), lambda idx: idx)
 
 
 @dataclass
@@ -106,7 +145,7 @@ class OperandNorms:
 
 def verify_sampled(
     a: np.ndarray, b: np.ndarray, c: np.ndarray, fmt: NumberFormat, norms: OperandNorms | None = None,
-    rows: int = SAMPLED_ROWS,
+    rows: int = SAMPLED_ROWS, epilogue: Epilogue | None = None,
 ) -> tuple[Verification, Verification]:
     """Freivalds projections and secretly sampled rows of a product too large to recompute.
 
@@ -116,8 +155,9 @@ def verify_sampled(
     Projection (column-wise): r^T C against (r^T A) B. Its bound per column j is the root-sum-square of
     the element bounds over the column, bounded by the triangle inequality as
         alpha*||c_:j|| + beta*||max_l|a_il| over i||_2 * ||b_:j||_2 + floor*sqrt(m),
-    times LAMBDA_PROJECTION (tolerance.py). Rows: every element of the sampled rows against its own
-    bound, with s2 bounded by Cauchy-Schwarz (OperandNorms).
+    times LAMBDA_PROJECTION (tolerance.py), plus, after an epilogue, the staged roundings of the bare
+    product's column. Rows: every element of the sampled rows against its own bound, with s2 bounded by
+    Cauchy-Schwarz (OperandNorms).
     """
     norms = norms or OperandNorms.of(a, b)
     seed = secrets.randbits(63)
@@ -138,12 +178,16 @@ def verify_sampled(
         rhs[bi], expected[bi] = both[:PROJECTION_VECTORS], both[PROJECTION_VECTORS:]
         lhs[bi] = sum(r[r0 : r0 + _ROW_BLOCK].T @ c[bi, r0 : r0 + _ROW_BLOCK].astype(np.float64)
                       for r0 in range(0, m, _ROW_BLOCK))
-        # Column norms only scale the bound, so the result's own precision is plenty for them; a
-        # norm that overflows there becomes Inf, and its column then fails below as it should.
+        # Column norms only scale the bound, so float32 is plenty for them (a half-precision result's
+        # squares would overflow its own format); a norm that overflows float32 becomes Inf, and its
+        # column then fails below as it should.
+        cb = c[bi] if c.dtype.itemsize >= 4 else c[bi].astype(np.float32)
         with np.errstate(over="ignore", invalid="ignore"):
-            c_norm = np.sqrt(np.einsum("ij,ij->j", c[bi], c[bi]).astype(np.float64)) * NORM_SAFETY
+            c_norm = np.sqrt(np.einsum("ij,ij->j", cb, cb).astype(np.float64)) * NORM_SAFETY
         a_max_norm = float(np.sqrt(np.dot(norms.a_row_max[bi], norms.a_row_max[bi])))
         proj_bound[bi, 0] = alpha * c_norm + beta * a_max_norm * norms.b_col_norm[bi] + floor * np.sqrt(m)
+        if epilogue is not None:
+            proj_bound[bi, 0] += staged_bound(fmt, epilogue.bare_column_norms(a[bi], b[bi], c_norm))
     # A column holding Inf would get an infinite bound; NaN makes the comparison fail as it must.
     proj_bound[~np.isfinite(proj_bound)] = np.nan
     proj_bound = tolerance.LAMBDA_PROJECTION * factor * np.broadcast_to(proj_bound, lhs.shape)
@@ -151,7 +195,10 @@ def verify_sampled(
 
     batch = np.arange(nb)[:, None]
     s2 = norms.a_row_max[batch, picks][:, :, None] * norms.b_col_norm[:, None, :]
-    row_bound = tolerance.element_bound(fmt, k, np.abs(expected), s2) * factor
+    row_bound = tolerance.element_bound(fmt, k, np.abs(expected), s2)
+    if epilogue is not None:
+        row_bound = row_bound + staged_bound(fmt, epilogue.bare(a[batch, picks], b, expected))
+    row_bound = row_bound * factor
     sampled = _compare("rows", c[batch, picks], expected, row_bound,
                        lambda idx: (idx[0], picks[idx[0]][idx[1]], idx[2]))
     projection.secret_seed = sampled.secret_seed = seed

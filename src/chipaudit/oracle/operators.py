@@ -348,7 +348,8 @@ def attention_expectation(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray, scale: float, fmt: NumberFormat
 ) -> Expectation:
     """softmax(q k^T * scale + bias) v, for q (..., L, d), k (..., S, d), v (..., S, dv) and an additive
-    mask `bias` (L, S) whose -Inf entries hide keys (a boolean mask is a bias of 0 and -Inf).
+    mask `bias`, broadcastable to the scores (..., L, S), whose -Inf entries hide keys (a boolean mask is
+    a bias of 0 and -Inf).
 
     Bound on o_ij = sum_l p_il v_lj: each weight p_il carries a relative error E_i made of twice the
     largest error of a score in its row (a score error shifts p_il and, through the normaliser, every

@@ -11,7 +11,8 @@ that rounds each stored output with unit roundoff u_out and each accumulation st
   (mixed-sign data), whatever order the hardware sums in.
 - g(k) = sqrt(k): rounding errors of round-to-nearest accumulation are unbiased and grow like a random
   walk (Higham & Mary, "A new approach to probabilistic rounding error analysis", SISC 2019). Formats
-  whose accumulators truncate (FP8 on Hopper) are biased, so for them g(k) = k.
+  whose accumulators truncate (fp8 on accelerators, formats.py) are biased, so for them g(k) is the
+  number of truncations: one per block of products, ceil(k / truncation_block).
 - u_in covers devices that round fp32 inputs before multiplying (TF32): each product carries two
   input roundings, whose errors are again independent across the sum.
 - floor: half the smallest subnormal of the output format, for results that underflow.
@@ -38,11 +39,19 @@ LAMBDA = 4.0
 # the result exists, Hoeffding gives P(|sum e_j r_j| > t) <= 2 exp(-t^2 / (2 sum e_j^2)); at t = 6 times
 # the root-sum-square bound, a false alarm per row is below 3e-8, before the margin LAMBDA already adds.
 LAMBDA_PROJECTION = 6.0
-BIASED_ACCUMULATION = frozenset({"fp8_e4m3"})
+# A product finished by a scale or an added input (baddbmm's alpha and beta*input, a linear layer's
+# bias) may be rounded to the output format before it is finished: torch's own decompositions of addmm
+# and baddbmm (torch/_decomp/decompositions.py), which compilers and out-of-tree backends use, compute
+# mm or bmm, multiply by alpha and add beta*input in kernels of their own, each rounding its result;
+# cuDNN does the same with a convolution's bias (oracle/operators.py). Two roundings of the bare
+# product (the product, then its scaling) are allowed, each of up to u_out times its magnitude.
+STAGED_ROUNDINGS = 2.0
 
 
 def growth(fmt: NumberFormat, k: int) -> float:
-    return float(k) if fmt.name in BIASED_ACCUMULATION else math.sqrt(k)
+    if fmt.truncation_block:
+        return float(math.ceil(k / fmt.truncation_block))
+    return math.sqrt(k)
 
 
 def floor(fmt: NumberFormat) -> float:
@@ -80,11 +89,10 @@ def worst_case_bound(fmt: NumberFormat, k: int, c_abs: np.ndarray, abs_sum: np.n
 
     (Higham 2002, eq. 3.5, for any summation order), plus one rounding of the stored output, the input
     rounding of TF32-like modes, and one underflow floor per accumulation step (in the accumulator's
-    format: float64 for fp64, float32 otherwise) and for the output. Truncating accumulators
-    (BIASED_ACCUMULATION) err by up to a whole unit in the last place, twice u_acc.
+    format: float64 for fp64, float32 otherwise) and for the output. A truncating accumulator's u_acc
+    is already its whole unit in the last place, and any of its k additions may truncate.
     """
-    u_acc = fmt.u_acc * (2.0 if fmt.name in BIASED_ACCUMULATION else 1.0)
-    coefficient = gamma(k, u_acc) * (1.0 + fmt.u_out) + 2.0 * fmt.u_in
+    coefficient = gamma(k, fmt.u_acc) * (1.0 + fmt.u_out) + 2.0 * fmt.u_in
     accumulator = np.float64 if fmt.name == "fp64" else np.float32
     floor_acc = float(np.finfo(accumulator).smallest_subnormal) / 2
     return fmt.u_out * c_abs + coefficient * abs_sum + k * floor_acc + floor(fmt)

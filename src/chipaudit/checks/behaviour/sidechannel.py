@@ -5,12 +5,13 @@ UDP or a local socket, directly or through a detached child process), or leaves 
 files, while the device computes.
 
 Method: a seeded, host-verified workload covering every main format (fp32, fp16, bf16, fp64) and the
-product kinds of AI models (mm, attention bmm, linear layers of BERT and Llama sizes) runs in its own
-process under every sensor that can run here: strace following every thread and child (network
-syscalls on any address family and destination, loopback included; opens for writing and file-system
-changes; programs started), and a sampler of the process tree's socket table and open files. After
-the workload exits the sensors keep watching for a moment; any process of its tree still running
-then is reported and ended. The same sensors also watch every other behaviour probe's workloads.
+product paths of AI models (mm; attention by bmm, baddbmm and einsum; broadcast matmul; linear layers
+of BERT and Llama sizes) runs in its own process under every sensor that can run here: strace following
+every thread and child (network syscalls on any address family and destination, loopback included;
+opens for writing and file-system changes; programs started), and a sampler of the process tree's
+socket table and open files. After the workload exits the sensors keep watching for a moment; any
+process of its tree still running then is reported and ended. The same sensors also watch every other
+behaviour probe's workloads.
 
 Pass: no event besides the computation, and every product correct.
 Fail: each distinct event is a finding with its process, syscall, destination or path and time:

@@ -24,16 +24,17 @@ import os
 import select
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from chipaudit.checks.integrity.gemm import Case, Operands, bits_of, compute, draw_operands, to_host, verify_product
+from chipaudit.checks.integrity.gemm import Case, bits_of, draw_operands, verify_result
+from chipaudit.checks.integrity.products import Operands, compute
 from chipaudit.checks.refusal import one_line
 from chipaudit.devices import torchdev
-from chipaudit.oracle.formats import FORMATS
+from chipaudit.oracle.formats import FORMATS, as_computed_on
 from chipaudit.runner.child import Channel, child_main
 
 ENV_SEEN = ("TZ", "LANG", "LC_ALL", "LANGUAGE", "FAKETIME")
@@ -45,7 +46,7 @@ class TaskSpec:
     computes the output columns in two products: the same numbers in another shape."""
 
     label: str
-    op: str  # mm | bmm | linear
+    op: str  # a path of checks/integrity/products.py; pad and split only for mm, bmm and linear
     batch: int
     m: int
     k: int
@@ -68,8 +69,7 @@ class TaskSpec:
         return [[self.batch, self.m, k, p] for p in parts]
 
     def disguised(self, pad_k: int, pad_n: int, split: int = 0) -> TaskSpec:
-        return TaskSpec(f"{self.label}, disguised", self.op, self.batch, self.m, self.k, self.n, self.format,
-                        self.dist, self.seed, pad_k, pad_n, split)
+        return replace(self, label=f"{self.label}, disguised", pad_k=pad_k, pad_n=pad_n, split=split)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,7 +78,7 @@ class TaskSpec:
 class Task:
     def __init__(self, spec: TaskSpec, device: str) -> None:
         self.spec, self.device = spec, device
-        self.fmt = FORMATS[spec.format]
+        self.fmt = as_computed_on(FORMATS[spec.format], device)
         case = Case(spec.op, spec.batch, spec.m, spec.k, spec.n, spec.label)
         ops = draw_operands(case, self.fmt, np.random.default_rng(spec.seed), spec.dist, exact=False)
         if spec.pad_k or spec.pad_n:
@@ -103,8 +103,7 @@ class Task:
     def verify(self) -> dict[str, Any]:
         result = self.compute()
         torchdev.synchronize(self.device)
-        a, b = self.ops.host_augmented()
-        v = verify_product(a, b, to_host(result).reshape(a.shape[0], a.shape[1], -1), self.fmt)
+        v = verify_result(self.ops, result, exact=False)
         return {"ok": v.ok, "bad": v.bad, "checked": v.checked, "method": v.method, "worst": v.worst,
                 "max_ratio": v.max_ratio, "digest": hashlib.blake2b(bits_of(result), digest_size=16).hexdigest()}
 
@@ -116,7 +115,7 @@ def _padded(ops: Operands, pad_k: int, pad_n: int) -> Operands:
     a = np.pad(ops.a, ((0, 0), (0, 0), (0, pad_k)))
     b = np.pad(ops.b, ((0, 0), (0, pad_k), (0, pad_n)))
     bias = None if ops.bias is None else np.pad(ops.bias, (0, pad_n))
-    padded = Case(case.op, case.batch, case.m, case.k + pad_k, case.n + pad_n, case.label)
+    padded = replace(case, k=case.k + pad_k, n=case.n + pad_n)
     return Operands(padded, ops.fmt, a, b, bias)
 
 

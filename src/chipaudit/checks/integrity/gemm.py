@@ -1,4 +1,5 @@
-"""Matrix products (mm, bmm, linear with bias) in every number format, checked against the host oracle.
+"""Matrix products, by every path a model asks for them, in every number format, checked against the
+host oracle.
 
 Threat: a device that returns wrong products — silent data corruption from a weak part, or a trojan
 that corrupts results only for some values, structures, shapes or formats.
@@ -6,12 +7,23 @@ that corrupts results only for some values, structures, shapes or formats.
 Method: operands are drawn on the host from a recorded seed, rounded in NumPy onto the format's grid,
 moved to the device, multiplied there, and the result is compared in float64 NumPy with an error bound
 per element (oracle/tolerance.py). Products too large to recompute are checked by Freivalds
-projections plus secretly sampled rows (oracle/matmul.py). Cases cover tiny, odd and prime shapes,
-powers of two, training-sized products, the layer widths of well-known LLMs and CNNs, batched attention
-products, and linear layers with bias; operands vary between signed, positive, sparse and mixed
-magnitudes. Integer-valued operands whose exact result is representable must come back bit-exact.
-Chosen cases run twice and must agree bit for bit. A failing case is re-run to tell a reproducible
-fault from an intermittent one.
+projections plus secretly sampled rows (oracle/matmul.py). Every path runs in every format that has
+it (fp8 and int8 products exist only as 2-D products, torch._scaled_mm and torch._int_mm):
+- torch.mm, torch.bmm, and linear layers with bias (F.linear);
+- torch.baddbmm as attention code calls it: GPT-2's scores, baddbmm(empty, q, k^T, beta=0,
+  alpha=1/sqrt(head_dim)), whose ignored input holds NaN that must not show, with the keys a
+  transposed view; and BLOOM's ALiBi scores, baddbmm(bias, q, k^T, beta=1, alpha=1/sqrt(head_dim));
+- torch.matmul broadcasting, (B,H,m,k) @ (k,n) and (B,1,m,k) @ (H,k,n);
+- torch.einsum, 'bhqd,bhkd->bhqk' (scores) and 'bhqk,bhkd->bhqd' (attention times values).
+Each is one batched product to the oracle, its scale and added input included as operands: [alpha*q,
+1] @ [k^T; bias]. The bound also allows the roundings an honest device may give the bare product before
+the scale and the bias (oracle/matmul.Epilogue). Cases cover tiny, odd and prime shapes, powers of two,
+training-sized products, the layer widths of well-known LLMs and CNNs and the attention shapes of
+GPT-2, BLOOM, ViT and Llama; small shapes carry every path at quick, larger ones follow at standard
+and deep. Operands vary between signed, positive, sparse and mixed magnitudes. Integer-valued operands
+whose exact result is representable (a power-of-two alpha included) must come back bit-exact. Chosen
+cases run twice and must agree bit for bit. A failing case is re-run to tell a reproducible fault from
+an intermittent one. The fp8 bound depends on the device class (oracle/formats.as_computed_on).
 
 Pass: every element of every case within its bound, exact cases exact, repeats identical.
 Fail (high): any element out of bound, or the device refusing (raising or hanging on) a product it
@@ -21,9 +33,11 @@ Warning (low): repeats that differ but both stay within bound (non-determinism);
 where nothing declares it either way.
 Not run: only when the device declares that it lacks the format; the reason names the declaration.
 
-Cannot see: errors below the bound (a deliberately tiny bias hides under rounding noise); inputs and
-shapes this check never draws; faults that need longer use than a check lasts (see the burn-in); in a
-projection-checked product, an error smaller than the row bound outside the sampled rows.
+Cannot see: errors below the bound (a deliberately tiny bias hides under rounding noise); inputs,
+shapes, scales and call forms this check never draws (other einsum strings, other strides, out=
+variants); faults that need longer use than a check lasts (see the burn-in); in a projection-checked
+product, an error smaller than the row bound outside the sampled rows. Scaled-dot-product attention is
+integrity.ops.attention's.
 """
 
 from __future__ import annotations
@@ -37,10 +51,11 @@ import numpy as np
 import torch
 
 from chipaudit.checks.base import Check, CheckContext, Outcome
+from chipaudit.checks.integrity.products import PATHS, SCALED, Operands, attention_scale, compute, operand_shapes
 from chipaudit.checks.refusal import REFUSALS, answer_within, refusal, refused_or_skip
 from chipaudit.devices import capability, torchdev
 from chipaudit.oracle import matmul as oracle
-from chipaudit.oracle.formats import FORMATS, NumberFormat
+from chipaudit.oracle.formats import FORMATS, NumberFormat, as_computed_on
 from chipaudit.perf import timing
 from chipaudit.report.model import Category, Level, Severity
 
@@ -64,7 +79,7 @@ _OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 @dataclass(frozen=True)
 class Case:
-    op: str  # mm | bmm | linear
+    op: str  # a key of PATHS
     batch: int
     m: int
     k: int
@@ -73,10 +88,15 @@ class Case:
     levels: tuple[Level, ...] = QSD
     every_format: bool = True  # False: only the main formats (fp32, tf32) at this size
     repeat: bool = False  # run twice and require bitwise-identical results
+    heads: int = 1  # heads within the batch, for the paths that see (B, H, ...) tensors
 
     @property
     def macs(self) -> int:
         return self.batch * self.m * self.k * self.n
+
+    @property
+    def alpha(self) -> float:
+        return attention_scale(self.k) if self.op in SCALED else 1.0
 
 
 # Shapes, with where they come from. Data, not code: add a model's widths here.
@@ -111,6 +131,27 @@ CASES: tuple[Case, ...] = (
     Case("mm", 1, 4096, 4096, 4096, "training 4096", SD, every_format=False, repeat=True),
     Case("bmm", 4, 2048, 128, 2048, "attention scores, 2k context", (D,), every_format=False),
     Case("mm", 1, 8192, 8192, 8192, "training 8192", (D,), every_format=False),
+    # Attention and broadcasting paths: small at every level in every format, model-sized later.
+    Case("baddbmm", 8, 64, 64, 64, "GPT-2 attention scores by baddbmm, beta=0 over NaN, alpha=1/8"),
+    Case("baddbmm_bias", 8, 32, 128, 48, "BLOOM ALiBi scores by baddbmm, beta=1, alpha=1/sqrt(128)"),
+    Case("matmul", 8, 16, 64, 96, "matmul (2,4,16,64) @ (64,96) broadcast", heads=4),
+    Case("matmul_heads", 8, 16, 64, 32, "matmul (2,1,16,64) @ (4,64,32) broadcast both sides", heads=4),
+    Case("einsum_scores", 8, 48, 64, 80, "einsum attention scores bhqd,bhkd->bhqk, 4 heads", heads=4),
+    Case("einsum_pv", 8, 48, 80, 64, "einsum attention PV bhqk,bhkd->bhqd, 4 heads", heads=4),
+    Case("baddbmm", 32, 512, 64, 512, "GPT-2 medium attention scores by baddbmm, 16 heads x 2, 512 tokens", SD,
+         every_format=False),
+    Case("baddbmm_bias", 16, 1024, 64, 1024, "BLOOM-560m ALiBi scores by baddbmm, 16 heads, 1024 tokens", SD,
+         every_format=False),
+    Case("einsum_scores", 32, 512, 128, 512, "Llama-2-7B attention scores by einsum, 32 heads, 512 tokens", SD,
+         every_format=False, heads=32),
+    Case("einsum_pv", 32, 512, 512, 128, "Llama-2-7B attention PV by einsum, 32 heads, 512 tokens", SD,
+         every_format=False, heads=32),
+    Case("matmul", 32, 128, 1024, 1024, "matmul (2,16,128,1024) @ (1024,1024) broadcast", SD, every_format=False,
+         heads=16),
+    Case("matmul_heads", 16, 256, 128, 256, "matmul (2,1,256,128) @ (8,128,256) broadcast both sides", SD,
+         every_format=False, heads=8),
+    Case("baddbmm_bias", 32, 2048, 128, 2048, "BLOOM-7B ALiBi scores by baddbmm, 32 heads, 2k tokens", (D,),
+         every_format=False),
 )
 
 EXACT_CASES: tuple[Case, ...] = (
@@ -118,6 +159,9 @@ EXACT_CASES: tuple[Case, ...] = (
     Case("mm", 1, 33, 48, 80, "exact integers 33x48x80"),
     Case("bmm", 4, 32, 48, 32, "exact integers batched"),
     Case("linear", 1, 16, 64, 64, "exact integers linear with bias"),
+    Case("baddbmm_bias", 4, 16, 64, 24, "exact integers baddbmm with bias, alpha 1/8"),
+    Case("matmul_heads", 4, 8, 32, 16, "exact integers broadcast matmul", heads=2),
+    Case("einsum_scores", 4, 16, 32, 24, "exact integers einsum scores", heads=2),
 )
 
 # Operand distributions: iid draws, so the probabilistic bound holds, with signs, sparsity and
@@ -171,50 +215,6 @@ def bits_of(t: torch.Tensor) -> bytes:
     return t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
 
 
-class Operands:
-    """One case's operands, on the host (float64, exact values) and on the device."""
-
-    def __init__(self, case: Case, fmt: NumberFormat, a: np.ndarray, b: np.ndarray, bias: np.ndarray | None):
-        self.case, self.fmt = case, fmt
-        self.a, self.b, self.bias = a, b, bias  # a (batch, m, k), b (batch, k, n), bias (n,)
-
-    def host_augmented(self) -> tuple[np.ndarray, np.ndarray]:
-        """Linear layers as one product: [x, 1] @ [W^T; bias]. The bias is then just one more term."""
-        a, b = self.a, self.b
-        if self.case.op == "linear":
-            a = a.reshape(1, -1, a.shape[-1])
-            a = np.concatenate([a, np.ones((*a.shape[:2], 1))], axis=2)
-            b = np.concatenate([b, self.bias.reshape(1, 1, -1)], axis=1)
-        return a, b
-
-    def upload(self, device: str) -> tuple[torch.Tensor, ...]:
-        def dev(x: np.ndarray) -> torch.Tensor:
-            return self.fmt.host_buffer(x).to(device).to(self.fmt.torch_dtype)
-
-        case = self.case
-        if case.op == "mm":
-            return dev(self.a[0]), dev(self.b[0])
-        if case.op == "bmm":
-            return dev(self.a), dev(self.b)
-        weight = np.ascontiguousarray(self.b[0].T)  # nn.Linear stores (out_features, in_features)
-        return dev(self.a.reshape(case.batch, case.m, case.k)), dev(weight), dev(self.bias)
-
-
-def compute(fmt: NumberFormat, op: str, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    if fmt.name == "int8":
-        return torch._int_mm(*tensors)
-    if fmt.name == "fp8_e4m3":
-        a, b = tensors
-        one = torch.ones((), device=a.device)
-        # _scaled_mm wants the second operand column-major.
-        return torch._scaled_mm(a, b.t().contiguous().t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
-    if op == "mm":
-        return torch.mm(*tensors)
-    if op == "bmm":
-        return torch.bmm(*tensors)
-    return torch.nn.functional.linear(*tensors)
-
-
 class GemmCheck(Check):
     category = Category.integrity
 
@@ -256,6 +256,7 @@ class GemmCheck(Check):
         return case.macs / max(device_s, 1e-6), 8 * case.macs / max(host_s, 1e-6)
 
     def _run(self, ctx: CheckContext) -> Outcome:
+        fmt = as_computed_on(self.fmt, ctx.device)
         try:
             macs_per_s, host_macs_per_s = self._probe(ctx.device)
         except _OUT_OF_MEMORY:
@@ -284,11 +285,12 @@ class GemmCheck(Check):
             dist = DISTRIBUTIONS[i % len(DISTRIBUTIONS)]
             rng = np.random.default_rng([ctx.seed, i])
             evidence = {
-                "case": case.label, "op": case.op, "shape": [case.batch, case.m, case.k, case.n],
+                "case": case.label, "op": case.op, "call": PATHS[case.op],
+                "shape": [case.batch, case.m, case.k, case.n], "heads": case.heads,
                 "dtype": self.fmt.name, "distribution": "exact integers" if exact else dist,
                 "seed": ctx.seed, "case_index": i,
             }
-            ops = draw_operands(case, self.fmt, rng, dist, exact)
+            ops = draw_operands(case, fmt, rng, dist, exact)
             try:
                 ratio = self._verify_case(ctx, ops, exact, evidence, out, tally)
             except _OUT_OF_MEMORY:
@@ -302,8 +304,8 @@ class GemmCheck(Check):
         ctx.progress(len(cases), len(cases), "done")
         out.coverage = {
             "dtype": self.fmt.name,
-            "cases": sum(tally[op] for op in ("mm", "bmm", "linear")),
-            "ops": {op: tally[op] for op in ("mm", "bmm", "linear") if tally[op]},
+            "cases": sum(tally[op] for op in PATHS),
+            "ops": {op: tally[op] for op in PATHS if tally[op]},
             "exact_cases": tally["exact"],
             "determinism_repeats": tally["repeat"],
             "methods": {m: tally[m] for m in ("full", "projection", "rows", "exact") if tally[m]},
@@ -364,16 +366,14 @@ class GemmCheck(Check):
 
 def draw_operands(case: Case, fmt: NumberFormat, rng: np.random.Generator, dist: str, exact: bool) -> Operands:
     """A case's operands on the host, from the case's own generator so that a finding can be replayed."""
-    rows = case.batch * case.m if case.op == "linear" else case.m
-    batch = 1 if case.op in ("mm", "linear") else case.batch
-    a_shape, b_shape = (batch, rows, case.k), (1 if case.op == "linear" else batch, case.k, case.n)
+    a_shape, b_shape, bias_shape = operand_shapes(case)
     if exact:
-        k = case.k + (1 if case.op == "linear" else 0)
+        k = case.k + (1 if bias_shape else 0)
         a, b = (draw_exact(rng, s, fmt, k) for s in (a_shape, b_shape))
-        bias = draw_exact(rng, (case.n,), fmt, k) if case.op == "linear" else None
+        bias = draw_exact(rng, bias_shape, fmt, k) if bias_shape else None
     else:
         a, b = (draw(rng, dist, s, fmt) for s in (a_shape, b_shape))
-        bias = draw(rng, dist, (case.n,), fmt) if case.op == "linear" else None
+        bias = draw(rng, dist, bias_shape, fmt) if bias_shape else None
     return Operands(case, fmt, a, b, bias)
 
 
@@ -392,19 +392,20 @@ def verify_result(ops: Operands, result: torch.Tensor, exact: bool) -> oracle.Ve
     to one product's form, and verify (operand norms included, computed here because nothing is
     prepared before the device answers). benchmarks/verify_overhead.py times exactly this."""
     a, b = ops.host_augmented()
-    return verify_product(a, b, to_host(result).reshape(a.shape[0], a.shape[1], -1), ops.fmt, exact)
+    c = to_host(result).reshape(a.shape[0], a.shape[1], -1)
+    return verify_product(a, b, c, ops.fmt, exact, epilogue=ops.epilogue)
 
 
 def verify_product(
     a: np.ndarray, b: np.ndarray, c: np.ndarray, fmt: NumberFormat, exact: bool = False,
-    norms: oracle.OperandNorms | None = None,
+    norms: oracle.OperandNorms | None = None, epilogue: oracle.Epilogue | None = None,
 ) -> oracle.Verification:
     """The check's choice of method by cost: exact, full recompute, or projections plus sampled rows."""
     if exact or fmt.integer:
         return oracle.verify_exact(a, b, c)
     if a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2] <= FULL_CHECK_MACS:
-        return oracle.verify_full(a, b, c, fmt)
-    projection, rows = oracle.verify_sampled(a, b, c, fmt, norms)
+        return oracle.verify_full(a, b, c, fmt, epilogue)
+    projection, rows = oracle.verify_sampled(a, b, c, fmt, norms, epilogue=epilogue)
     return projection if not projection.ok or rows.ok else rows
 
 

@@ -18,7 +18,10 @@ A failing case is re-run to tell a reproducible fault from an intermittent one.
 - integrity.ops.normalization: softmax, layer norm, RMS norm.
 - integrity.ops.reduction: sum, mean and max over rows and over a whole tensor, with known answers.
 - integrity.ops.conv2d: 2-D convolution (padding, stride, dilation, groups, depthwise, bias).
-- integrity.ops.attention: scaled-dot-product attention (no mask, causal, boolean and additive masks).
+- integrity.ops.attention: scaled-dot-product attention as models call it: no mask, causal
+  (is_causal), a boolean padding mask, an additive bias with -Inf (ALiBi-like), Hugging Face's 4-D
+  per-sequence mask (causal and left padding, masked with the format's most negative value), a
+  decode step (one query over a cache, explicit scale), and grouped-query attention (enable_gqa).
 - integrity.ops.convert: conversions between fp64, fp32, fp16, bf16, int32 and int8.
 
 Normalisation and reduction live in rowwise.py, the framework they all share in opcheck.py.
@@ -198,14 +201,23 @@ class AttentionCase:
     q_len: int
     kv_len: int
     dim: int
-    mask: str  # none | causal | bool | additive
+    mask: str  # none | causal | bool | additive | padding (a per-sequence 4-D mask)
+    scale: float | None = None  # passed explicitly; None: the default 1/sqrt(dim)
+    kv_heads: int = 0  # grouped-query attention: fewer key/value heads (enable_gqa); 0: as many as queries
 
+
+# enable_gqa exists from torch 2.5 on; older versions cannot be asked for it.
+_GQA = torch.__version__ >= (2, 5)
 
 ATTENTION_CASES = (
     AttentionCase("self-attention, no mask", 2, 4, 64, 64, 64, "none"),
     AttentionCase("causal", 2, 4, 64, 64, 64, "causal"),
     AttentionCase("boolean padding mask", 1, 4, 48, 80, 64, "bool"),
     AttentionCase("additive bias (ALiBi-like) with -inf", 1, 2, 32, 96, 128, "additive"),
+    AttentionCase("Hugging Face 4-D mask: causal, left padding, most negative value", 2, 4, 24, 24, 32, "padding"),
+    AttentionCase("decode step: one query over 80 cached keys, scale 1/16", 2, 4, 1, 80, 64, "none", scale=0.0625),
+    *((AttentionCase("grouped-query, 8 query heads over 2 KV heads, causal", 1, 8, 32, 32, 64, "causal",
+                     kv_heads=2),) if _GQA else ()),
 )
 
 
@@ -219,12 +231,16 @@ class AttentionCheck(OperatorCheck):
     def _builder(case: AttentionCase, corner: str) -> Builder:
         def build(rng: np.random.Generator, fmt: NumberFormat) -> OpCase:
             shape = (case.batch, case.heads)
+            kv_shape = (case.batch, case.kv_heads or case.heads, case.kv_len, case.dim)
             q = rng.standard_normal((*shape, case.q_len, case.dim))
-            k = rng.standard_normal((*shape, case.kv_len, case.dim))
-            v = rng.standard_normal((*shape, case.kv_len, case.dim))
+            k = rng.standard_normal(kv_shape)
+            v = rng.standard_normal(kv_shape)
             bias = np.zeros((case.q_len, case.kv_len))
-            if case.mask == "causal":
+            if case.mask in ("causal", "padding"):
                 bias[np.triu(np.ones_like(bias, dtype=bool), 1)] = -np.inf  # torch aligns it top-left
+            if case.mask == "padding":  # sequence i's first 5*i keys are padding: its first rows see none
+                pads = 5 * np.arange(case.batch)
+                bias = np.where(np.arange(case.kv_len) < pads[:, None, None, None], -np.inf, bias[None, None])
             elif case.mask == "bool":
                 bias[:, rng.random(case.kv_len) < 0.3] = -np.inf
                 bias[0] = -np.inf  # a query that may see nothing
@@ -233,24 +249,35 @@ class AttentionCheck(OperatorCheck):
                 bias[:, -8:] = -np.inf
             if corner == "corners":
                 q[..., 0, :] *= 40.0  # scores of hundreds: a nearly one-hot softmax
-                q[..., 1, :] = 0.0  # uniform attention: the mean of the visible values
-                q[0, 0, 2, 0] = np.nan  # one query's row must be NaN
+                if case.q_len > 2:
+                    q[..., 1, :] = 0.0  # uniform attention: the mean of the visible values
+                    q[0, 0, 2, 0] = np.nan  # one query's row must be NaN
             q, k, v = fmt.quantize(q), fmt.quantize(k), fmt.quantize(v)
-            scale = 1.0 / math.sqrt(case.dim)
+            scale = case.scale or 1.0 / math.sqrt(case.dim)
+            kwargs: dict[str, object] = {} if case.scale is None else {"scale": case.scale}
+            if case.kv_heads:
+                kwargs["enable_gqa"] = True
 
             def run(device: str) -> torch.Tensor:
                 args = [upload(t, fmt, device) for t in (q, k, v)]
                 if case.mask == "causal":
-                    return F.scaled_dot_product_attention(*args, is_causal=True)
+                    return F.scaled_dot_product_attention(*args, is_causal=True, **kwargs)
                 if case.mask == "bool":
-                    return F.scaled_dot_product_attention(*args, attn_mask=torch.from_numpy(bias == 0).to(device))
-                if case.mask == "additive":
-                    return F.scaled_dot_product_attention(*args, attn_mask=upload(bias, fmt, device))
-                return F.scaled_dot_product_attention(*args)
+                    mask = torch.from_numpy(bias == 0).to(device)
+                elif case.mask == "padding":
+                    mask = upload(np.where(bias == -np.inf, -fmt.max_finite, bias), fmt, device)
+                elif case.mask == "additive":
+                    mask = upload(bias, fmt, device)
+                else:
+                    return F.scaled_dot_product_attention(*args, **kwargs)
+                return F.scaled_dot_product_attention(*args, attn_mask=mask, **kwargs)
 
+            groups = case.heads // (case.kv_heads or case.heads)  # each key/value head serves this many queries
             return OpCase("attention", f"attention {case.label} ({corner})", run,
-                          ref.attention_expectation(q, k, v, bias, scale, fmt),
-                          evidence={"shape": [*shape, case.q_len, case.kv_len, case.dim], "mask": case.mask})
+                          ref.attention_expectation(q, np.repeat(k, groups, axis=1), np.repeat(v, groups, axis=1),
+                                                    bias, scale, fmt),
+                          evidence={"shape": [*shape, case.q_len, case.kv_len, case.dim], "mask": case.mask,
+                                    "scale": scale, "kv_heads": case.kv_heads or case.heads})
         return build
 
 
