@@ -200,6 +200,13 @@ def without_own_artefacts(condition: Condition, events: list[Event], pids: set[i
     shared memory, named after a pid of the workload's own tree); everything else stays."""
     if condition.clock_shift_days is None:
         return events
+    return without_faketime_artefacts(events, pids)
+
+
+def without_faketime_artefacts(events: list[Event], pids: set[int]) -> list[Event]:
+    """The events minus libfaketime's shared memory named after a pid of the tree (`pids` and the
+    events' own): what a clock world leaves in any tree that holds one, such as an audit worker
+    running a behaviour probe."""
     tree = pids | {e.pid for e in events}
     own: set[str] = set()
     for e in events:

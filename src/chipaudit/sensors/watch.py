@@ -25,10 +25,10 @@ from typing import Any
 
 import psutil
 
-from chipaudit.perturb import isolation
+from chipaudit.perturb import isolation, sinkhole_end
 from chipaudit.perturb.conditions import unshare_net
 from chipaudit.perturb.isolation import Isolation
-from chipaudit.perturb.sinkhole import Sinkhole
+from chipaudit.perturb.sinkhole import Sinkhole, _netns
 from chipaudit.runner.child import Wrapper
 from chipaudit.sensors.events import Event, SensorStatus
 from chipaudit.sensors.sockets import TreeSampler, become_subreaper
@@ -48,6 +48,12 @@ def _syscall_tracer(log: Path) -> tuple[Any, SensorStatus]:
     tracer = SyscallTracer()
     status: SensorStatus = tracer.start(log)
     return (tracer if status.ran else None), status
+
+
+def _sinkhole_end(proc: psutil.Process) -> bool:
+    """A sinkhole's end (perturb/sinkhole_end.py) in a network namespace of its own, as Sinkhole
+    starts it: whatever runs under it has no way off the machine."""
+    return proc.cmdline()[1:3] == ["-I", sinkhole_end.__file__] and _netns(proc.pid) != _netns(proc.ppid())
 
 
 class Watch:
@@ -123,7 +129,14 @@ class Watch:
         self.sinkhole.close()
 
     def _infrastructure(self, proc: psutil.Process) -> bool:
-        return proc.pid in self._wrappers
+        """The tool's own processes in a watched tree, walked through but not reported: a wrapper
+        above a device process, and another watch's sinkhole end with its capture and helpers (a
+        behaviour harness's, inside an audit worker)."""
+        if proc.pid in self._wrappers:
+            return True
+        with contextlib.suppress(psutil.Error):
+            return any(_sinkhole_end(p) for p in (proc, *proc.parents()))
+        return False
 
     def __enter__(self) -> Watch:
         return self
