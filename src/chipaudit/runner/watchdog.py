@@ -68,7 +68,7 @@ def _run_worker(
     """Start one worker on `pending`; return what is left when it ends. On any exception, Ctrl-C
     included, the worker is killed on the way out: never leave a worker running on the device."""
     outer = [watched.wrapper] if watched else []
-    with Child(WORKER, [*outer, *wrappers]) as child:
+    with Child(WORKER, [*outer, *wrappers], log=watched.log if watched else None) as child:
         if watched:
             watched.attach(child)
         # A worker that died at once is seen by _supervise.

@@ -77,6 +77,8 @@ class WorkerSensors:
         self.allow = allowlist.load(params)
         self.own = [folder, *([Path(params[EVIDENCE_DIR_PARAM])] if params.get(EVIDENCE_DIR_PARAM) else [])]
         self.names: list[str] = []
+        # What has been attributed, by name and event, over every worker: a stray is read by each.
+        self.taken: Counter[tuple[object, ...]] = Counter()
 
     def worker(self) -> WatchedWorker:
         name = f"worker {len(self.names) + 1}"
@@ -98,9 +100,11 @@ class WatchedWorker:
         self.sensors, self.name, self.scratch = sensors, name, scratch
         self.wrapper: Wrapper = sensors.watch.wrapper(name)
         self.job = {SCRATCH: str(scratch)}
+        # The worker's output, in the tool's folder and known to the sampler before the worker starts.
+        self.log = scratch.with_suffix(".log")
+        sensors.watch.own_files([self.log])
         self.windows: list[tuple[str, float, float]] = []  # check id, start, result (inf while it runs)
         self.own_files: set[str] = set()
-        self._taken: Counter[tuple[object, ...]] = Counter()
 
     def attach(self, child: Child) -> None:
         self.own_files = {str(f) for f in child.files}
@@ -130,16 +134,16 @@ class WatchedWorker:
         """Events not yet attributed that happened by `until` (None: all), less the tool's own. An
         event is known by what it is and when it began: a conversation the capture keeps adding
         packets to is one event."""
-        taken = Counter(self._taken)
+        taken = Counter(self.sensors.taken)
         out: list[Event] = []
-        names = [self.name, *self.sensors.strays()]
-        for event in (e for name in names for e in self.sensors.watch.events(name)):
-            key = (event.sensor, event.kind, event.action, event.target, event.pid, event.time)
-            if taken[key]:
-                taken[key] -= 1
-            elif until is None or _time(event, until) <= until:
-                self._taken[key] += 1
-                out.append(event)
+        for name in [self.name, *self.sensors.strays()]:
+            for event in self.sensors.watch.events(name):
+                key = (name, event.sensor, event.kind, event.action, event.target, event.pid, event.time)
+                if taken[key]:
+                    taken[key] -= 1
+                elif until is None or _time(event, until) <= until:
+                    self.sensors.taken[key] += 1
+                    out.append(event)
         return without_faketime_artefacts([e for e in out if not self._own(e)], set())
 
     def _own(self, event: Event) -> bool:
