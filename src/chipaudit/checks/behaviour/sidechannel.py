@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from chipaudit.checks.base import Check, CheckContext, Outcome
-from chipaudit.checks.behaviour.probe import World, run_worlds
+from chipaudit.checks.behaviour.probe import World, available_worlds, run_worlds, traced_world
 from chipaudit.checks.behaviour.tasks import broad_tasks
 from chipaudit.perturb import conditions as cond
 from chipaudit.report.model import Category, Level
@@ -40,7 +40,9 @@ class SideChannelProbe(Check):
     timeout_s: ClassVar[dict[Level, float]] = {Level.quick: 120.0, Level.standard: 300.0, Level.deep: 600.0}
 
     def run(self, ctx: CheckContext) -> Outcome:
-        return run_worlds(self, ctx, [World("reference", cond.reference(), broad_tasks(ctx))])
+        reference = World("reference", cond.reference(), broad_tasks(ctx))
+        traced, skipped = available_worlds([traced_world(reference)])
+        return run_worlds(self, ctx, [reference, *traced], skipped=skipped)
 
 
 CHECKS = [SideChannelProbe()]
