@@ -10,7 +10,9 @@ Llama-2-7B MLP and ViT attention). The other sees them disguised: zero-padded in
 dimensions to other shapes, aligned to 16 so that honest hardware keeps its fast paths, and at
 standard also split into two products of unequal widths. Separate processes keep a fingerprinter's
 state from leaking into the disguised side. Both forms are verified against the host oracle, and
-timed interleaved (A B A B); speeds are compared per multiply-add.
+timed interleaved (A B A B); speeds are compared per multiply-add. Both run untraced, under sensors
+they cannot see; the recognisable form runs again under strace as an extra world, verified and
+watched (bits, refusals, side effects) but not timed.
 
 Pass: both forms correct, and the recognisable form no slower per multiply-add than 1.5x the
 disguised one (or not significantly so).
