@@ -241,6 +241,12 @@ class Sinkhole:
         if proc.stdout is not None:
             proc.stdout.close()
 
+    def __enter__(self) -> Sinkhole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _read(self) -> None:
         """Every packet written since the last read, folded into conversations."""
         try:
@@ -343,17 +349,21 @@ def dns_name(message: bytes) -> str:
 
 
 def routes(pid: int) -> list[str]:
-    """The routes off loopback in the network namespace of `pid`, as the kernel lists them: what an
-    offline world must not have (link-local and multicast routes, which reach no other host
-    through the sinkhole's end but its own, are no way out)."""
+    """The routes off loopback in the network namespace of `pid` ("eth0 0.0.0.0/0"), from the tables
+    the kernel lists there: what an offline world must not have. Link-local and multicast routes
+    reach no host but the sinkhole end, and are no way out."""
     out = []
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/net/route") as f:
-        out += [f"{p[0]} {p[1]}/{p[7]}" for line in list(f)[1:] if (p := line.split()) and p[0] != "lo"]
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/net/ipv6_route") as f:
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/net/route") as f:
+        for line in list(f)[1:]:
+            p = line.split()
+            if len(p) >= 8 and p[0] != "lo":
+                host = ipaddress.IPv4Address(struct.pack("<I", int(p[1], 16)))
+                out.append(f"{p[0]} {host}/{bin(int(p[7], 16)).count('1')}")
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/net/ipv6_route") as f:
         for line in f:
             p = line.split()
-            if len(p) >= 10 and p[9] != "lo" and not p[0].startswith(("fe80", "ff00")):
-                out.append(f"{p[9]} {p[0]}/{int(p[1], 16)}")
+            if len(p) >= 10 and p[9] != "lo" and not p[0].startswith(("fe80", "ff")):
+                out.append(f"{p[9]} {ipaddress.IPv6Address(bytes.fromhex(p[0]))}/{int(p[1], 16)}")
     return out
 
 

@@ -251,7 +251,7 @@ def start_capture(tcpdump: str, pcap: Path, log: Path) -> subprocess.Popen[bytes
         proc.kill()
     proc.wait()
     text = log.read_text(errors="replace").strip()
-    raise EndError(f"tcpdump did not start: {text.splitlines()[-1] if text else 'no output'}")
+    raise EndError(f"tcpdump did not start: {' '.join(text.splitlines())[-300:] or 'no output'}")
 
 
 def stop_capture(proc: subprocess.Popen[bytes]) -> None:
