@@ -71,6 +71,7 @@ class Watch:
         self.tracer, self.tracer_status = _syscall_tracer(workdir / "ebpf.log")
         self.subreaper = become_subreaper()
         self._wrappers: set[int] = set()  # tool processes above a device process (a tracer world's strace)
+        self._tool: set[tuple[int, float]] = set()  # processes of another watch's sinkhole end, by pid and start
         self._count = itertools.count()
         self.sampler = TreeSampler(self._infrastructure)
         self.sampler.start()
@@ -134,8 +135,16 @@ class Watch:
         behaviour harness's, inside an audit worker)."""
         if proc.pid in self._wrappers:
             return True
+        # Decided once, while the process and its parents can be read: an end that is closing, or a
+        # helper that is exiting, may no longer be (a process that is not yet one may still become
+        # one by exec, so only a yes is kept).
         with contextlib.suppress(psutil.Error):
-            return any(_sinkhole_end(p) for p in (proc, *proc.parents()))
+            key = (proc.pid, proc.create_time())
+            if key not in self._tool:
+                if not any(_sinkhole_end(p) for p in (proc, *proc.parents())):
+                    return False
+                self._tool.add(key)
+            return True
         return False
 
     def __enter__(self) -> Watch:
