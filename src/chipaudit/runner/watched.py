@@ -8,21 +8,21 @@ its first bytes, and a sampler of the worker's process tree (sockets, files open
 Neither is in the process's sight as a tracer is. Whatever the worker starts (the stack probe, a
 behaviour harness and its workloads) is in its tree, and in its namespace unless given one of its own.
 
-Attribution: the worker says when each check starts and when it has its result (the start and
-result messages, timed by the tool as it receives them). An event belongs to the check whose window
-holds its time (the worker's own times for its messages, never later than the tool received
-them); what came before the first start (importing torch, a sitecustomize at start-up)
-goes to the first check, what came after the last result (the worker's teardown) to the last. An
-event seen only after its check was reported goes to the next one, saying when it happened, so
-nothing is lost. It becomes a finding of that check in category behaviour, judged and grouped as
-every sensor event is (checks/behaviour/findings.py), and is added before the check's result is
-reported, so that the live report and the final one agree.
+Attribution: the worker's start and result messages bound each check's window (at the times the
+worker says it sent them, never later than the tool received them: a worker's word can move an
+event between its checks, never out of the audit). An event belongs to the check whose window holds
+its time; what came before the first start (importing torch, a sitecustomize at start-up) goes to
+the first check, what came after the last result (the worker's teardown) to the last, and an event
+seen only after its check was reported to the next one, saying when it happened: nothing is lost.
+It becomes a finding of that check in category behaviour, judged and grouped as every sensor event
+is (checks/behaviour/findings.py), added before the check's result is reported, so that the live
+report and the final one agree.
 
 Not the device's: the worker's log, the evidence staging folder, and the worker's scratch folder
 (Python's temporary folder in the worker: the behaviour harness's folders, its children's logs);
 libfaketime's shared memory in a clock world's workload. Cannot see: what a stack writes into that
-scratch folder (removed with the audit); an event within a sample interval or a message's transit
-of a check's boundary may be attributed to the neighbouring check.
+scratch folder (removed with the audit); what the sampler alone saw within one sampling interval of
+a check's boundary may be attributed to the neighbouring check.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from chipaudit.perturb.conditions import without_faketime_artefacts
 from chipaudit.report.model import Category, CheckResult, Finding, Severity, Status
 from chipaudit.runner.child import Child, Wrapper
 from chipaudit.runner.worker import SCRATCH
-from chipaudit.sensors.events import FILE, Event, Observation
+from chipaudit.sensors.events import FILE, Event, Observation, SensorStatus
 from chipaudit.sensors.sockets import SAMPLE_INTERVAL_S
 from chipaudit.sensors.watch import Watch
 
@@ -75,7 +75,9 @@ class WorkerSensors:
     def __init__(self, watch: Watch, folder: Path, params: dict[str, Any]) -> None:
         self.watch, self.folder = watch, folder
         self.allow = allowlist.load(params)
-        self.own = [folder, *([Path(params[EVIDENCE_DIR_PARAM])] if params.get(EVIDENCE_DIR_PARAM) else [])]
+        # The tool's own folders: its workers' logs and scratch, the sensors' records, the evidence staging.
+        self.own = [folder, watch.workdir,
+                    *([Path(params[EVIDENCE_DIR_PARAM])] if params.get(EVIDENCE_DIR_PARAM) else [])]
         self.names: list[str] = []
         # What has been attributed, by name and event, over every worker: a stray is read by each.
         self.taken: Counter[tuple[object, ...]] = Counter()
@@ -97,17 +99,15 @@ class WatchedWorker:
     """One worker under the audit's sensors: the wrapper it starts in, and its checks' windows."""
 
     def __init__(self, sensors: WorkerSensors, name: str, scratch: Path) -> None:
-        self.sensors, self.name, self.scratch = sensors, name, scratch
+        self.sensors, self.name = sensors, name
         self.wrapper: Wrapper = sensors.watch.wrapper(name)
         self.job = {SCRATCH: str(scratch)}
         # The worker's output, in the tool's folder and known to the sampler before the worker starts.
         self.log = scratch.with_suffix(".log")
         sensors.watch.own_files([self.log])
         self.windows: list[tuple[str, float, float]] = []  # check id, start, result (inf while it runs)
-        self.own_files: set[str] = set()
 
     def attach(self, child: Child) -> None:
-        self.own_files = {str(f) for f in child.files}
         self.sensors.watch.own_files(child.files)
         self.sensors.watch.watch(self.name, child.pid)
 
@@ -147,10 +147,7 @@ class WatchedWorker:
         return without_faketime_artefacts([e for e in out if not self._own(e)], set())
 
     def _own(self, event: Event) -> bool:
-        if event.kind != FILE:
-            return False
-        path = event.target
-        return path in self.own_files or any(_under(path, folder) for folder in self.sensors.own)
+        return event.kind == FILE and any(_under(event.target, folder) for folder in self.sensors.own)
 
     def _when(self, t: float, check_id: str, ended: float, last: bool) -> str:
         """When, relative to the checks, an event attributed to `check_id` happened ('' while it ran)."""
@@ -174,7 +171,8 @@ def _under(path: str, folder: Path) -> bool:
     return os.path.commonpath([path, str(folder)]) == str(folder) if os.path.isabs(path) else False
 
 
-def _amend(result: CheckResult, findings: list[Finding], found: list[Finding], statuses: list[Any]) -> CheckResult:
+def _amend(result: CheckResult, findings: list[Finding], found: list[Finding],
+           statuses: list[SensorStatus]) -> CheckResult:
     """The result with the worker's sensors in its coverage (and what they could not watch in its
     limits), its status from every finding; a check that errored stays an error, and one skipped
     stays skipped unless the sensors found something."""
