@@ -220,3 +220,20 @@ def test_without_a_sinkhole_the_limits_say_what_was_not_watched(tmp_path: Path,
     assert result.coverage["sensors"]["worker sinkhole"]["ran"] is False
     assert any(note.startswith("the worker was not watched by sinkhole: not run: no privilege")
                for note in result.coverage["limits"])
+
+
+@needs_sinkhole
+def test_a_worker_that_cannot_be_wired_to_the_sinkhole_errors_its_checks(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """No check runs outside its sensors, and none passes for it."""
+    def attach(self: sinkhole.Sinkhole, name: str, online: bool = True) -> Any:
+        def configure(pid: int) -> None:
+            raise RuntimeError("the sinkhole could not wire the process: a test says no")
+        return configure
+
+    monkeypatch.setattr(sinkhole.Sinkhole, "attach", attach)
+    results, _ = _run(CHEAP, {}, tmp_path)
+    assert sorted(results) == sorted(c.id for c in CHEAP)
+    for result in results.values():
+        assert result.status is Status.error
+        assert "could not be started under its sensors: the sinkhole could not wire" in (result.reason or "")

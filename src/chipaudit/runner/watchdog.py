@@ -68,7 +68,17 @@ def _run_worker(
     """Start one worker on `pending`; return what is left when it ends. On any exception, Ctrl-C
     included, the worker is killed on the way out: never leave a worker running on the device."""
     outer = [watched.wrapper] if watched else []
-    with Child(WORKER, [*outer, *wrappers], log=watched.log if watched else None) as child:
+    try:
+        child = Child(WORKER, [*outer, *wrappers], log=watched.log if watched else None)
+    except (RuntimeError, OSError) as e:
+        if watched is None:
+            raise
+        # Its world could not be made (the namespace not wired to the sinkhole): no check runs
+        # outside its sensors, and none passes for it.
+        for check in pending:
+            events.finished(_error(check, f"the worker could not be started under its sensors: {e}"), [])
+        return []
+    with child:
         if watched:
             watched.attach(child)
         # A worker that died at once is seen by _supervise.
