@@ -42,7 +42,7 @@ def _syscall_tracer(log: Path) -> tuple[Any, SensorStatus]:
     -> events, stop()), started before any process it must see; None with the reason when it cannot
     run here."""
     try:
-        from chipaudit.sensors.ebpf import SyscallTracer  # type: ignore[import-not-found,unused-ignore]
+        from chipaudit.sensors.ebpf import SyscallTracer
     except ImportError:
         return None, SensorStatus(EBPF, False, "not run: this build has no eBPF syscall tracer")
     tracer = SyscallTracer()
