@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import json
 import os
 import select
@@ -122,6 +123,7 @@ class Sinkhole:
         self.degraded = ""
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._numbers = itertools.count(1)  # never reused: a failed attachment may have left its link
         self._flows: dict[tuple[object, ...], Flow] = {}
         self._offset = 0
         self._linktype = 0
@@ -196,7 +198,7 @@ class Sinkhole:
             with self._lock:
                 if not self.running or self._proc is None or self._proc.stdin is None:
                     raise RuntimeError(f"the sinkhole is not running: {self.status.detail}")
-                n = len(self.attachments) + 1
+                n = next(self._numbers)
                 self._proc.stdin.write((json.dumps({"n": n, "pid": pid, "online": online}) + "\n").encode())
                 self._proc.stdin.flush()
                 answer = self._answer(ATTACH_TIMEOUT_S)

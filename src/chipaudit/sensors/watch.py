@@ -42,7 +42,7 @@ def _syscall_tracer(log: Path) -> tuple[Any, SensorStatus]:
     -> events, stop()), started before any process it must see; None with the reason when it cannot
     run here."""
     try:
-        from chipaudit.sensors.ebpf import SyscallTracer  # type: ignore[import-not-found,unused-ignore]
+        from chipaudit.sensors.ebpf import SyscallTracer
     except ImportError:
         return None, SensorStatus(EBPF, False, "not run: this build has no eBPF syscall tracer")
     tracer = SyscallTracer()
@@ -58,7 +58,8 @@ def _sinkhole_end(proc: psutil.Process) -> bool:
 
 class Watch:
     """Sensors for one user (a behaviour harness, an audit run): start them, wrap each device
-    process with `wrapper(name)`, register its tree with `watch(name, pid)`, read `events(name)`."""
+    process with `wrapper(name)` (its tree is sampled under `name` from its start), register any
+    other process with `watch(name, pid)`, read `events(name)`."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -82,13 +83,26 @@ class Watch:
         attached to the sinkhole under `name`: online (eth0 with an address and default routes) or
         offline (no route; its loopback traffic is still captured)."""
         folder = self.workdir / "worlds" / str(next(self._count))
+
+        def register(pid: int) -> None:
+            # At once, before the process is wired and long before it says hello: until the sampler
+            # knows it, it would take the new process for an orphan of unknown session.
+            self.sampler.watch(pid, name)
+
         if self.sinkhole.running:
-            return isolation.wrapper(replace(iso, network=True), folder, self.sinkhole.attach(name, online))
+            attach = self.sinkhole.attach(name, online)
+
+            def configure(pid: int) -> None:
+                register(pid)
+                attach(pid)
+
+            return isolation.wrapper(replace(iso, network=True), folder, configure)
         if not online and self.namespaces:
             raise RuntimeError(f"an offline world needs a network namespace: {self.namespaces}")
         if self.namespaces or not (iso.etc or iso.uts or not online):
-            return Wrapper()  # nothing to isolate, or no namespaces to isolate it in (statuses() says so)
-        return isolation.wrapper(replace(iso, network=not online), folder)
+            # Nothing to isolate, or no namespaces to isolate it in (statuses() says so).
+            return Wrapper(stays=False, started=register)
+        return isolation.wrapper(replace(iso, network=not online), folder, register)
 
     def watch(self, name: str, pid: int, wrapper: bool = False) -> None:
         """Sample the process tree of `pid` under `name`. `wrapper`: `pid` is a tool process above

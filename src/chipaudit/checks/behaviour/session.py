@@ -165,9 +165,11 @@ class Harness:
         trace = self.workdir / f"{index}.strace" if condition.traced and self.trace_base else None
         wrappers = [self.watch.wrapper(label, condition.isolation(), online=not condition.sealed),
                     *world_wrappers(condition, now, (self.trace_base, trace) if self.trace_base and trace else None)]
-        child = Child(WORKLOAD, wrappers, log=self.workdir / f"{index}.log", cwd=self.workdir)
-        # The tool's own files: the workload's output log and the trace.
-        self.watch.own_files(child.files)
+        log = self.workdir / f"{index}.log"
+        # The tool's own files, known before the process starts (the sampler may look at it at once):
+        # the workload's output log and the trace.
+        self.watch.own_files([log, *([trace] if trace else [])])
+        child = Child(WORKLOAD, wrappers, log=log, cwd=self.workdir)
         self.watch.watch(label, child.pid, wrapper=child.wrapped)
         session = Session(label, condition, list(tasks), child, now, trace)
         self.sessions.append(session)
