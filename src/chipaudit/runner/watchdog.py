@@ -79,8 +79,6 @@ def _run_worker(
             events.finished(_error(check, f"the worker could not be started under its sensors: {e}"), [])
         return []
     with child:
-        if watched:
-            watched.attach(child)
         # A worker that died at once is seen by _supervise.
         child.send({**job, **(watched.job if watched else {}), "checks": [[c.id, c.seed] for c in pending]})
         child.close_input()

@@ -40,7 +40,7 @@ from chipaudit.checks.behaviour.findings import sensor_findings
 from chipaudit.evidence.bundle import EVIDENCE_DIR_PARAM
 from chipaudit.perturb.conditions import without_faketime_artefacts
 from chipaudit.report.model import Category, CheckResult, Finding, Severity, Status
-from chipaudit.runner.child import Child, Wrapper
+from chipaudit.runner.child import Wrapper
 from chipaudit.runner.worker import SCRATCH
 from chipaudit.sensors.events import FILE, Event, Observation, SensorStatus
 from chipaudit.sensors.sockets import SAMPLE_INTERVAL_S
@@ -96,7 +96,8 @@ class WorkerSensors:
 
 
 class WatchedWorker:
-    """One worker under the audit's sensors: the wrapper it starts in, and its checks' windows."""
+    """One worker under the audit's sensors: the wrapper it starts in (which has its tree sampled
+    from its start), and its checks' windows."""
 
     def __init__(self, sensors: WorkerSensors, name: str, scratch: Path) -> None:
         self.sensors, self.name = sensors, name
@@ -106,10 +107,6 @@ class WatchedWorker:
         self.log = scratch.with_suffix(".log")
         sensors.watch.own_files([self.log])
         self.windows: list[tuple[str, float, float]] = []  # check id, start, result (inf while it runs)
-
-    def attach(self, child: Child) -> None:
-        self.sensors.watch.own_files(child.files)
-        self.sensors.watch.watch(self.name, child.pid)
 
     def started(self, check_id: str, at: float) -> None:
         self.windows.append((check_id, at, float("inf")))
