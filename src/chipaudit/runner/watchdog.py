@@ -9,6 +9,7 @@ result is reported with what they saw of its worker while it ran.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -92,7 +93,7 @@ def _sent(message: dict[str, Any] | None, received: float) -> float:
     its arrival (a busy tool reads late; a worker's word cannot move an event out of the audit,
     only between its checks)."""
     stamp = (message or {}).get("time")
-    return min(float(stamp), received) if isinstance(stamp, (int, float)) else received
+    return min(float(stamp), received) if isinstance(stamp, (int, float)) and math.isfinite(stamp) else received
 
 
 def _supervise(child: Child, pending: list[PlannedCheck], events: Events,
