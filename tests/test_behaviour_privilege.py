@@ -1,7 +1,7 @@
-"""Without privilege the sealed run and the packet capture cannot happen: they must say so, with the
+"""Without privilege the sealed run and the sinkhole cannot happen: they must say so, with the
 reason, and never appear as coverage. Privilege is taken away for real, as a non-root user lacks it:
 the probes run under setpriv with an emptied capability bounding set (no CAP_SYS_ADMIN for
-namespaces, no CAP_NET_RAW for capture), or without CAP_NET_RAW alone."""
+namespaces, no CAP_NET_RAW for the sinkhole's capture), or without CAP_NET_RAW alone."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def run_without(caps: str, *checks: str) -> dict[str, dict[str, object]]:
 
 
 @pytest.mark.slow
-def test_without_privilege_the_sealed_run_and_capture_do_not_run() -> None:
+def test_without_privilege_the_sealed_run_and_the_sinkhole_do_not_run() -> None:
     out = run_without("-all", "behaviour.sealed", "behaviour.sidechannel")
     sealed = out["behaviour.sealed"]
     assert "unshare --net failed" in str(sealed["skipped"]) and "CAP_SYS_ADMIN" in str(sealed["skipped"])
@@ -53,17 +53,19 @@ def test_without_privilege_the_sealed_run_and_capture_do_not_run() -> None:
     assert isinstance(side["coverage"], dict)
     sensors = side["coverage"]["sensors"]
     assert sensors["strace"]["ran"] and sensors["socket_sampling"]["ran"]  # tracing one's own children needs none
-    assert not sensors["packet_capture"]["ran"]  # it has no sealed world to capture in, and says so
+    sink = sensors["sinkhole"]  # the workloads ran unattached, in the host's network, and the report says so
+    assert not sink["ran"] and "CAP_SYS_ADMIN" in sink["detail"] and "not captured" in sink["detail"]
+    assert any(line.startswith("sensor sinkhole not run") for line in side["coverage"]["limits"])
     assert side["serious"] == []
 
 
 @pytest.mark.slow
-def test_without_cap_net_raw_the_sealed_run_goes_on_without_capture() -> None:
+def test_without_cap_net_raw_the_sealed_run_goes_on_without_the_sinkhole() -> None:
     out = run_without("-net_raw", "behaviour.sealed")
     sealed = out["behaviour.sealed"]
     assert isinstance(sealed["coverage"], dict), sealed
-    capture = sealed["coverage"]["sensors"]["packet_capture"]
-    assert not capture["ran"] and "permission" in capture["detail"].lower()
-    assert any(w["applied"] and w["label"] == "sealed" for w in sealed["coverage"]["worlds"])
-    assert any("packet_capture" in line for line in sealed["coverage"]["limits"])
+    sink = sealed["coverage"]["sensors"]["sinkhole"]
+    assert not sink["ran"] and "permission" in sink["detail"].lower()
+    assert any(w["applied"] and w["label"] == "sealed" for w in sealed["coverage"]["worlds"])  # offline, uncaptured
+    assert any("sinkhole" in line for line in sealed["coverage"]["limits"])
     assert sealed["serious"] == []

@@ -1,5 +1,6 @@
 """Each perturbation against a device stack that misbehaves under it, and one that does not: the real
-checks, with real strace, unshare, libfaketime and tcpdump around real workload processes."""
+checks, with real namespaces wired to the sinkhole, strace, libfaketime and tcpdump around real
+workload processes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from chipaudit.report.model import Severity
 
 pytestmark = pytest.mark.slow
 
-ONLY_LOOPBACK = ("names = [l.split(':')[0].strip() for l in open('/proc/self/net/dev').readlines()[2:]]\n"
-                 "return names == ['lo']")
+# No default route: what a stack that checks whether it is online sees in the sealed world.
+OFFLINE = "return not any(l.split()[1] == '00000000' for l in open('/proc/self/net/route').readlines()[1:])"
 FUTURE = f"return time.time() > {time.time() + 365 * 86400:.0f}"
 CHINA_TIME = "return time.localtime().tm_gmtoff == 8 * 3600"
 CHINA_LANGUAGE = "return os.environ.get('LANGUAGE', '').startswith('zh')"
@@ -34,12 +35,16 @@ def test_an_honest_stack_passes_every_probe(check: str, tmp_path: Path, monkeypa
     outcome = run(check)
     assert not serious(outcome), titles(outcome)
     sensors = outcome.coverage["sensors"]
-    assert sensors["strace"]["ran"] and sensors["socket_sampling"]["ran"]
+    assert sensors["sinkhole"]["ran"] and sensors["socket_sampling"]["ran"]
+    # Every probe but drift runs one traced world beside its untraced ones.
+    assert sensors["strace"]["ran"] == (check != "behaviour.drift")
+    worlds = outcome.coverage.get("worlds", [])
+    assert all(w["applied"] for w in worlds) and any(w.get("tracer") for w in worlds) == (check != "behaviour.drift")
 
 
 # (check, trigger, payload, what the finding's title says, where it must say it happened)
 MISBEHAVIOURS = {
-    "wrong results without network": ("behaviour.sealed", ONLY_LOOPBACK, WRONG, "wrong results", "'sealed'"),
+    "wrong results without network": ("behaviour.sealed", OFFLINE, WRONG, "wrong results", "'sealed'"),
     "time bomb throttle": ("behaviour.clock", FUTURE, THROTTLE, "slower", "'clock +"),
     "time zone kill switch": ("behaviour.location", CHINA_TIME, REFUSE, "refused", "China"),
     "language trigger, wrong results": ("behaviour.location", CHINA_LANGUAGE, WRONG, "wrong results", "China"),
@@ -58,15 +63,18 @@ def test_each_probe_catches_a_stack_that_misbehaves_under_its_perturbation(
     assert caught and all(where in f.title and f.severity is Severity.high for f in caught), titles(outcome)
 
 
-def test_both_shifted_dates_and_the_capture_are_covered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_both_shifted_dates_and_the_sealed_world_are_covered(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     install(tmp_path, monkeypatch, FUTURE, THROTTLE)
     outcome = run("behaviour.clock")
     slow = [f for f in serious(outcome) if "slower" in f.title]
     assert {f.evidence["world"]["name"] for f in slow} == {"clock +2 years", "clock +10 years"}, titles(outcome)
     assert all(f.evidence["ratio"] >= 1.5 and f.evidence["ci99"][0] > 1 for f in slow)
     sealed = run("behaviour.sealed")
-    assert sealed.coverage["sensors"]["packet_capture"]["ran"]
-    assert [w["applied"] for w in sealed.coverage["worlds"]] == [True, True]
+    assert sealed.coverage["sensors"]["sinkhole"]["ran"]
+    worlds = {w["label"]: w for w in sealed.coverage["worlds"]}
+    assert [w["applied"] for w in worlds.values()] == [True, True, True]
+    assert worlds["sealed"]["seen"]["routes"] == [] and worlds["reference"]["seen"]["routes"]
 
 
 LEAK = """\

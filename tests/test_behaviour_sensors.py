@@ -1,5 +1,5 @@
 """The sensors on real processes: strace around small programs that talk and write, the socket
-sampler on a live process, tcpdump in a real namespace, /proc scans for device holders."""
+sampler on a live process, /proc scans for device holders (the sinkhole: tests/test_sinkhole.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from chipaudit.checks.behaviour.allowlist import Allowlist
 from chipaudit.checks.behaviour.findings import sensor_findings
 from chipaudit.checks.behaviour.sidechannel import SideChannelProbe
-from chipaudit.perturb import conditions
+from chipaudit.perturb import conditions, sinkhole
 from chipaudit.report.model import Severity
-from chipaudit.sensors import capture, holders, strace
+from chipaudit.sensors import holders, strace
 from chipaudit.sensors.events import FILE, NETWORK, PROCESS, Event, Observation
 from chipaudit.sensors.sockets import TreeSampler
 
@@ -173,18 +173,6 @@ def test_libfaketime_state_is_the_tools_own_but_other_shm_files_are_not() -> Non
     assert conditions.without_own_artefacts(conditions.reference(), events, {7}) == events
 
 
-@pytest.mark.skipif(conditions.unshare_net() != "" or capture.unavailable() is not None,
-                    reason="needs a network namespace and tcpdump")
-def test_packet_capture_in_a_sealed_namespace(tmp_path: Path) -> None:
-    pcap, log = tmp_path / "p.pcap", tmp_path / "p.log"
-    prefix = conditions.outer_prefix(conditions.sealed(), (pcap, log, str(capture.tcpdump())))
-    code = "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', 5353))"
-    subprocess.run([*prefix, sys.executable, "-c", code], check=True, timeout=60)
-    assert capture.status_from(log).ran
-    packets = capture.parse(pcap)
-    assert any(e.action == "packet" and e.target == "AF_INET 127.0.0.1:5353" for e in packets)
-
-
 def test_device_holders_are_found_by_their_open_files(tmp_path: Path) -> None:
     node = tmp_path / "fakeaccel0"
     node.write_text("")
@@ -207,10 +195,12 @@ def test_device_holders_are_found_by_their_open_files(tmp_path: Path) -> None:
 def test_missing_tools_are_reported_not_claimed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     strace.probe.cache_clear()
+    sinkhole.unavailable.cache_clear()
     try:
         base, status = strace.probe()
         assert base is None and not status.ran and "not installed" in status.detail
-        missing = capture.unavailable()
-        assert missing is not None and not missing.ran and "not installed" in missing.detail
+        assert "tcpdump (Debian package tcpdump)" in sinkhole.unavailable() or "unshare" in sinkhole.unavailable()
+        assert "strace is not installed" in conditions.unavailable(conditions.traced(conditions.reference()))
     finally:
         strace.probe.cache_clear()
+        sinkhole.unavailable.cache_clear()

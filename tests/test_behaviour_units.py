@@ -44,9 +44,10 @@ def test_a_time_zone_counts_only_when_the_offset_moved() -> None:
     assert reason == "" and "not installed" in notes[0]
 
 
-def test_a_sealed_world_must_have_no_interface_but_loopback() -> None:
-    assert conditions.applied(conditions.sealed(), hello(), 0, 0)[0] == ""
-    assert "eth0" in conditions.applied(conditions.sealed(), hello(interfaces=["lo", "eth0"]), 0, 0)[0]
+def test_a_sealed_world_must_have_no_route_off_loopback() -> None:
+    assert conditions.applied(conditions.sealed(), hello(routes=[], interfaces=["eth0", "lo"]), 0, 0)[0] == ""
+    assert "eth0 0.0.0.0/0" in conditions.applied(conditions.sealed(), hello(routes=["eth0 0.0.0.0/0"]), 0, 0)[0]
+    assert "could not read" in conditions.applied(conditions.sealed(), hello(), 0, 0)[0]
 
 
 def test_worlds_change_the_workload_only_and_start_from_neutral() -> None:

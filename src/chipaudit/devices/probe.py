@@ -9,6 +9,10 @@ Protocol (runner/child.py): the job names the device, {"device": ...}; one messa
 work is done ({"status": "ready", "pid": ...} or {"status": "error", "error": ...}); the process
 then waits, its maps intact, until the tool closes its stdin. A vendor plugin's own output on
 stdout cannot be mistaken for the answer, which travels on a channel of its own.
+
+In an audit the probe is started by the stack check in its worker, so it runs in the worker's
+network namespace and process tree, under the sensors around the worker (runner/watched.py): what
+the stack does in it is a finding of that check like anything its worker does.
 """
 
 from __future__ import annotations

@@ -2,8 +2,15 @@
 
 A condition is applied to the workload process only (its environment, its namespace, the clock its
 libc reports), never to the tool. Each one can be unavailable here (no privilege, a tool missing),
-and each one that ran is checked from inside the workload (`applied`): a clock that did not move or
-a namespace that still has interfaces is reported as not applied, never as coverage.
+and each one that ran is checked (`applied`), from what the workload saw and what the tool read of
+its namespace: a clock that did not move or an offline namespace that still has a route is
+reported as not applied, never as coverage.
+
+Every world's processes run in a network namespace of their own wired to the tool's sinkhole
+(sensors/watch.py), untraced: a device stack that stays quiet while it sees a tracer has none to
+see. A traced world (`traced`) is an extra world, the same as its base but under strace, compared
+with the untraced ones like any other, so that a stack that behaves differently when traced shows
+up as a difference.
 
 The reference is neutral rather than inherited: UTC and the C.UTF-8 locale, whatever the machine's
 own settings, so that a machine that already looks Chinese is still compared with one that does
@@ -13,19 +20,20 @@ not. Everything else of the caller's environment is inherited unchanged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import re
 import shutil
 import subprocess
-import sys
 import zoneinfo
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from chipaudit.perturb import netns
+from chipaudit.perturb.isolation import Isolation
+from chipaudit.sensors import strace
 from chipaudit.sensors.events import FILE, Event
 
 REFERENCE, NETWORK, CLOCK, LOCATION = "reference", "network", "clock", "location"
@@ -57,7 +65,8 @@ class Condition:
     name: str
     kind: str
     env: dict[str, str | None] = field(default_factory=dict)  # over NEUTRAL_ENV; None removes a variable
-    sealed: bool = False
+    sealed: bool = False  # offline: a namespace with no route, only its loopback captured
+    traced: bool = False  # under strace: the world's processes see a tracer
     clock_shift_days: float | None = None
     tz: str | None = None
     locale: str | None = None
@@ -76,13 +85,20 @@ class Condition:
                 })
         return env
 
+    def isolation(self) -> Isolation:
+        """The private namespaces the world's process gets besides its network (a location's /etc
+        files and host names)."""
+        return Isolation()
+
     def target_time(self, now: float) -> float:
         return now + (self.clock_shift_days or 0.0) * DAY_S
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.sealed:
-            out["network"] = "empty network namespace (loopback only)"
+            out["network"] = "offline: a network namespace with no route (its loopback captured by the sinkhole)"
+        if self.traced:
+            out["tracer"] = "strace"
         if self.clock_shift_days is not None:
             out["clock_shift_days"] = self.clock_shift_days
         if self.tz:
@@ -98,6 +114,10 @@ def reference() -> Condition:
 
 def sealed() -> Condition:
     return Condition("sealed", NETWORK, sealed=True)
+
+
+def traced(base: Condition) -> Condition:
+    return dataclasses.replace(base, name=f"{base.name}, traced", traced=True)
 
 
 def clock(days: float, label: str) -> Condition:
@@ -138,25 +158,15 @@ def unshare_net() -> str:
 
 def unavailable(condition: Condition) -> str:
     """'' when the condition can be applied on this machine, else why not."""
-    if condition.sealed:
+    if condition.sealed and unshare_net():
         return unshare_net()
+    if condition.traced and strace.probe()[0] is None:
+        return f"strace {strace.probe()[1].detail.removeprefix('not run: ')}"
     if condition.clock_shift_days is not None and faketime_library() is None:
         return "libfaketime is not installed (Debian package faketime)"
     if condition.tz and not (ZONEINFO / condition.tz).exists():
         return f"the time zone {condition.tz} is not in {ZONEINFO} (Debian package tzdata)"
     return ""
-
-
-def outer_prefix(condition: Condition, capture: tuple[Path, Path, str] | None) -> list[str]:
-    """What wraps the tracer and the workload: for a sealed run, a new network namespace entered
-    through the shim (with the packet capture, when one is asked for)."""
-    if not condition.sealed:
-        return []
-    shim = [sys.executable, "-I", netns.__file__]
-    if capture is not None:
-        pcap, log, tcpdump = capture
-        shim += ["--capture", str(pcap), "--capture-log", str(log), "--tcpdump", tcpdump]
-    return [str(shutil.which("unshare")), "--net", "--", *shim, "--"]
 
 
 def expected_offset_s(tz: str, at: float) -> int | None:
@@ -171,9 +181,12 @@ def applied(condition: Condition, hello: dict[str, Any], launched: float, answer
     the workload itself saw when it started."""
     notes: list[str] = []
     if condition.sealed:
-        others = [i for i in hello.get("interfaces", []) if i != "lo"]
-        if others:
-            return f"the workload still saw network interfaces {others}", notes
+        # Read by the tool from the workload's namespace (sinkhole.routes): an offline world has no way out.
+        routes = hello.get("routes")
+        if routes is None:
+            return "the tool could not read the workload's routes", notes
+        if routes:
+            return f"the workload's network namespace still had routes {routes}", notes
     if condition.clock_shift_days is not None:
         seen = float(hello.get("time", 0.0))
         low, high = condition.target_time(launched) - CLOCK_SLACK_S, condition.target_time(answered) + CLOCK_SLACK_S
@@ -200,6 +213,13 @@ def without_own_artefacts(condition: Condition, events: list[Event], pids: set[i
     shared memory, named after a pid of the workload's own tree); everything else stays."""
     if condition.clock_shift_days is None:
         return events
+    return without_faketime_artefacts(events, pids)
+
+
+def without_faketime_artefacts(events: list[Event], pids: set[int]) -> list[Event]:
+    """The events minus libfaketime's shared memory named after a pid of the tree (`pids` and the
+    events' own): what a clock world leaves in any tree that holds one, such as an audit worker
+    running a behaviour probe."""
     tree = pids | {e.pid for e in events}
     own: set[str] = set()
     for e in events:

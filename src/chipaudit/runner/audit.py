@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import platform
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,8 @@ from chipaudit.report.model import (
 from chipaudit.runner import levels
 from chipaudit.runner.child import Wrapper
 from chipaudit.runner.watchdog import Events, PlannedCheck, run_plan
+from chipaudit.runner.watched import WorkerSensors
+from chipaudit.sensors.watch import Watch
 
 # What no configuration of this tool can observe; the report always carries these.
 STANDING_LIMITS = (
@@ -114,7 +118,8 @@ def run_audit(
     on_update: Callable[[Report], None] = lambda report: None,
     wrappers: Sequence[Wrapper] = (),
 ) -> Report:
-    """Run the audit. On Ctrl-C the report is finished as incomplete and KeyboardInterrupt propagates."""
+    """Run the audit, every worker under one set of sensors (runner/watched.py), ended with it. On
+    Ctrl-C the report is finished as incomplete and KeyboardInterrupt propagates."""
     report = new_report(config)
     report.limits.append(f"Level {config.level.value}: {levels.DESCRIPTION[config.level]}.")
     on_update(report)
@@ -126,7 +131,9 @@ def run_audit(
 
     job = {"device": config.device, "level": config.level.value, "params": config.params}
     try:
-        run_plan(plan(config), job, Events(events.started, events.progress, finished), wrappers)
+        with tempfile.TemporaryDirectory(prefix="chipaudit-audit-") as tmp, Watch(Path(tmp) / "watch") as watch:
+            sensors = WorkerSensors(watch, Path(tmp) / "workers", config.params)
+            run_plan(plan(config), job, Events(events.started, events.progress, finished), wrappers, sensors)
     except KeyboardInterrupt:
         report.limits.append("The audit was interrupted before every check ran.")
         finalize_limits(report)

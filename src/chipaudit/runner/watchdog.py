@@ -2,10 +2,14 @@
 and either must cost one check, not the audit: each check gets a time limit of its own, a hang or a
 crash becomes that check's `error` result, and the checks left run on in a fresh worker (a device
 may be left unusable by the error, so the worker that saw it is not reused).
+
+Given the audit's sensors (runner/watched.py), every worker runs inside them, and each check's
+result is reported with what they saw of its worker while it ran.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +18,7 @@ from typing import Any
 
 from chipaudit.report.model import Category, CheckResult, Finding, Status
 from chipaudit.runner.child import Child, Wrapper
+from chipaudit.runner.watched import WatchedWorker, WorkerSensors
 
 # Importing torch and initialising a device driver can take a while on a cold machine.
 STARTUP_TIMEOUT_S = 180.0
@@ -43,13 +48,14 @@ LOG_TAIL_BYTES = 600
 
 
 def run_plan(
-    plan: list[PlannedCheck], job: dict[str, Any], events: Events, wrappers: Sequence[Wrapper] = ()
+    plan: list[PlannedCheck], job: dict[str, Any], events: Events, wrappers: Sequence[Wrapper] = (),
+    sensors: WorkerSensors | None = None,
 ) -> None:
     """Run every planned check, each once, in as few workers as hangs and crashes allow; each worker
-    runs inside `wrappers` (outermost first)."""
+    runs inside `sensors` (when given), then `wrappers` (outermost first)."""
     pending = list(plan)
     while pending:
-        pending = _run_worker(pending, job, events, wrappers)
+        pending = _run_worker(pending, job, events, wrappers, sensors.worker() if sensors else None)
 
 
 def _error(check: PlannedCheck, reason: str) -> CheckResult:
@@ -57,26 +63,55 @@ def _error(check: PlannedCheck, reason: str) -> CheckResult:
 
 
 def _run_worker(
-    pending: list[PlannedCheck], job: dict[str, Any], events: Events, wrappers: Sequence[Wrapper]
+    pending: list[PlannedCheck], job: dict[str, Any], events: Events, wrappers: Sequence[Wrapper],
+    watched: WatchedWorker | None,
 ) -> list[PlannedCheck]:
     """Start one worker on `pending`; return what is left when it ends. On any exception, Ctrl-C
     included, the worker is killed on the way out: never leave a worker running on the device."""
-    with Child(WORKER, wrappers) as child:
+    outer = [watched.wrapper] if watched else []
+    try:
+        child = Child(WORKER, [*outer, *wrappers], log=watched.log if watched else None)
+    except (RuntimeError, OSError) as e:
+        if watched is None:
+            raise
+        # Its world could not be made (the namespace not wired to the sinkhole): no check runs
+        # outside its sensors, and none passes for it.
+        for check in pending:
+            events.finished(_error(check, f"the worker could not be started under its sensors: {e}"), [])
+        return []
+    with child:
         # A worker that died at once is seen by _supervise.
-        child.send({**job, "checks": [[c.id, c.seed] for c in pending]})
+        child.send({**job, **(watched.job if watched else {}), "checks": [[c.id, c.seed] for c in pending]})
         child.close_input()
-        left = _supervise(child, pending, events)
+        left = _supervise(child, pending, events, watched)
         child.stop(grace_s=WORKER_EXIT_GRACE_S)
     return left
 
 
-def _supervise(child: Child, pending: list[PlannedCheck], events: Events) -> list[PlannedCheck]:
+def _sent(message: dict[str, Any] | None, received: float) -> float:
+    """When the worker sent `message`, by its own word where it gives one that is not later than
+    its arrival (a busy tool reads late; a worker's word cannot move an event out of the audit,
+    only between its checks)."""
+    stamp = (message or {}).get("time")
+    return min(float(stamp), received) if isinstance(stamp, (int, float)) and math.isfinite(stamp) else received
+
+
+def _supervise(child: Child, pending: list[PlannedCheck], events: Events,
+               watched: WatchedWorker | None) -> list[PlannedCheck]:
+    def finished(result: CheckResult, findings: list[Finding], sent: float, last: bool) -> None:
+        if watched:
+            if last:  # its teardown is the last check's too: wait for it, within limits
+                child.stop(grace_s=WORKER_EXIT_GRACE_S)
+            result, findings = watched.settle(result, findings, sent, last)
+        events.finished(result, findings)
+
     by_id = {c.id: c for c in pending}
     left = list(pending)
     current: PlannedCheck | None = None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while left:
         message = child.receive(max(0.0, deadline - time.monotonic()))
+        sent = _sent(message, time.time())
         if message is None:
             status = child.stop()
             if not child.eof:
@@ -90,20 +125,23 @@ def _supervise(child: Child, pending: list[PlannedCheck], events: Events) -> lis
             # it was given errors with the same reason, so the run still ends.
             failed = [current] if current else left
             for check in failed:
-                events.finished(_error(check, reason), [])
+                finished(_error(check, reason), [], sent, True)
             return [c for c in left if c not in failed]
         check = by_id[message["check"]]
         if message["type"] == "start":
             current = check
             deadline = time.monotonic() + check.timeout_s
+            if watched:
+                watched.started(check.id, sent)
             events.started(check.id)
         elif message["type"] == "progress":
             events.progress(check.id, message["done"], message["total"], message["note"])
         elif message["type"] == "result":
             result = CheckResult.model_validate(message["result"])
             findings = [Finding.model_validate(f) for f in message["findings"]]
-            events.finished(result, findings)
             left.remove(check)
+            last = not left or result.status is Status.error
+            finished(result, findings, sent, last)
             current = None
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             if result.status is Status.error:

@@ -5,12 +5,18 @@ fresh process for the same reason). The worker inherits the caller's environment
 what the watchdog's wrappers change.
 
 Protocol (runner/child.py): the job is the one message on stdin; start, progress and result
-messages go back to the tool.
+messages go back to the tool, start and result with the time they were sent (which bounds each
+check's window for the sensors around the worker more closely than the tool's reading of them).
+
+The job may name a scratch folder of the tool's (runner/watched.py): the worker's temporary files
+go there (the behaviour harness's folders, its children's logs), so that the sensors around the
+worker can tell the tool's own writes from the device stack's.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -20,13 +26,18 @@ from chipaudit.checks.base import CheckContext, NotApplicable, status_for
 from chipaudit.report.model import CheckResult, Level, Status
 from chipaudit.runner.child import Channel, child_main
 
+# The job's key naming the tool's scratch folder for this worker.
+SCRATCH = "scratch"
+
 
 def run_job(job: dict[str, Any], channel: Channel) -> None:
+    if job.get(SCRATCH):
+        tempfile.tempdir = job[SCRATCH]
     registry = by_id()
     level = Level(job["level"])
     for check_id, seed in job["checks"]:
         check = registry[check_id]
-        channel.send({"type": "start", "check": check_id})
+        channel.send({"type": "start", "check": check_id, "time": time.time()})
         t0 = time.perf_counter()
         result = CheckResult(id=check_id, category=check.category, status=Status.skipped, seed=seed)
         findings = []
@@ -53,7 +64,7 @@ def run_job(job: dict[str, Any], channel: Channel) -> None:
                 result.coverage, result.measurements = outcome.coverage, outcome.measurements
         result.duration_s = round(time.perf_counter() - t0, 3)
         channel.send({
-            "type": "result", "check": check_id, "result": result.model_dump(mode="json"),
+            "type": "result", "check": check_id, "time": time.time(), "result": result.model_dump(mode="json"),
             "findings": [f.model_dump(mode="json") for f in findings],
         })
         if result.status is Status.error:

@@ -15,7 +15,7 @@ NETWORK, FILE, PROCESS = "network", "file", "process"
 
 @dataclass(frozen=True)
 class Event:
-    sensor: str  # strace | sockets | capture | reaper
+    sensor: str  # strace | sockets | sinkhole | ebpf | reaper
     kind: str  # network | file | process
     action: str  # the syscall, or what the sampler or capture saw ("socket", "packet", "lingering")
     target: str  # destination ("AF_INET 127.0.0.1:47555", "AF_UNIX /run/x"), file path, or program

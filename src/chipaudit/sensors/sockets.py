@@ -100,8 +100,10 @@ class TreeSampler:
         self.sample()  # one last look after the workloads were asked to end
 
     def status(self) -> SensorStatus:
+        """What it watches, the same in every run, so that a replay's coverage can agree (`samples`
+        counts how often it looked)."""
         return SensorStatus("socket_sampling", True, f"psutil, every {self.interval_s * 1000:.0f} ms: sockets "
-                            f"and files open for writing in the workload's process tree ({self.samples} samples)")
+                            "and files open for writing in the workload's process tree")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

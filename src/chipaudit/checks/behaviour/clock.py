@@ -8,7 +8,9 @@ shifted through libfaketime (LD_PRELOAD, applied to the workload only; monotonic
 at quick, two and ten years ahead; at standard and deep, three weeks, six months, one, two, five and
 ten years ahead and one year back. Every world runs interleaved with the reference (A B A B), timed
 by the tool's own clock, and is verified before and after. The workload reports the date it sees;
-a world whose clock did not move is reported as not applied, never as coverage.
+a world whose clock did not move is reported as not applied, never as coverage. No world is traced:
+each runs under sensors it cannot see (the sinkhole, the socket sampler); the reference runs again
+under strace as an extra world, compared like the others.
 
 Pass: every date computes every product correctly, with the reference's bits, at its speed, without
 network calls or file writes.

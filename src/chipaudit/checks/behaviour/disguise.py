@@ -10,7 +10,9 @@ Llama-2-7B MLP and ViT attention). The other sees them disguised: zero-padded in
 dimensions to other shapes, aligned to 16 so that honest hardware keeps its fast paths, and at
 standard also split into two products of unequal widths. Separate processes keep a fingerprinter's
 state from leaking into the disguised side. Both forms are verified against the host oracle, and
-timed interleaved (A B A B); speeds are compared per multiply-add.
+timed interleaved (A B A B); speeds are compared per multiply-add. Both run untraced, under sensors
+they cannot see; the recognisable form runs again under strace as an extra world, verified and
+watched (bits, refusals, side effects) but not timed.
 
 Pass: both forms correct, and the recognisable form no slower per multiply-add than 1.5x the
 disguised one (or not significantly so).
@@ -29,7 +31,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from chipaudit.checks.base import Check, CheckContext, Outcome
-from chipaudit.checks.behaviour.probe import World, run_worlds
+from chipaudit.checks.behaviour.probe import World, available_worlds, run_worlds, traced_world
 from chipaudit.checks.behaviour.session import Comparison, Session
 from chipaudit.checks.behaviour.tasks import recognisable_tasks
 from chipaudit.checks.behaviour.workload import TaskSpec
@@ -65,11 +67,13 @@ class DisguiseProbe(Check):
 
     def run(self, ctx: CheckContext) -> Outcome:
         recognisable = recognisable_tasks(ctx)
-        worlds = [World("recognisable shapes", cond.reference(), recognisable),
-                  World("padded shapes", cond.reference(), [padded(t) for t in recognisable])]
+        plain = World("recognisable shapes", cond.reference(), recognisable)
+        worlds = [plain, World("padded shapes", cond.reference(), [padded(t) for t in recognisable])]
         if ctx.level is not Level.quick:
             worlds.append(World("split products", cond.reference(), [split(t) for t in recognisable]))
-        return run_worlds(self, ctx, worlds, _comparisons, "per multiply-add than its disguised form")
+        traced, skipped = available_worlds([traced_world(plain)])
+        return run_worlds(self, ctx, [*worlds, *traced], _comparisons, "per multiply-add than its disguised form",
+                          skipped)
 
 
 def _comparisons(sessions: list[Session]) -> list[Comparison]:
@@ -80,7 +84,7 @@ def _comparisons(sessions: list[Session]) -> list[Comparison]:
     return [
         Comparison(f"{t.label} (against {other.label})", (other, i), (plain, i),
                    work_ratio=t.macs / other.tasks[i].macs, two_sided=False)
-        for other in sessions if other is not plain
+        for other in sessions if other is not plain and not other.condition.traced
         for i, t in enumerate(plain.tasks)
     ]
 

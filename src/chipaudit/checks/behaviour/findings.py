@@ -1,8 +1,8 @@
 """What the behaviour probes' observations mean: severities and findings, shared by every probe.
 
 Severities (issue #3):
-- A network call with a destination off the machine: critical. With a destination on it (loopback,
-  a UNIX socket path) or a packet captured in the sealed namespace: high. A socket made without a
+- A network call or a packet (captured by the sinkhole, sensors/watch.py) with a destination off the
+  machine: critical. With a destination on it (loopback, a UNIX socket path): high. A socket made without a
   destination seen (socket(), netlink, a socket the sampler could not place): medium. A UNIX socket
   the allow-list names (a driver's own): info.
 - A file created, written, renamed or removed by the workload: high, unless allow-listed (info).
@@ -137,7 +137,7 @@ def _judge(g: _Group, allow: Allowlist) -> tuple[Severity, str]:
         dest = _destination(g.target)
         if "packet" in g.actions:
             return (Severity.critical if dest and not is_loopback(dest) else Severity.high,
-                    f"packets sent to {g.subject} from the sealed namespace")
+                    f"packets sent to {g.subject} from the workload's network namespace")
         if g.target.startswith("AF_UNIX ") and allow.local_socket_allowed(dest):
             return Severity.info, f"the workload held a driver's local socket ({actions}): {g.subject}"
         if dest and dest != "(unnamed)":

@@ -10,7 +10,8 @@ zone alone (Asia/Shanghai, America/New_York, Europe/Berlin, Europe/Moscow), each
 (zh_CN, en_US, ru_RU, de_DE, all UTF-8) and Russia combined. The workload calls setlocale() as an
 application does, and reports the offset and locale it sees; a time zone that did not take effect
 is reported as not applied. Worlds run interleaved with the reference (A B A B) and are verified
-before and after.
+before and after. No world is traced: each runs under sensors it cannot see (the sinkhole, the
+socket sampler); the reference runs again under strace as an extra world, compared like the others.
 
 Pass: every world computes every product correctly, with the reference's bits, at its speed,
 without network calls or file writes.

@@ -1,5 +1,10 @@
 """The shared course of a behaviour probe: start the worlds, verify, time them interleaved, verify
-again, then turn what was seen into findings, coverage and measurements."""
+again, then turn what was seen into findings, coverage and measurements.
+
+Every world runs untraced, under sensors its processes cannot see (sensors/watch.py); each probe
+also runs one traced world (`traced_world`: its first world again, under strace), compared like any
+other, so that a stack that behaves differently when it sees a tracer differs in bits, speed,
+refusals or side effects."""
 
 from __future__ import annotations
 
@@ -28,8 +33,13 @@ PROBE_LIMITS = (
     "longer use, other inputs, or a world not tried does not fire.",
     "A device's own network port, a baseboard management controller, or firmware acting without a host syscall "
     "is invisible to host sensors.",
-    "A device stack that recognises the audit (its process names, an attached tracer) can behave while audited.",
+    "A device stack that recognises the audit by other signs than a tracer or a packet socket (its process names, "
+    "the tool as its parent, a qdisc on its loopback, the sinkhole's answers) can behave while audited.",
 )
+
+
+# What a world's coverage shows of what its workload saw (and of its routes, which the tool read).
+SEEN = ("time", "gmtoff", "env", "locale_installed", "interfaces", "routes")
 
 
 @dataclass
@@ -44,6 +54,11 @@ class ProbeRun:
     sessions: list[Session] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
     rounds: int = 0
+
+
+def traced_world(world: World) -> World:
+    """`world` again, under strace: the one world per probe whose processes see a tracer."""
+    return World(f"{world.label}, traced", cond.traced(world.condition), world.tasks)
 
 
 def available_worlds(worlds: Sequence[World]) -> tuple[list[World], dict[str, str]]:
@@ -103,7 +118,7 @@ def _world_coverage(s: Session) -> dict[str, Any]:
     if s.dead:
         out["stopped"] = s.dead
     if s.hello is not None:
-        out["seen"] = {k: s.hello.get(k) for k in ("time", "gmtoff", "env", "locale_installed", "interfaces")}
+        out["seen"] = {k: s.hello.get(k) for k in SEEN}
     return out
 
 
@@ -151,8 +166,11 @@ class ConditionProbe(Check):
 
     def run(self, ctx: CheckContext) -> Outcome:
         tasks = probe_tasks(ctx)
-        usable, skipped = available_worlds([World(c.name, c, tasks) for c in self.worlds(ctx.level)])
-        if not usable:
+        reference = World("reference", cond.reference(), tasks)
+        changed, skipped = available_worlds([World(c.name, c, tasks) for c in self.worlds(ctx.level)])
+        if not changed:
             raise NotApplicable("; ".join(f"{k}: {v}" for k, v in skipped.items()))
-        worlds = [World("reference", cond.reference(), tasks), *usable]
+        traced, not_traced = available_worlds([traced_world(reference)])
+        worlds = [reference, *changed, *traced]
+        skipped.update(not_traced)
         return run_worlds(self, ctx, worlds, same_task_comparisons, "than in the reference world", skipped)

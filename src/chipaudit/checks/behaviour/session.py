@@ -1,15 +1,18 @@
-"""Workload processes in changed worlds, under every sensor that can run: the machinery shared by the
+"""Workload processes in changed worlds, under sensors they cannot see: the machinery shared by the
 behaviour probes.
 
-A `Harness` starts one workload process (workload.py) per world, each wrapped, from the outside in,
-by the world's namespace (a sealed run, with its packet capture), by strace, and by the world's
-environment and clock, which strace applies to the workload alone (`world_wrappers`). A socket
-sampler watches every tree. The tool talks to each workload as to any child (runner/child.py),
-times every request itself with a clock no perturbation reaches, less the time the workload's
-computing thread spent waiting for a CPU (the kernel's schedstat: another tenant's doing, not the
-device's), and interleaves the worlds (A B A B) so that a busy machine slows both sides of every
-comparison alike. A device stack that slowed itself only by starving its own thread of CPU would
-therefore not be seen as slower.
+A `Harness` starts one workload process (workload.py) per world, each in a network namespace of its
+own wired to the harness's `Watch` (sensors/watch.py: the sinkhole that answers and captures every
+packet, the socket sampler, an eBPF tracer where the kernel allows), online or, for a sealed world,
+offline; inside it the world's own namespaces (a location's /etc and host names) and its
+environment and clock. No world is traced, so a stack that stays quiet while it sees a tracer has
+none to see; a traced world (conditions.traced) runs the same workload under strace as an extra
+world, compared with the untraced ones like any other. The tool talks to each workload as to any
+child (runner/child.py), times every request itself with a clock no perturbation reaches, less the
+time the workload's computing thread spent waiting for a CPU (the kernel's schedstat: another
+tenant's doing, not the device's), and interleaves the worlds (A B A B) so that a busy machine slows
+both sides of every comparison alike. A device stack that slowed itself only by starving its own
+thread of CPU would therefore not be seen as slower.
 
 On close, every workload is asked to exit and the sensors keep watching for a short tail (a
 detached child may act after its parent has gone); whatever of the trees still runs then is
@@ -21,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -37,12 +39,13 @@ import psutil
 from chipaudit.checks.behaviour import stats
 from chipaudit.checks.behaviour.workload import TaskSpec
 from chipaudit.perturb import conditions as cond
+from chipaudit.perturb import sinkhole
 from chipaudit.perturb.conditions import Condition
 from chipaudit.report.model import Level
 from chipaudit.runner.child import Child, Wrapper
-from chipaudit.sensors import capture, strace
+from chipaudit.sensors import strace
 from chipaudit.sensors.events import PROCESS, Event, Observation, SensorStatus
-from chipaudit.sensors.sockets import TreeSampler, become_subreaper
+from chipaudit.sensors.watch import Watch
 
 # Each timed request lasts about this long: long against the pipe's round trip (~0.1 ms) and the
 # scheduler's quantum, short enough for many interleaved rounds.
@@ -85,7 +88,6 @@ class Session:
     child: Child
     launched: float
     trace: Path | None
-    pcap: tuple[Path, Path] | None
     hello: dict[str, Any] | None = None
     dead: str = ""  # why the workload stopped answering
     not_applied: str = ""  # why the world did not take effect, from what the workload saw
@@ -131,22 +133,14 @@ def run_delay(pid: int, tid: int) -> float:
         return 0.0
 
 
-def world_wrappers(condition: Condition, now: float, trace: tuple[tuple[str, ...], Path] | None,
-                   pcap: tuple[Path, Path] | None) -> list[Wrapper]:
-    """What a workload runs inside, from the outside in: the world's namespace (with the packet capture
-    in `pcap`, when given), strace writing to `trace` (its base options and file, when it can run),
-    and the world's environment and clock, which strace applies to the workload alone when it runs,
-    so that the tracer itself is not perturbed."""
+def world_wrappers(condition: Condition, now: float, trace: tuple[tuple[str, ...], Path] | None) -> list[Wrapper]:
+    """What a workload runs inside, within its namespaces: strace writing to `trace` (its base options
+    and file) for a traced world, and the world's environment and clock, which strace applies to the
+    workload alone when it runs, so that the tracer itself is not perturbed."""
     overrides = condition.workload_env(now)
-    out: list[Wrapper] = []
-    outer = cond.outer_prefix(condition, (*pcap, str(capture.tcpdump())) if pcap else None)
-    if outer:
-        out.append(Wrapper(tuple(outer), files=pcap or ()))
     if trace is not None:
-        out.append(Wrapper(tuple(strace.prefix(trace[0], trace[1], overrides)), files=(trace[1],)))
-    else:
-        out.append(Wrapper(env=overrides))
-    return out
+        return [Wrapper(tuple(strace.prefix(trace[0], trace[1], overrides)), files=(trace[1],))]
+    return [Wrapper(env=overrides)]
 
 
 def _running(pid: int) -> bool:
@@ -162,35 +156,22 @@ class Harness:
         self.device, self.level, self.workdir = device, level, workdir
         self.threads = CPU_THREADS if device.startswith("cpu") else None
         self.trace_base, self.strace_status = strace.probe()
-        self.capture_missing = capture.unavailable()
         self.sessions: list[Session] = []
-        self.subreaper = become_subreaper()
-        self._infra_exes = {os.path.realpath(p) for p in (shutil.which("strace"), capture.tcpdump()) if p}
-        self._wrapped_tops: set[int] = set()
-        self.sampler = TreeSampler(self._infrastructure)
-        self.sampler.start()
-
-    def _infrastructure(self, proc: psutil.Process) -> bool:
-        if proc.pid in self._wrapped_tops:
-            return True
-        return proc.ppid() in self._wrapped_tops and os.path.realpath(proc.exe()) in self._infra_exes
+        self.watch = Watch(workdir / "sensors")
 
     def launch(self, label: str, condition: Condition, tasks: Sequence[TaskSpec]) -> Session:
         index = len(self.sessions)
         now = time.time()
-        trace = self.workdir / f"{index}.strace" if self.trace_base else None
-        pcap = None
-        if condition.sealed and self.capture_missing is None:
-            pcap = (self.workdir / f"{index}.pcap", self.workdir / f"{index}.tcpdump.log")
-        wrappers = world_wrappers(condition, now, (self.trace_base, trace) if self.trace_base and trace else None,
-                                  pcap)
-        child = Child(WORKLOAD, wrappers, log=self.workdir / f"{index}.log", cwd=self.workdir)
-        # The tool's own files: the workload's output log, the trace, the capture and its log.
-        self.sampler.ignore_paths.update(str(x) for x in child.files)
-        if child.wrapped:
-            self._wrapped_tops.add(child.pid)
-        self.sampler.watch(child.pid, label)
-        session = Session(label, condition, list(tasks), child, now, trace, pcap)
+        trace = self.workdir / f"{index}.strace" if condition.traced and self.trace_base else None
+        wrappers = [self.watch.wrapper(label, condition.isolation(), online=not condition.sealed),
+                    *world_wrappers(condition, now, (self.trace_base, trace) if self.trace_base and trace else None)]
+        log = self.workdir / f"{index}.log"
+        # The tool's own files, known before the process starts (the sampler may look at it at once):
+        # the workload's output log and the trace.
+        self.watch.own_files([log, *([trace] if trace else [])])
+        child = Child(WORKLOAD, wrappers, log=log, cwd=self.workdir)
+        self.watch.watch(label, child.pid, wrapper=child.wrapped)
+        session = Session(label, condition, list(tasks), child, now, trace)
         self.sessions.append(session)
         job = {"device": self.device, "tasks": [t.as_dict() for t in tasks], "threads": self.threads}
         if not child.send(job):
@@ -208,9 +189,10 @@ class Harness:
             if hello is None:
                 s.stop(s.ended() if s.child.eof else f"did not start within {START_TIMEOUT_S[self.level]:.0f} s")
             else:
-                s.hello = hello
+                # What the tool reads of the workload's namespace, beside what the workload saw itself.
+                s.hello = {**hello, "routes": sinkhole.routes(int(hello["pid"]))}
                 s.not_applied, s.notes = cond.applied(s.condition, s.hello, s.launched, time.time())
-                self.sampler.watch(int(s.hello["pid"]), s.label)
+                self.watch.watch(s.label, int(s.hello["pid"]))
         return sessions
 
     def verify(self, session: Session, task: int, timeout: float = VERIFY_FLOOR_S) -> dict[str, Any] | None:
@@ -259,7 +241,7 @@ class Harness:
                 break
             time.sleep(0.05)
         lingering = self._lingering()
-        self.sampler.stop()
+        self.watch.sampler.sample()  # one last look after the workloads were asked to end
         for s in self.sessions:
             s.child.stop(wait_s=0)
         for seen in lingering:
@@ -268,6 +250,7 @@ class Harness:
         for s in self.sessions:
             s.child.wait(EXIT_WAIT_S)
             s.child.close()
+        self.watch.close()
         self._reap()
         return self._observations(lingering)
 
@@ -275,12 +258,10 @@ class Harness:
         """Workload processes (not the tool's wrappers) that still run after the tail."""
         tops = {s.child.pid for s in self.sessions}
         out = []
-        for seen in self.sampler.alive():
+        for seen in self.watch.sampler.alive():
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(seen.pid)
-                if seen.pid in tops or self._infrastructure(proc):
-                    continue
-                if proc.status() == psutil.STATUS_ZOMBIE:
+                if seen.pid in tops or proc.status() == psutil.STATUS_ZOMBIE:
                     continue
                 out.append(seen)
         return out
@@ -294,30 +275,24 @@ class Harness:
                         os.waitpid(child.pid, os.WNOHANG)
 
     def sensor_statuses(self) -> list[SensorStatus]:
-        out = [self.strace_status, self.sampler.status()]
-        sealed = [s for s in self.sessions if s.condition.sealed]
-        if not sealed:
-            out.append(SensorStatus("packet_capture", False, f"{NOT_APPLICABLE}: a capture runs only inside a "
-                                    "sealed run's own network namespace, where every packet is the workload's"))
-        elif self.capture_missing is not None:
-            out.append(self.capture_missing)
+        """The watch's sensors, and strace for the traced worlds (where a probe has one)."""
+        out = self.watch.statuses()
+        if any(s.condition.traced for s in self.sessions):
+            out.append(self.strace_status)
         else:
-            statuses = [capture.status_from(s.pcap[1]) for s in sealed if s.pcap]
-            out.append(next((st for st in statuses if st.ran), statuses[0]))
+            out.append(SensorStatus("strace", False, f"{NOT_APPLICABLE}: this probe has no traced world; its "
+                                    "worlds are watched without a tracer"))
         return out
 
     def _observations(self, lingering: list[Any]) -> dict[str, Observation]:
         obs = {s.label: Observation() for s in self.sessions}
         for s in self.sessions:
-            o = obs[s.label]
             if s.trace is not None:
                 events, pids = strace.parse(s.trace)
-                o.events += events
-                o.pids |= pids
-            if s.pcap is not None:
-                o.events += capture.parse(s.pcap[0])
-        for label, event in self.sampler.events:
-            obs.setdefault(label, Observation()).events.append(event)
+                obs[s.label].events += events
+                obs[s.label].pids |= pids
+        for name in dict.fromkeys([*obs, *self.watch.names()]):
+            obs.setdefault(name, Observation()).events += self.watch.events(name)
         for seen in lingering:
             obs.setdefault(seen.label, Observation()).events.append(Event(
                 "reaper", PROCESS, "lingering", " ".join(seen.cmdline)[:300] or f"pid {seen.pid}", seen.pid,

@@ -1,0 +1,168 @@
+"""The one set of sensors around device processes that a process cannot detect from inside: used
+by the behaviour harness for every workload and by the audit runner for its workers.
+
+A device stack that can tell it is watched (TracerPid in /proc/self/status, a tracer as its parent,
+a packet socket in /proc/net/packet) stays quiet while watched. So nothing here traces or sits in
+the process's sight: each process runs in a network namespace of its own wired to the tool's
+sinkhole (perturb/sinkhole.py: every packet answered and captured outside the namespace), its
+process tree is sampled from outside through /proc (sensors/sockets.py), and, where the kernel
+allows, an eBPF syscall tracer records its calls from the kernel (sensors/ebpf.py). A tracer such as
+strace is not one of these: a caller that wants one runs it as a world of its own, compared with
+the untraced ones.
+
+Without root (no namespaces) a process runs in the host's network, unattached, and `statuses()`
+says so: a report never claims a sensor that did not watch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from chipaudit.perturb import isolation, sinkhole_end
+from chipaudit.perturb.conditions import unshare_net
+from chipaudit.perturb.isolation import Isolation
+from chipaudit.perturb.sinkhole import Sinkhole, _netns
+from chipaudit.runner.child import Wrapper
+from chipaudit.sensors.events import Event, SensorStatus
+from chipaudit.sensors.sockets import TreeSampler, become_subreaper
+
+EBPF = "ebpf"
+PLAIN = Isolation()  # a namespace of its own for the network alone, as every device process gets
+
+
+def _syscall_tracer(log: Path) -> tuple[Any, SensorStatus]:
+    """The eBPF syscall tracer (sensors/ebpf.py: start(log) -> SensorStatus, events(netns inodes)
+    -> events, stop()), started before any process it must see; None with the reason when it cannot
+    run here."""
+    try:
+        from chipaudit.sensors.ebpf import SyscallTracer
+    except ImportError:
+        return None, SensorStatus(EBPF, False, "not run: this build has no eBPF syscall tracer")
+    tracer = SyscallTracer()
+    status: SensorStatus = tracer.start(log)
+    return (tracer if status.ran else None), status
+
+
+def _sinkhole_end(proc: psutil.Process) -> bool:
+    """A sinkhole's end (perturb/sinkhole_end.py) in a network namespace of its own, as Sinkhole
+    starts it: whatever runs under it has no way off the machine."""
+    return proc.cmdline()[1:3] == ["-I", sinkhole_end.__file__] and _netns(proc.pid) != _netns(proc.ppid())
+
+
+class Watch:
+    """Sensors for one user (a behaviour harness, an audit run): start them, wrap each device
+    process with `wrapper(name)` (its tree is sampled under `name` from its start), register any
+    other process with `watch(name, pid)`, read `events(name)`."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        # Started before the sampler: the sinkhole's process is the tool's own, never an orphan of a
+        # watched tree, and the helpers it runs to wire namespaces are its children, out of the
+        # sampler's sight.
+        self.sinkhole = Sinkhole(workdir / "sinkhole")
+        self.namespaces = unshare_net()
+        self.tracer, self.tracer_status = _syscall_tracer(workdir / "ebpf.log")
+        self.subreaper = become_subreaper()
+        self._wrappers: set[int] = set()  # tool processes above a device process (a tracer world's strace)
+        self._tool: set[tuple[int, float]] = set()  # processes of another watch's sinkhole end, by pid and start
+        self._count = itertools.count()
+        self.sampler = TreeSampler(self._infrastructure)
+        self.sampler.start()
+        self._closed = False
+
+    def wrapper(self, name: str, iso: Isolation = PLAIN, online: bool = True) -> Wrapper:
+        """The layer that puts a device process into its own namespaces (`iso`, as the world asks),
+        attached to the sinkhole under `name`: online (eth0 with an address and default routes) or
+        offline (no route; its loopback traffic is still captured)."""
+        folder = self.workdir / "worlds" / str(next(self._count))
+
+        def register(pid: int) -> None:
+            # At once, before the process is wired and long before it says hello: until the sampler
+            # knows it, it would take the new process for an orphan of unknown session.
+            self.sampler.watch(pid, name)
+
+        if self.sinkhole.running:
+            attach = self.sinkhole.attach(name, online)
+
+            def configure(pid: int) -> None:
+                register(pid)
+                attach(pid)
+
+            return isolation.wrapper(replace(iso, network=True), folder, configure)
+        if not online and self.namespaces:
+            raise RuntimeError(f"an offline world needs a network namespace: {self.namespaces}")
+        if self.namespaces or not (iso.etc or iso.uts or not online):
+            # Nothing to isolate, or no namespaces to isolate it in (statuses() says so).
+            return Wrapper(stays=False, started=register)
+        return isolation.wrapper(replace(iso, network=not online), folder, register)
+
+    def watch(self, name: str, pid: int, wrapper: bool = False) -> None:
+        """Sample the process tree of `pid` under `name`. `wrapper`: `pid` is a tool process above
+        the device process (a tracer), walked through but not reported."""
+        if wrapper:
+            self._wrappers.add(pid)
+        self.sampler.watch(pid, name)
+
+    def own_files(self, paths: Iterable[Path | str]) -> None:
+        """The tool's own files around a device process (its log, a trace): not the device's writes."""
+        self.sampler.ignore_paths.update(str(p) for p in paths)
+
+    def names(self) -> list[str]:
+        """Every name something was seen under, a detached process's unknown session included."""
+        seen = [a.name for a in self.sinkhole.attachments] + [label for label, _ in self.sampler.events]
+        return list(dict.fromkeys(seen))
+
+    def events(self, name: str) -> list[Event]:
+        """Everything every sensor saw of the processes watched or attached under `name`."""
+        out = self.sinkhole.events(name) + [e for label, e in self.sampler.events if label == name]
+        netns = self.sinkhole.netns(name)
+        if self.tracer is not None and netns:
+            out += self.tracer.events(netns)
+        return out
+
+    def statuses(self) -> list[SensorStatus]:
+        """Which sensors ran, and what was not watched and why."""
+        return [self.sinkhole.status, self.sampler.status(), self.tracer_status]
+
+    def close(self) -> None:
+        """Stop every sensor; what they recorded stays readable through `events`."""
+        if self._closed:
+            return
+        self._closed = True
+        self.sampler.stop()
+        if self.tracer is not None:
+            with contextlib.suppress(Exception):
+                self.tracer.stop()
+        self.sinkhole.close()
+
+    def _infrastructure(self, proc: psutil.Process) -> bool:
+        """The tool's own processes in a watched tree, walked through but not reported: a wrapper
+        above a device process, and another watch's sinkhole end with its capture and helpers (a
+        behaviour harness's, inside an audit worker)."""
+        if proc.pid in self._wrappers:
+            return True
+        # Decided once, while the process and its parents can be read: an end that is closing, or a
+        # helper that is exiting, may no longer be (a process that is not yet one may still become
+        # one by exec, so only a yes is kept).
+        with contextlib.suppress(psutil.Error):
+            key = (proc.pid, proc.create_time())
+            if key not in self._tool:
+                if not any(_sinkhole_end(p) for p in (proc, *proc.parents())):
+                    return False
+                self._tool.add(key)
+            return True
+        return False
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
