@@ -16,8 +16,12 @@ Fail: a refusal, crash, hang or wrong result at some date (high); different bits
 ratio of 1.5x or more with a 99% interval excluding 1 (high); any side effect, as for every probe.
 Not run: without libfaketime (Debian package faketime).
 
-Cannot see: dates between and beyond those tried; clocks the libc does not serve (a statically
-linked helper, the device's own timer, a date fetched over the network: see behaviour.sealed).
+Cannot see: dates between and beyond those tried; clocks the libc does not serve: libfaketime
+shifts only what the C library returns, so a raw clock_gettime or gettimeofday system call (a
+statically linked helper, a runtime that bypasses the C library and the vDSO), the device's own
+timer and a date fetched over the network (see behaviour.sealed) read the real date; and the
+kernel's own timestamps (file times, SO_TIMESTAMP on packets, /proc and /sys), which stay real.
+The report lists these limits with the coverage.
 """
 
 from __future__ import annotations
