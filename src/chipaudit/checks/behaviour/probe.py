@@ -103,7 +103,7 @@ def _world_coverage(s: Session) -> dict[str, Any]:
     if s.dead:
         out["stopped"] = s.dead
     if s.hello is not None:
-        out["seen"] = {k: s.hello.get(k) for k in ("time", "gmtoff", "env", "locale_installed", "interfaces")}
+        out["seen"] = {k: s.hello.get(k) for k in ("time", "gmtoff", "env", "locale_installed", "interfaces", "system")}
     return out
 
 

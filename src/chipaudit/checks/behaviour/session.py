@@ -19,6 +19,7 @@ reported as lingering and ended by pid, then each sensor's record is read back.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -37,6 +38,7 @@ import psutil
 from chipaudit.checks.behaviour import stats
 from chipaudit.checks.behaviour.workload import TaskSpec
 from chipaudit.perturb import conditions as cond
+from chipaudit.perturb import isolation
 from chipaudit.perturb.conditions import Condition
 from chipaudit.report.model import Level
 from chipaudit.runner.child import Child, Wrapper
@@ -184,6 +186,11 @@ class Harness:
             pcap = (self.workdir / f"{index}.pcap", self.workdir / f"{index}.tcpdump.log")
         wrappers = world_wrappers(condition, now, (self.trace_base, trace) if self.trace_base and trace else None,
                                   pcap)
+        # [h-location, provisional until the sinkhole's Watch wraps every world in condition.isolation()]:
+        # the world's own /etc and host names, outermost; no network namespace here (sealed worlds keep theirs).
+        if not cond.isolation_unavailable():
+            iso = dataclasses.replace(condition.isolation(), network=False)
+            wrappers.insert(0, isolation.wrapper(iso, self.workdir / f"{index}.world"))
         child = Child(WORKLOAD, wrappers, log=self.workdir / f"{index}.log", cwd=self.workdir)
         # The tool's own files: the workload's output log, the trace, the capture and its log.
         self.sampler.ignore_paths.update(str(x) for x in child.files)
