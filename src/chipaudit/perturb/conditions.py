@@ -14,7 +14,9 @@ up as a difference.
 
 The reference is neutral rather than inherited: UTC and the C.UTF-8 locale, whatever the machine's
 own settings, so that a machine that already looks Chinese is still compared with one that does
-not. Everything else of the caller's environment is inherited unchanged.
+not. Everything else of the caller's environment is inherited unchanged. The same holds for what
+the machine's own configuration says about where it is (perturb/place.py): every world gets a
+private /etc and private host names (`Condition.isolation`), neutral unless the world changes them.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import zoneinfo
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from chipaudit.perturb import isolation, place
 from chipaudit.perturb.isolation import Isolation
+from chipaudit.perturb.place import ZONEINFO, Place
 from chipaudit.sensors import strace
 from chipaudit.sensors.events import FILE, Event
 
@@ -49,7 +54,6 @@ FAKETIME_LIBS = (
     "/usr/lib64/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1",
     "/usr/local/lib/faketime/libfaketime.so.1",
 )
-ZONEINFO = Path("/usr/share/zoneinfo")
 # A shifted clock must read within this of its target (plus the time since launch) inside the workload.
 CLOCK_SLACK_S = 3600.0
 PROBE_TIMEOUT_S = 20.0
@@ -58,6 +62,26 @@ DAY_S = 86400.0
 # (libfaketime 0.9.x, ft_shm_create): /dev/shm/faketime_shm_<pid> and the semaphore
 # /dev/shm/sem.faketime_sem_<pid>, which glibc's sem_open creates as a temporary file and links.
 _FAKETIME_SHM = re.compile(r"^/dev/shm/(?:sem\.faketime_sem_|faketime_shm_)(\d+)$")
+# What a kind of world cannot reach however well it applied; the report lists it with the coverage.
+LIMITS: dict[str, tuple[str, ...]] = {
+    CLOCK: (
+        "libfaketime shifts the clock as the C library serves it: a raw clock_gettime or gettimeofday system "
+        "call (statically linked code, a runtime that bypasses the C library and the vDSO), the device's own "
+        "timer and a date fetched over the network read the real date",
+        "the kernel's own timestamps stay real: file times (mtime, ctime), SO_TIMESTAMP on packets, /proc and "
+        "/sys times, and anything judged against them",
+    ),
+    LOCATION: (
+        "location signals not tried: the public IP address and its geolocation, GPS or a device's own GNSS "
+        "receiver and real-time clock, nearby Wi-Fi networks and cell towers, the keyboard layout "
+        "(/etc/default/keyboard, /etc/vconsole.conf), the nameserver's address (the same in every world), the "
+        "device's own region codes, and regions other than those tried",
+        "a private world can be told from inside (an overlay on /etc in /proc/self/mountinfo, namespaces other "
+        "than PID 1's, the same node name in every audit), and a process with root can read the machine's own "
+        "configuration through PID 1's view (/proc/1/root/etc): a stack that does sees the real machine in every "
+        "world, the reference included",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -70,9 +94,13 @@ class Condition:
     clock_shift_days: float | None = None
     tz: str | None = None
     locale: str | None = None
+    place: Place = field(default_factory=Place)  # what the machine's own configuration says
 
     def workload_env(self, now: float) -> dict[str, str | None]:
         env = {**NEUTRAL_ENV, "PYTHONDONTWRITEBYTECODE": "1", **self.env}
+        if self.place.zone != place.NEUTRAL_ZONE and not self.tz:
+            # A machine configured for a zone rarely sets TZ: its C library reads /etc/localtime.
+            env["TZ"] = None
         if self.clock_shift_days is not None:
             lib = faketime_library()
             if lib is not None:
@@ -85,10 +113,17 @@ class Condition:
                 })
         return env
 
-    def isolation(self) -> Isolation:
-        """The private namespaces the world's process gets besides its network (a location's /etc
-        files and host names)."""
-        return Isolation()
+    @property
+    def zone(self) -> str:
+        """The zone the workload's C library uses: TZ, or where TZ is removed, /etc/localtime."""
+        return self.tz or (self.place.zone if self.place.zone != place.NEUTRAL_ZONE else NEUTRAL_TZ)
+
+    def isolation(self, nameserver: str | None = None) -> Isolation:
+        """The private world this condition's workload runs in: its own network namespace (wired by
+        whoever runs it), and the /etc and host names of its place, neutral unless the condition
+        changes them. resolv.conf names `nameserver`, or without one the machine's own nameservers."""
+        servers = [nameserver] if nameserver else place.host_nameservers()
+        return Isolation(etc=self.place.files(servers), hostname=self.place.hostname, domainname=self.place.domain)
 
     def target_time(self, now: float) -> float:
         return now + (self.clock_shift_days or 0.0) * DAY_S
@@ -105,6 +140,8 @@ class Condition:
             out["tz"] = self.tz
         if self.locale:
             out["locale"] = self.locale
+        if self.place.changes():
+            out["system"] = self.place.changes()
         return out
 
 
@@ -124,7 +161,9 @@ def clock(days: float, label: str) -> Condition:
     return Condition(f"clock {label}", CLOCK, clock_shift_days=days)
 
 
-def location(name: str, tz: str | None = None, locale: str | None = None) -> Condition:
+def location(name: str, tz: str | None = None, locale: str | None = None, system: Place | None = None) -> Condition:
+    """A world in another place: through the environment (`tz`, `locale`), through the machine's
+    own configuration (`system`), or both."""
     env: dict[str, str | None] = {}
     if tz:
         env["TZ"] = tz
@@ -132,7 +171,7 @@ def location(name: str, tz: str | None = None, locale: str | None = None) -> Con
         language = locale.split(".")[0]
         env.update(dict.fromkeys(("LANG", *LOCALE_VARS[:-1]), locale))
         env["LANGUAGE"] = f"{language}:{language.split('_')[0]}"
-    return Condition(name, LOCATION, env=env, tz=tz, locale=locale)
+    return Condition(name, LOCATION, env=env, tz=tz, locale=locale, place=system or Place())
 
 
 @cache
@@ -156,6 +195,26 @@ def unshare_net() -> str:
     return ""
 
 
+@cache
+def isolation_unavailable() -> str:
+    """'' when a world's private /etc and host names can be made here, else why not: made for real,
+    as every world is made (perturb/isolation.py), around a command that does nothing."""
+    exe = shutil.which("unshare")
+    if exe is None:
+        return "unshare is not installed (Debian package util-linux)"
+    with tempfile.TemporaryDirectory(prefix="chipaudit-world-") as tmp:
+        layer = isolation.wrapper(reference().isolation(), Path(tmp))
+        try:
+            run = subprocess.run([*layer.prefix, "true"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"a private /etc and host names could not be made: {e}"
+    if run.returncode != 0:
+        text = (run.stderr.strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+        return (f"a private /etc and host names could not be made: {text} (private mount and UTS namespaces "
+                "need root or CAP_SYS_ADMIN, and overlayfs)")
+    return ""
+
+
 def unavailable(condition: Condition) -> str:
     """'' when the condition can be applied on this machine, else why not."""
     if condition.sealed and unshare_net():
@@ -164,8 +223,11 @@ def unavailable(condition: Condition) -> str:
         return f"strace {strace.probe()[1].detail.removeprefix('not run: ')}"
     if condition.clock_shift_days is not None and faketime_library() is None:
         return "libfaketime is not installed (Debian package faketime)"
-    if condition.tz and not (ZONEINFO / condition.tz).exists():
-        return f"the time zone {condition.tz} is not in {ZONEINFO} (Debian package tzdata)"
+    for zone in filter(None, (condition.tz, condition.place.zone)):
+        if not (ZONEINFO / zone).exists():
+            return f"the time zone {zone} is not in {ZONEINFO} (Debian package tzdata)"
+    if condition.place.changes():
+        return isolation_unavailable()
     return ""
 
 
@@ -179,7 +241,7 @@ def expected_offset_s(tz: str, at: float) -> int | None:
 def applied(condition: Condition, hello: dict[str, Any], launched: float, answered: float) -> tuple[str, list[str]]:
     """('' or why the condition did not take effect, notes on how far it reached), judged from what
     the workload itself saw when it started."""
-    notes: list[str] = []
+    notes: list[str] = list(LIMITS.get(condition.kind, ()))
     if condition.sealed:
         # Read by the tool from the workload's namespace (sinkhole.routes): an offline world has no way out.
         routes = hello.get("routes")
@@ -193,11 +255,19 @@ def applied(condition: Condition, hello: dict[str, Any], launched: float, answer
         if not low <= seen <= high:
             return (f"the workload's clock read {dt.datetime.fromtimestamp(seen, dt.timezone.utc):%Y-%m-%d}, not "
                     f"the shifted date"), notes
-    if condition.tz or condition.kind == REFERENCE:
-        tz = condition.tz or NEUTRAL_TZ
-        want = expected_offset_s(tz, float(hello.get("time", answered)))
-        if want is not None and hello.get("gmtoff") != want:
-            return f"the workload's local time offset was {hello.get('gmtoff')} s, not {want} s for {tz}", notes
+    tz = condition.zone
+    want = expected_offset_s(tz, float(hello.get("time", answered)))
+    if want is not None and hello.get("gmtoff") != want:
+        return f"the workload's local time offset was {hello.get('gmtoff')} s, not {want} s for {tz}", notes
+    not_isolated = isolation_unavailable()
+    if not not_isolated:
+        wrong = place.mismatches(condition.place.expected(), hello.get("system"))
+        if wrong:
+            return f"the workload saw the system's {'; '.join(wrong)}", notes
+    else:
+        notes.append(f"the machine's own location signals (zone and locale files, host and domain names, DNS "
+                     f"search domain) were not replaced: {not_isolated}; a device stack that reads them saw the "
+                     "machine's own in every world")
     if hello.get("sleep_repaired"):
         notes.append("this libfaketime cannot serve absolute monotonic sleeps (libfaketime issue #426, fixed after "
                      "0.9.10): the workload's time.sleep waited through a relative wait instead; a native library "

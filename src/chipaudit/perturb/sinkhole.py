@@ -51,6 +51,10 @@ NAME = "sinkhole"
 START_TIMEOUT_S = 30.0
 ATTACH_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+# The resolver a private world's resolv.conf names: every UDP and TCP port 53 off a process's own
+# link is redirected to the sinkhole end's DNS responder, so any such address is answered; this one
+# looks like a gateway's, as on most private networks.
+NAMESERVER = "10.0.0.1"
 # Payload bytes an event shows of a flow's first packet that carries data.
 SHOWN_BYTES = 64
 TOOLS = {"ip": "iproute2", "tc": "iproute2", "nsenter": "util-linux", "tcpdump": "tcpdump"}

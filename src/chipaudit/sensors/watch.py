@@ -34,6 +34,10 @@ from chipaudit.sensors.events import Event, SensorStatus
 from chipaudit.sensors.sockets import TreeSampler, become_subreaper
 
 EBPF = "ebpf"
+# A behaviour harness's own Watch: its workloads' namespaces are nested in its worker's, whose tracer
+# follows a process into the namespaces it makes.
+NOT_HERE = ("not run by the probe itself: one eBPF tracer per audit watches every worker, and what the "
+            "worker's processes do in the namespaces they make")
 PLAIN = Isolation()  # a namespace of its own for the network alone, as every device process gets
 
 
@@ -61,7 +65,9 @@ class Watch:
     process with `wrapper(name)` (its tree is sampled under `name` from its start), register any
     other process with `watch(name, pid)`, read `events(name)`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, syscalls: bool = True) -> None:
+        """`syscalls`: also start the eBPF syscall tracer (seconds to attach, so one per audit: a
+        behaviour harness inside an audit worker is already under its worker's tracer)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         # Started before the sampler: the sinkhole's process is the tool's own, never an orphan of a
@@ -69,7 +75,8 @@ class Watch:
         # sampler's sight.
         self.sinkhole = Sinkhole(workdir / "sinkhole")
         self.namespaces = unshare_net()
-        self.tracer, self.tracer_status = _syscall_tracer(workdir / "ebpf.log")
+        self.tracer, self.tracer_status = (_syscall_tracer(workdir / "ebpf.log") if syscalls else
+                                           (None, SensorStatus(EBPF, False, NOT_HERE)))
         self.subreaper = become_subreaper()
         self._wrappers: set[int] = set()  # tool processes above a device process (a tracer world's strace)
         self._tool: set[tuple[int, float]] = set()  # processes of another watch's sinkhole end, by pid and start
@@ -103,6 +110,11 @@ class Watch:
             # Nothing to isolate, or no namespaces to isolate it in (statuses() says so).
             return Wrapper(stays=False, started=register)
         return isolation.wrapper(replace(iso, network=not online), folder, register)
+
+    @property
+    def nameserver(self) -> str | None:
+        """The resolver a private world should name: the sinkhole's, when it runs."""
+        return sinkhole.NAMESERVER if self.sinkhole.running else None
 
     def watch(self, name: str, pid: int, wrapper: bool = False) -> None:
         """Sample the process tree of `pid` under `name`. `wrapper`: `pid` is a tool process above

@@ -10,7 +10,8 @@ ten years ahead and one year back. Every world runs interleaved with the referen
 by the tool's own clock, and is verified before and after. The workload reports the date it sees;
 a world whose clock did not move is reported as not applied, never as coverage. No world is traced:
 each runs under sensors it cannot see (the sinkhole, the socket sampler); the reference runs again
-under strace as an extra world, compared like the others.
+under strace as an extra world, compared by bits, refusals and side effects (not by speed: a tracer
+slows every system call by design).
 
 Pass: every date computes every product correctly, with the reference's bits, at its speed, without
 network calls or file writes.
@@ -20,8 +21,12 @@ A product refused in every world, the reference included, is weighed by what the
 its format (findings.py): high, medium or low, never a skip.
 Not run: without libfaketime (Debian package faketime).
 
-Cannot see: dates between and beyond those tried; clocks the libc does not serve (a statically
-linked helper, the device's own timer, a date fetched over the network: see behaviour.sealed).
+Cannot see: dates between and beyond those tried; clocks the libc does not serve: libfaketime
+shifts only what the C library returns, so a raw clock_gettime or gettimeofday system call (a
+statically linked helper, a runtime that bypasses the C library and the vDSO), the device's own
+timer and a date fetched over the network (see behaviour.sealed) read the real date; and the
+kernel's own timestamps (file times, SO_TIMESTAMP on packets, /proc and /sys), which stay real.
+The report lists these limits with the coverage.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ oracle/): only the world around them changes.
 
 Protocol (runner/child.py): the job is the first message from the probe, every later one a request;
 each request is answered by one message. First comes `hello`, with what
-the process sees of its world (clock, time zone, locale, network interfaces) so the probe can tell
-whether its perturbation took effect. Requests:
+the process sees of its world (clock, time zone, locale, network interfaces, and the system's own
+location signals: host and domain names, zone and locale files, DNS search domain) so the probe can
+tell whether its perturbation took effect. Requests:
   {"op": "verify", "task": i}          compute once, check against the host oracle, digest the bits
   {"op": "time", "task": i, "reps": r} compute r times and synchronise; the probe times the round trip
   {"op": "exit"}
@@ -35,6 +36,7 @@ from chipaudit.checks.integrity.products import Operands, compute
 from chipaudit.checks.refusal import one_line
 from chipaudit.devices import torchdev
 from chipaudit.oracle.formats import FORMATS, as_computed_on
+from chipaudit.perturb import place
 from chipaudit.runner.child import Channel, child_main
 
 ENV_SEEN = ("TZ", "LANG", "LC_ALL", "LANGUAGE", "FAKETIME")
@@ -160,6 +162,7 @@ def hello() -> dict[str, Any]:
         "gmtoff": time.localtime(now).tm_gmtoff, "tzname": list(time.tzname),
         "env": {k: os.environ[k] for k in ENV_SEEN if k in os.environ}, "locale_installed": installed,
         "interfaces": _interfaces(), "threads": torch.get_num_threads(), "sleep_repaired": repair_sleep(),
+        "system": place.seen(),
     }
 
 
