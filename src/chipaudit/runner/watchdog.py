@@ -79,6 +79,8 @@ def _run_worker(
         for check in pending:
             events.finished(_error(check, f"the worker could not be started under its sensors: {e}"), [])
         return []
+    if watched is not None:
+        watched.pid = child.pid  # the wrappers execute the worker in their own place
     with child:
         # A worker that died at once is seen by _supervise.
         child.send({**job, **(watched.job if watched else {}), "checks": [[c.id, c.seed] for c in pending]})

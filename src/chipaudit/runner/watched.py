@@ -20,7 +20,9 @@ report and the final one agree.
 
 Not the device's: the worker's log, the evidence staging folder, and the worker's scratch folder
 (Python's temporary folder in the worker: the behaviour harness's folders, its children's logs);
-libfaketime's shared memory in a clock world's workload. Cannot see: what a stack writes into that
+libfaketime's shared memory in a clock world's workload. During a behaviour probe only the worker
+process's own events count here: the probe's workloads, shims, tracer and sinkhole are its children
+in namespaces it makes, watched by the probe's own sensors. Cannot see: what a stack writes into that
 scratch folder (removed with the audit); what the sampler alone saw within one sampling interval of
 a check's boundary may be attributed to the neighbouring check.
 """
@@ -42,7 +44,7 @@ from chipaudit.perturb.conditions import without_faketime_artefacts
 from chipaudit.report.model import Category, CheckResult, Finding, Severity, Status
 from chipaudit.runner.child import Wrapper
 from chipaudit.runner.worker import SCRATCH
-from chipaudit.sensors.events import FILE, Event, Observation, SensorStatus
+from chipaudit.sensors.events import FILE, PROCESS, Event, Observation, SensorStatus
 from chipaudit.sensors.sockets import SAMPLE_INTERVAL_S
 from chipaudit.sensors.watch import Watch
 
@@ -54,6 +56,7 @@ SAMPLER = "sockets"  # the socket sampler's name on its events (sensors/sockets.
 WORKER = "the audit worker"
 STARTING = "while the worker started"
 ENDING = "after the worker's last result"
+NAMESPACE = "net:["  # the target of a move into another network namespace (sensors/ebpf.py)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class WatchedWorker:
         self.log = scratch.with_suffix(".log")
         sensors.watch.own_files([self.log])
         self.windows: list[tuple[str, float, float]] = []  # check id, start, result (inf while it runs)
+        self.pid = 0  # the worker process's, once started
 
     def started(self, check_id: str, at: float) -> None:
         self.windows.append((check_id, at, float("inf")))
@@ -120,7 +124,10 @@ class WatchedWorker:
             self.windows[-1] = (result.id, self.windows[-1][1], ended)
         time.sleep(DRAIN_S)
         by_when: dict[str, list[Event]] = {}
-        for event in self._new(None if last else ended):
+        events = self._new(None if last else ended)
+        if result.category is Category.behaviour:
+            events = [e for e in events if self._device_side(e)]
+        for event in events:
             by_when.setdefault(self._when(_time(event, ended), result.id, ended, last), []).append(event)
         observations = {f"{WORKER} ({when})" if when else WORKER: Observation(events)
                         for when, events in by_when.items()}
@@ -142,6 +149,18 @@ class WatchedWorker:
                     self.sensors.taken[key] += 1
                     out.append(event)
         return without_faketime_artefacts([e for e in out if not self._own(e)], set())
+
+    def _device_side(self, event: Event) -> bool:
+        """During a behaviour probe, whether an event may be the device stack's: the probe runs its
+        workloads (and its own sinkhole, shims and tracer) as children of the worker, in namespaces
+        it makes, and watches them itself; what stays for these sensors is the worker process's own,
+        less what the probe does there by design: moving its children into new namespaces, and
+        removing its folders with calls relative to a folder's descriptor, which no path places."""
+        if event.pid != self.pid:
+            return False
+        if event.kind == PROCESS and event.target.startswith(NAMESPACE):
+            return False
+        return not (event.kind == FILE and not os.path.isabs(event.target))
 
     def _own(self, event: Event) -> bool:
         return event.kind == FILE and any(_under(event.target, folder) for folder in self.sensors.own)

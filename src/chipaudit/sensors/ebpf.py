@@ -317,14 +317,16 @@ class SyscallTracer:
         with self._changed:
             return list(self._records)
 
-    def events(self, netns: set[int], since: float = 0.0) -> list[Event]:
-        """What processes in `netns` (and in namespaces they moved into) did, from `since` (epoch
-        seconds) on. The tool's own steps inside a namespace it made (a shim before it executes the
-        device process) are that namespace's too: `since` leaves them out."""
+    def events(self, netns: set[int], since: float = 0.0, follow: bool = True) -> list[Event]:
+        """What processes in `netns` (and, with `follow`, in namespaces they moved into) did, from
+        `since` (epoch seconds) on. The tool's own steps inside a namespace it made (a shim before it
+        executes the device process) are that namespace's too: `since` leaves them out. Without
+        `follow` a move is still an event of the namespace it left: for a caller whose watched
+        process itself makes namespaces for others (a behaviour harness in an audit worker)."""
         records = self.records()
         watched = set(netns) - {self.toolns}
         moves = [r for r in records if r.kind == "N"]
-        grown = True
+        grown = follow
         while grown:
             grown = False
             for r in moves:

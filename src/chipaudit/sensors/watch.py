@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,7 @@ import psutil
 from chipaudit.perturb import isolation, sinkhole_end
 from chipaudit.perturb.conditions import unshare_net
 from chipaudit.perturb.isolation import Isolation
-from chipaudit.perturb.sinkhole import Sinkhole, _netns
+from chipaudit.perturb.sinkhole import NAMESERVER, Sinkhole, _netns
 from chipaudit.runner.child import Wrapper
 from chipaudit.sensors.events import Event, SensorStatus
 from chipaudit.sensors.sockets import TreeSampler, become_subreaper
@@ -81,6 +82,7 @@ class Watch:
         self._wrappers: set[int] = set()  # tool processes above a device process (a tracer world's strace)
         self._tool: set[tuple[int, float]] = set()  # processes of another watch's sinkhole end, by pid and start
         self._count = itertools.count()
+        self._released: dict[int, float] = {}  # network namespace -> when its process was released
         self.sampler = TreeSampler(self._infrastructure)
         self.sampler.start()
         self._closed = False
@@ -102,6 +104,9 @@ class Watch:
             def configure(pid: int) -> None:
                 register(pid)
                 attach(pid)
+                # From here on the namespace is the device process's: the shim's own steps (its
+                # loopback socket) came before, while it waited for this wiring.
+                self._released[_netns(pid)] = time.time()
 
             return isolation.wrapper(replace(iso, network=True), folder, configure)
         if not online and self.namespaces:
@@ -114,7 +119,7 @@ class Watch:
     @property
     def nameserver(self) -> str | None:
         """The resolver a private world should name: the sinkhole's, when it runs."""
-        return sinkhole.NAMESERVER if self.sinkhole.running else None
+        return NAMESERVER if self.sinkhole.running else None
 
     def watch(self, name: str, pid: int, wrapper: bool = False) -> None:
         """Sample the process tree of `pid` under `name`. `wrapper`: `pid` is a tool process above
@@ -135,9 +140,12 @@ class Watch:
     def events(self, name: str) -> list[Event]:
         """Everything every sensor saw of the processes watched or attached under `name`."""
         out = self.sinkhole.events(name) + [e for label, e in self.sampler.events if label == name]
-        netns = self.sinkhole.netns(name)
-        if self.tracer is not None and netns:
-            out += self.tracer.events(netns)
+        if self.tracer is not None:
+            # Not followed into namespaces a watched process makes: a behaviour harness in an audit
+            # worker makes its workloads' and its own sinkhole's, and watches them itself; a device
+            # process that moves is still seen moving, in the namespace it left.
+            for ns in self.sinkhole.netns(name):
+                out += self.tracer.events({ns}, since=self._released.get(ns, 0.0), follow=False)
         return out
 
     def statuses(self) -> list[SensorStatus]:

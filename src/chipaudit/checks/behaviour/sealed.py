@@ -9,7 +9,8 @@ every destination is answered and every packet captured) and in a sealed one (of
 namespace with no address or route, as an unplugged machine; its loopback traffic still reaches
 the sinkhole's capture through a tc mirror). Neither is traced; the socket sampler watches both from
 outside. The reference runs again under strace as an extra world, compared by bits, refusals and side
-effects (not speed: a tracer slows every system call). The untraced worlds run interleaved (A B A B) with the tool timing every request; then all are verified again. The tool reads the
+effects (not speed: a tracer slows every system call). The untraced worlds run interleaved (A B A B)
+with the tool timing every request; then all are verified again. The tool reads the
 sealed workload's routes from outside: a sealed world that still had a route is not applied.
 
 Pass: every world computes every product correctly, with the same bits, at the same speed, and the

@@ -157,7 +157,7 @@ class Harness:
         self.threads = CPU_THREADS if device.startswith("cpu") else None
         self.trace_base, self.strace_status = strace.probe()
         self.sessions: list[Session] = []
-        self.watch = Watch(workdir / "sensors")
+        self.watch = Watch(workdir / "sensors", syscalls=False)
 
     def launch(self, label: str, condition: Condition, tasks: Sequence[TaskSpec]) -> Session:
         index = len(self.sessions)
