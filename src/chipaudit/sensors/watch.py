@@ -35,10 +35,9 @@ from chipaudit.sensors.events import Event, SensorStatus
 from chipaudit.sensors.sockets import TreeSampler, become_subreaper
 
 EBPF = "ebpf"
-# A behaviour harness's own Watch: its workloads' namespaces are nested in its worker's, whose tracer
-# follows a process into the namespaces it makes.
-NOT_HERE = ("not run by the probe itself: one eBPF tracer per audit watches every worker, and what the "
-            "worker's processes do in the namespaces they make")
+NOT_HERE = ("not run for the probe's workloads: bpftrace takes seconds to attach, so one tracer per audit "
+            "watches the audit's workers, not the namespaces a probe makes for its workloads; those are watched "
+            "by the sinkhole, the socket sampler and, in the traced world, strace")
 PLAIN = Isolation()  # a namespace of its own for the network alone, as every device process gets
 
 
@@ -67,8 +66,8 @@ class Watch:
     other process with `watch(name, pid)`, read `events(name)`."""
 
     def __init__(self, workdir: Path, syscalls: bool = True) -> None:
-        """`syscalls`: also start the eBPF syscall tracer (seconds to attach, so one per audit: a
-        behaviour harness inside an audit worker is already under its worker's tracer)."""
+        """`syscalls`: also start the eBPF syscall tracer (seconds to attach, so one per audit, for
+        its workers; a behaviour probe's own watch goes without, and says so)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         # Started before the sampler: the sinkhole's process is the tool's own, never an orphan of a
