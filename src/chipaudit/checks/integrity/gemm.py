@@ -9,16 +9,19 @@ per element (oracle/tolerance.py). Products too large to recompute are checked b
 projections plus secretly sampled rows (oracle/matmul.py). Cases cover tiny, odd and prime shapes,
 powers of two, training-sized products, the layer widths of well-known LLMs and CNNs, batched attention
 products, and linear layers with bias; operands vary between signed, positive, sparse and mixed
-magnitudes. Integer-valued operands whose exact result is representable must come back bit-exact.
-Chosen cases run twice and must agree bit for bit. A failing case is re-run to tell a reproducible
-fault from an intermittent one.
+magnitudes, and at every level some products carry operands with the statistics of real models
+(operands.py: activations with outlier feature channels, normalised activations, attention
+probabilities, trained and quantised weights), as a model multiplies them. Integer-valued operands
+whose exact result is representable must come back bit-exact. Chosen cases run twice and must agree
+bit for bit. A failing case is re-run to tell a reproducible fault from an intermittent one.
 
 Pass: every element of every case within its bound, exact cases exact, repeats identical.
 Fail (high): any element out of bound, or the device refusing a product it computes elsewhere.
 Warning (low): repeats that differ but both stay within bound (non-determinism).
 
 Cannot see: errors below the bound (a deliberately tiny bias hides under rounding noise); inputs and
-shapes this check never draws; faults that need longer use than a check lasts (see the burn-in); in a
+shapes this check never draws (real-model statistics other than those in operands.py, a particular
+model's own weights: see integrity.weights); faults that need longer use than a check lasts (see the burn-in); in a
 projection-checked product, an error smaller than the row bound outside the sampled rows.
 """
 
@@ -33,6 +36,7 @@ import numpy as np
 import torch
 
 from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
+from chipaudit.checks.integrity.operands import DISTRIBUTIONS, draw_pair
 from chipaudit.devices import torchdev
 from chipaudit.oracle import matmul as oracle
 from chipaudit.oracle.formats import FORMATS, NumberFormat
@@ -68,6 +72,7 @@ class Case:
     levels: tuple[Level, ...] = QSD
     every_format: bool = True  # False: only the main formats (fp32, tf32) at this size
     repeat: bool = False  # run twice and require bitwise-identical results
+    data: str = ""  # a realistic operand pair (operands.PAIRS); empty: the rotating random distributions
 
     @property
     def macs(self) -> int:
@@ -84,14 +89,14 @@ CASES: tuple[Case, ...] = (
     Case("mm", 1, 256, 256, 256, "pow2 256"),
     Case("bmm", 8, 128, 64, 128, "attention scores QK^T, 8 heads, head_dim 64", repeat=True),
     Case("bmm", 8, 128, 128, 64, "attention PV, 8 heads"),
-    Case("linear", 2, 64, 768, 3072, "BERT-base / GPT-2 MLP up with bias"),
+    Case("linear", 2, 64, 768, 3072, "BERT-base / GPT-2 MLP up with bias", data="normed_linear"),
     Case("linear", 1, 129, 1000, 1001, "odd linear 1000->1001 with bias"),
     Case("mm", 1, 1024, 1024, 1024, "training 1024", every_format=False, repeat=True),
     Case("mm", 1, 3136, 576, 64, "ResNet-50 conv2_x 3x3 as im2col GEMM", every_format=False),
-    Case("mm", 1, 32, 4096, 11008, "Llama-2-7B MLP up (32 tokens)", every_format=False),
+    Case("mm", 1, 32, 4096, 11008, "Llama-2-7B MLP up (32 tokens)", every_format=False, data="llm_outliers"),
     Case("mm", 1, 32, 11008, 4096, "Llama-2-7B MLP down (32 tokens)", every_format=False),
     Case("bmm", 12, 197, 64, 197, "ViT-B/16 attention scores, 12 heads", every_format=False),
-    Case("linear", 4, 16, 4096, 4096, "Llama attention q_proj with bias", every_format=False),
+    Case("linear", 4, 16, 4096, 4096, "Llama attention q_proj with bias", every_format=False, data="normed_linear"),
     Case("mm", 1, 2048, 2048, 2048, "training 2048", every_format=False),
     Case("mm", 1, 1000, 1000, 1000, "odd 1000", SD),
     Case("mm", 1, 1023, 1025, 1027, "off-by-one 1023x1025x1027", SD),
@@ -115,32 +120,31 @@ EXACT_CASES: tuple[Case, ...] = (
     Case("linear", 1, 16, 64, 64, "exact integers linear with bias"),
 )
 
-# Operand distributions: iid draws, so the probabilistic bound holds, with signs, sparsity and
-# magnitudes varied so that value-triggered faults meet more than one kind of data.
-DISTRIBUTIONS = ("normal", "uniform_positive", "sparse", "mixed_magnitude")
-# Largest binary exponent spread for mixed magnitudes that keeps each format far from overflow.
-MIXED_EXPONENT = {"fp16": 3, "fp8_e4m3": 1}
-DEFAULT_MIXED_EXPONENT = 8
+# Products with the statistics of real models (operands.PAIRS) besides the model layers above that
+# carry them, in every format at every level: the outlier activations as 2-D A operands of mm and
+# linear (addmm), k >= 64 and m >= 4, as an LLM's hidden states meet a linear layer; for int8 and fp8
+# (mm only) the aligned ones. Small, so that they cost the quick level little. A case with realistic
+# data is never skipped for time: a device slow on other cases must not push them out.
+REALISTIC_CASES: tuple[Case, ...] = (
+    Case("linear", 2, 16, 768, 768, "GPT-2 attention projection with bias, outlier activations",
+         data="llm_outliers"),
+    Case("mm", 1, 32, 512, 256, "int8 weight-only layer, outlier activations", data="int8_weights"),
+    Case("mm", 1, 32, 256, 512, "fp8 weight layer after LayerNorm", data="fp8_weights"),
+    Case("mm", 1, 64, 128, 64, "one head's attention probabilities x values", data="attention_values"),
+    Case("bmm", 8, 64, 64, 64, "attention probabilities x values, 8 heads", data="attention_values"),
+    Case("bmm", 8, 64, 64, 64, "attention scores Q K^T of normalised q, k, 8 heads", data="attention_scores"),
+    Case("mm", 1, 64, 2048, 512, "linear layer on the residual stream, outlier activations", SD,
+         data="llm_outliers"),
+    Case("mm", 1, 16, 4096, 11008, "Llama-2-7B MLP up, int8 weights, outlier activations", SD,
+         every_format=False, data="int8_weights"),
+    Case("mm", 1, 64, 4096, 4096, "Llama-2-7B o_proj after RMSNorm", SD, every_format=False,
+         data="normed_linear"),
+    Case("bmm", 32, 512, 512, 128, "attention probabilities x values, 32 heads, 512 tokens", SD,
+         every_format=False, data="attention_values"),
+)
 # Formats whose kernels take a restricted shape (torch._int_mm and torch._scaled_mm on CUDA).
 ALIGNED_FORMATS = frozenset({"int8", "fp8_e4m3"})
 ALIGNMENT = 16
-
-
-def draw(rng: np.random.Generator, dist: str, shape: tuple[int, ...], fmt: NumberFormat) -> np.ndarray:
-    if fmt.integer:
-        return fmt.quantize(rng.integers(-128, 128, shape).astype(np.float64))
-    if dist == "normal":
-        x = rng.standard_normal(shape)
-    elif dist == "uniform_positive":
-        x = rng.uniform(0.5, 1.0, shape)
-    elif dist == "sparse":
-        x = rng.standard_normal(shape) * (rng.random(shape) < 0.5)
-    elif dist == "mixed_magnitude":
-        spread = MIXED_EXPONENT.get(fmt.name, DEFAULT_MIXED_EXPONENT)
-        x = rng.standard_normal(shape) * np.exp2(rng.integers(-spread, spread + 1, shape))
-    else:
-        raise ValueError(dist)
-    return fmt.quantize(x)
 
 
 def draw_exact(rng: np.random.Generator, shape: tuple[int, ...], fmt: NumberFormat, k: int) -> np.ndarray:
@@ -228,6 +232,7 @@ class GemmCheck(Check):
         picked = [c for c in CASES if level in c.levels and (main or c.every_format)]
         if not self.fmt.integer:
             picked += [c for c in EXACT_CASES if level in c.levels]
+        picked += [c for c in REALISTIC_CASES if level in c.levels and (main or c.every_format)]
         if self.fmt.name in ALIGNED_FORMATS:
             picked = [
                 c for c in picked
@@ -265,6 +270,7 @@ class GemmCheck(Check):
         cases = self.cases(ctx.level)
         out = Outcome()
         tally: Counter[str] = Counter()
+        distributions: Counter[str] = Counter()
         skipped: list[str] = []
         worst_ratio = 0.0
         started = time.perf_counter()
@@ -274,10 +280,10 @@ class GemmCheck(Check):
             # A fully recomputed case costs the host two float64 products (value and bound).
             host_macs = 2 * case.macs if case.macs <= FULL_CHECK_MACS else 0
             estimate = case.macs / macs_per_s + host_macs / host_macs_per_s
-            if not exact and time.perf_counter() - started + estimate > budget:
+            if not exact and not case.data and time.perf_counter() - started + estimate > budget:
                 skipped.append(f"{case.label} (about {estimate:.0f} s at the measured rate)")
                 continue
-            dist = DISTRIBUTIONS[i % len(DISTRIBUTIONS)]
+            dist = case.data or DISTRIBUTIONS[i % len(DISTRIBUTIONS)]
             rng = np.random.default_rng([ctx.seed, i])
             evidence = {
                 "case": case.label, "op": case.op, "shape": [case.batch, case.m, case.k, case.n],
@@ -295,15 +301,17 @@ class GemmCheck(Check):
                 continue
             worst_ratio = max(worst_ratio, ratio)
             tally[case.op] += 1
+            distributions[evidence["distribution"]] += 1
         ctx.progress(len(cases), len(cases), "done")
         out.coverage = {
             "dtype": self.fmt.name,
             "cases": sum(tally[op] for op in ("mm", "bmm", "linear")),
             "ops": {op: tally[op] for op in ("mm", "bmm", "linear") if tally[op]},
-            "exact_cases": tally["exact"],
+            "exact_cases": tally["exact_cases"],
             "determinism_repeats": tally["repeat"],
             "methods": {m: tally[m] for m in ("full", "projection", "rows", "exact") if tally[m]},
             "elements_checked": tally["elements"],
+            "distributions": dict(sorted(distributions.items())),
             "shapes": sorted({c.label for c in cases} - {s.split(" (")[0] for s in skipped}),
             "skipped_cases": skipped,
         }
@@ -334,7 +342,7 @@ class GemmCheck(Check):
         tally[v.method] += 1
         tally["elements"] += ops.case.batch * ops.case.m * ops.case.n
         if exact:
-            tally["exact"] += 1
+            tally["exact_cases"] += 1
         if not v.ok:
             reproduced = 1 + sum(not verify_result(ops, compute(self.fmt, ops.case.op, tensors), exact).ok
                                  for _ in range(RETESTS))
@@ -368,8 +376,7 @@ def draw_operands(case: Case, fmt: NumberFormat, rng: np.random.Generator, dist:
         a, b = (draw_exact(rng, s, fmt, k) for s in (a_shape, b_shape))
         bias = draw_exact(rng, (case.n,), fmt, k) if case.op == "linear" else None
     else:
-        a, b = (draw(rng, dist, s, fmt) for s in (a_shape, b_shape))
-        bias = draw(rng, dist, (case.n,), fmt) if case.op == "linear" else None
+        a, b, bias = draw_pair(rng, dist, a_shape, b_shape, fmt, case.n if case.op == "linear" else 0)
     return Operands(case, fmt, a, b, bias)
 
 
