@@ -23,6 +23,7 @@ from chipaudit.checks.integrity.gemm import (
     product_on_device,
     verify_result,
 )
+from chipaudit.checks.integrity.operands import PAIRS
 from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.report.model import Level, Severity
 
@@ -34,26 +35,35 @@ _keep = []
 def install():
     aten = torch.ops.aten
 
-    def mm(a, b):
-        out = a.new_empty((a.shape[0], b.shape[1]))
-        aten.mm.out(a, b, out=out)
-        state["calls"] += 1
+    def hooked(kind):
+        def run(*args, **kwargs):
+            a, b = args[-2:] if kind == "addmm" else args
+            out = a.new_empty((*a.shape[:-1], b.shape[-1]))
+            if kind == "addmm":
+                aten.addmm.out(args[0], a, b, **kwargs, out=out)
+            else:
+                getattr(aten, kind).out(a, b, out=out)
+            state["calls"] += 1
 {payload}
-        return out
+            return out
+        return run
 
     lib = torch.library.Library("aten", "IMPL")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lib.impl("mm", mm, "CPU")
+        for kind in {kinds!r}:
+            lib.impl(kind, hooked(kind), "CPU")
     _keep.append(lib)
 
 install()
 """
 
 
-def trojan(tmp_path: Path, payload: str) -> dict[str, str]:
-    body = textwrap.indent(textwrap.dedent(payload), " " * 8)
-    (tmp_path / "sitecustomize.py").write_text(WRAPPER.format(payload=body))
+def trojan(tmp_path: Path, payload: str, kinds: tuple[str, ...] = ("mm",)) -> dict[str, str]:
+    """A stack whose CPU products (mm by default; addmm is linear with bias, bmm the batched ones) run
+    the payload, which sees the operands a, b and the result out."""
+    body = textwrap.indent(textwrap.dedent(payload), " " * 12)
+    (tmp_path / "sitecustomize.py").write_text(WRAPPER.format(payload=body, kinds=kinds))
     env = cli_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH", "")]))
     return env
@@ -96,6 +106,39 @@ def test_corrupting_devices_fail_the_audit(tmp_path: Path, fault: str) -> None:
     evidence = finding["evidence"]
     assert {"seed", "case_index", "shape", "dtype", "worst"} <= evidence.keys()
     assert evidence["reproduced"] == "3/3"  # a deterministic trojan reproduces on every re-test
+
+
+# Trojans keyed to the statistics of real models' data, on every product a linear layer or attention
+# uses. Thresholds differ from any one adversary's: the class is what is tested.
+REAL_DATA_FAULTS = {
+    "outlier feature channels in a 2-D activation": """
+        if a.dtype == torch.float32 and a.dim() == 2 and a.shape[0] >= 4 and a.shape[1] >= 64:
+            col = a.abs().amax(dim=0)
+            typical = float(col.median())
+            if typical > 0 and 1 <= int((col > 15 * typical).sum()) <= max(2, a.shape[1] // 32):
+                out.view(-1)[::97] *= 1.001
+    """,
+    "softmax rows: non-negative, summing to one": """
+        if a.dtype == torch.float32 and a.shape[-1] >= 32 and bool((a >= 0).all()):
+            if bool(((a.sum(dim=-1) - 1).abs() < 1e-3).all()):
+                out.view(-1)[::53] += 1e-3
+    """,
+    "weights of a trained model's scale (std near 0.02)": """
+        if b.dtype == torch.float32 and b.numel() >= 4096 and 0.015 < float(b.std()) < 0.025:
+            if abs(float(b.mean())) < 0.002:
+                out.view(-1)[::61] *= 1.0005
+    """,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", REAL_DATA_FAULTS)
+def test_a_trigger_on_real_model_data_is_caught(tmp_path: Path, fault: str) -> None:
+    code, report = audit_fp32(tmp_path, trojan(tmp_path, REAL_DATA_FAULTS[fault], ("mm", "addmm", "bmm")))
+    assert code == 1 and report["verdict"] == "fail", report["checks"]
+    wrong = [f for f in report["findings"] if f["severity"] == "high"]
+    assert wrong and all(f["evidence"]["distribution"] in PAIRS for f in wrong)
+    assert {f["evidence"]["reproduced"] for f in wrong} == {"3/3"}
 
 
 @pytest.mark.slow
