@@ -4,6 +4,7 @@ the workload, with a trigger (a condition of the world) and a payload (what it d
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trigger: str = NEVE
     stack.mkdir(exist_ok=True)
     (stack / "sitecustomize.py").write_text(TEMPLATE.format(trigger=textwrap.indent(trigger, "    "),
                                                             payload=textwrap.indent(payload, "    ")))
-    monkeypatch.setenv("PYTHONPATH", str(stack))
+    # In front of what is there already, so that a source tree under test stays the one imported.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(stack), os.environ.get("PYTHONPATH", "")])))
     return stack
 
 
