@@ -18,7 +18,6 @@ from chipaudit.checks.integrity.operands import (
     draw_pair,
     encode,
     outlier_channels,
-    realistic,
 )
 from chipaudit.devices import torchdev
 from chipaudit.oracle import matmul as oracle
@@ -26,8 +25,8 @@ from chipaudit.oracle.formats import FORMATS
 from chipaudit.report.model import Level
 
 
-def values(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    return REALISTIC[name].values(np.random.default_rng(seed), shape)
+def values(name: str, shape: tuple[int, ...], seed: int = 0, axis: int = -1) -> np.ndarray:
+    return REALISTIC[name].values(np.random.default_rng(seed), shape, axis)
 
 
 @pytest.mark.parametrize(("name", "std"), [("trained_weights", TRAINED_WEIGHT_STD), ("fan_in_weights", 1 / 32)])
@@ -102,16 +101,27 @@ def test_quantised_weights_are_codes_times_a_per_channel_fp16_scale(name: str, g
         assert codes.dtype == np.int64 and np.abs(codes).max() <= 127
 
 
-def test_every_pair_is_drawn_on_the_formats_grid_with_a_and_b_in_their_roles() -> None:
-    for name, pair in PAIRS.items():
+def test_every_pair_is_drawn_on_the_formats_grid() -> None:
+    for name in PAIRS:
         for fmt_name in ("fp32", "fp16", "bf16", "fp64", "fp8_e4m3", "int8"):
             fmt = FORMATS[fmt_name]
             a, b, bias = draw_pair(np.random.default_rng(3), name, (1, 32, 256), (1, 256, 128), fmt, bias=128)
+            assert a.shape == (1, 32, 256) and b.shape == (1, 256, 128) and b.flags.c_contiguous
             for x in (a, b, bias):
                 assert np.array_equal(fmt.quantize(x), x), (name, fmt_name)
-        if pair.b_transposed:  # B = W^T: an output channel is a column of B
-            w = realistic(np.random.default_rng(0), pair.b, (128, 256), FORMATS["fp64"])
-            assert w.shape == (128, 256)
+
+
+def test_a_weight_used_as_b_has_its_output_channels_in_columns_and_its_features_down_them() -> None:
+    """B = W^T: fan-in and per-channel scales run along B's inner axis, one output channel per column;
+    normalised keys (Q K^T) are normalised down each column."""
+    fp64 = FORMATS["fp64"]
+    _, b, _ = draw_pair(np.random.default_rng(0), "int8_weights", (1, 8, 512), (1, 512, 64), fp64)
+    scales = np.abs(b[0]).max(axis=0) / INT8_MAX
+    assert np.array_equal(np.rint(b[0] / scales), b[0] / scales) and len(np.unique(scales)) > 32
+    _, b, _ = draw_pair(np.random.default_rng(0), "normed_linear", (1, 8, 1024), (1, 1024, 512), fp64)
+    assert b.std() == pytest.approx(1 / 32, rel=0.02)
+    _, b, _ = draw_pair(np.random.default_rng(0), "attention_scores", (1, 8, 256), (1, 256, 64), fp64)
+    assert np.abs(b[0].mean(axis=0)).max() < 0.02 and np.allclose(b[0].std(axis=0), 1.0, atol=0.05)
 
 
 def test_fp16_operands_are_scaled_into_range() -> None:

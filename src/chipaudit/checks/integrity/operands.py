@@ -8,9 +8,9 @@ model's scale, attention probabilities, normalised activations, quantised weight
 scales. So the checks also draw operand pairs shaped like a model's own products (A activations, B
 weights, as x @ W^T in a linear layer), each distribution named with the source of its statistics.
 
-All of it is data: a distribution is a function of (rng, shape) with features along the last axis (one
-row per token, or per output channel of a weight), so its statistics are what a unit test can state;
-a pair names the two distributions and the product of a model it stands for.
+All of it is data: a distribution is a function of (rng, shape, axis) with the features along `axis`
+(an activation's last axis, the inner axis of a weight W^T used as B), so its statistics are what a
+unit test can state; a pair names the two distributions and the product of a model it stands for.
 
 How a realistic operand meets a format: floating formats round the model's values onto their grid
 (fp16/bf16 models hold exactly that). int8 and fp8 kernels take quantised codes with the scale kept
@@ -86,21 +86,17 @@ FP8_MAX = 448.0  # largest finite float8 e4m3fn value (OCP 8-bit floating point 
 RANGE_SHARE = 1 / 16
 
 
-def _standard(rng: np.random.Generator, shape: Shape) -> np.ndarray:
-    return rng.standard_normal(shape)
-
-
-def _trained_weights(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+def _trained_weights(rng: np.random.Generator, shape: Shape, axis: int) -> np.ndarray:
     x = rng.standard_normal(shape)
     x *= TRAINED_WEIGHT_STD
     return x
 
 
-def _fan_in_weights(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+def _fan_in_weights(rng: np.random.Generator, shape: Shape, axis: int) -> np.ndarray:
     """std 1/sqrt(fan_in): LeCun initialisation, which keeps a layer's output variance that of its input
     (PyTorch's nn.Linear default draws a uniform of the same order)."""
     x = rng.standard_normal(shape)
-    x /= np.sqrt(shape[-1])
+    x /= np.sqrt(shape[axis])
     return x
 
 
@@ -115,62 +111,66 @@ def outlier_channels(rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.n
     return channels, factors
 
 
-def _outlier_activations(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+def _outlier_activations(rng: np.random.Generator, shape: Shape, axis: int) -> np.ndarray:
     """Hidden states of an LLM: unit-scale features but for a few channels, the same in every token,
     10 to 100 times larger."""
     x = rng.standard_normal(shape)
-    channels, factors = outlier_channels(rng, shape[-1])
-    x[..., channels] *= factors
+    channels, factors = outlier_channels(rng, shape[axis])
+    np.moveaxis(x, axis, -1)[..., channels] *= factors
     return x
 
 
-def _normalised_activations(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+def _normalised_activations(rng: np.random.Generator, shape: Shape, axis: int) -> np.ndarray:
     """LayerNorm output: each row exactly zero mean and unit variance, times a per-feature gain near 1."""
     x = rng.standard_normal(shape)
-    x -= x.mean(axis=-1, keepdims=True)
-    x /= np.maximum(x.std(axis=-1, keepdims=True), 1e-12)
-    return x * (1.0 + NORM_GAIN_STD * rng.standard_normal(shape[-1]))
+    rows = np.moveaxis(x, axis, -1)  # a view: the features last
+    rows -= rows.mean(axis=-1, keepdims=True)
+    rows /= np.maximum(rows.std(axis=-1, keepdims=True), 1e-12)
+    rows *= 1.0 + NORM_GAIN_STD * rng.standard_normal(shape[axis])
+    return x
 
 
-def _softmax_probabilities(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+def _softmax_probabilities(rng: np.random.Generator, shape: Shape, axis: int) -> np.ndarray:
     """Attention weights: non-negative rows that sum to 1, peaked; causal (zero after each query's
     position, the last query seeing every key) in half the draws."""
-    logits = rng.standard_normal(shape) * SOFTMAX_LOGIT_STD
+    logits = np.moveaxis(rng.standard_normal(shape) * SOFTMAX_LOGIT_STD, axis, -1)
     if rng.random() < 0.5:
-        rows, keys = shape[-2], shape[-1]
+        rows, keys = logits.shape[-2], logits.shape[-1]
         visible = np.arange(keys)[None, :] <= np.arange(rows)[:, None] + max(keys - rows, 0)
         logits = np.where(visible, logits, -np.inf)
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    return np.moveaxis(e / e.sum(axis=-1, keepdims=True), -1, axis)
 
 
-def _row_scales(w: np.ndarray, top: float) -> np.ndarray:
-    """Per-row (per output channel) scales that map each row's largest magnitude to `top`, in fp16 as
+def _channel_scales(w: np.ndarray, top: float, axis: int) -> np.ndarray:
+    """Per-output-channel scales that map each channel's largest magnitude to `top`, in fp16 as
     checkpoints store them."""
-    amax = np.abs(w).max(axis=-1, keepdims=True)
+    amax = np.abs(w).max(axis=axis, keepdims=True)
     return np.maximum(FORMATS["fp16"].quantize(amax / top), 2.0**-24)
 
 
-def _int8_weights(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+def _int8_weights(rng: np.random.Generator, shape: Shape, axis: int) -> np.ndarray:
     """Dequantised int8 weights: integer codes in [-127, 127] times a per-channel fp16 scale."""
-    w = _trained_weights(rng, shape)
-    scale = _row_scales(w, INT8_MAX)
+    w = _trained_weights(rng, shape, axis)
+    scale = _channel_scales(w, INT8_MAX, axis)
     return np.clip(np.rint(w / scale), -INT8_MAX, INT8_MAX) * scale
 
 
-def _fp8_weights(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+def _fp8_weights(rng: np.random.Generator, shape: Shape, axis: int) -> np.ndarray:
     """Dequantised fp8 weights: e4m3 codes times a per-channel fp16 scale."""
-    w = _fan_in_weights(rng, shape)
-    scale = _row_scales(w, FP8_MAX)
+    w = _fan_in_weights(rng, shape, axis)
+    scale = _channel_scales(w, FP8_MAX, axis)
     return FORMATS["fp8_e4m3"].quantize(np.clip(w / scale, -FP8_MAX, FP8_MAX)) * scale
 
 
 @dataclass(frozen=True)
 class Realistic:
-    """A distribution of a model's tensor: values (rows x features, features last) and their source."""
+    """A distribution of a model's tensor and its source: values(rng, shape, axis) with the features
+    (an activation's channels, a weight's inputs) along `axis`, one token or output channel per index
+    of the other axes, so that a weight W^T is drawn in place as B without a transposed copy."""
 
     name: str
-    values: Callable[[np.random.Generator, Shape], np.ndarray]
+    values: Callable[[np.random.Generator, Shape, int], np.ndarray]
     source: str
 
 
@@ -191,7 +191,8 @@ REALISTIC: dict[str, Realistic] = {r.name: r for r in (
 @dataclass(frozen=True)
 class Pair:
     """Two operands as a model multiplies them: A (rows x k) times B (k x n). `b_transposed`: B is W^T
-    of a weight or key matrix W (n x k), drawn with its rows as W's, as nn.Linear stores it."""
+    of a weight or key matrix W (n x k): its features run along B's k axis, one output channel (or key)
+    per column."""
 
     name: str
     a: str
@@ -214,18 +215,18 @@ PAIRS: dict[str, Pair] = {p.name: p for p in (
 OPERAND_KINDS = (*DISTRIBUTIONS, *PAIRS)
 
 
-def encode(x: np.ndarray, fmt: NumberFormat) -> np.ndarray:
+def encode(x: np.ndarray, fmt: NumberFormat, axis: int = -1) -> np.ndarray:
     """A model's values as the format's kernel takes them: rounded onto the grid, or, for int8 and fp8,
-    each row (token or output channel) scaled to the format's largest value first."""
+    each token or output channel (its features along `axis`) scaled to the format's largest value first."""
     if fmt.integer or fmt.name == "fp8_e4m3":
         top = INT8_MAX if fmt.integer else FP8_MAX
-        amax = np.abs(x).max(axis=-1, keepdims=True)
+        amax = np.abs(x).max(axis=axis, keepdims=True)
         x = x * (top / np.where(amax > 0, amax, 1.0))
     return fmt.quantize(x)
 
 
-def realistic(rng: np.random.Generator, name: str, shape: Shape, fmt: NumberFormat) -> np.ndarray:
-    return encode(REALISTIC[name].values(rng, shape), fmt)
+def realistic(rng: np.random.Generator, name: str, shape: Shape, fmt: NumberFormat, axis: int = -1) -> np.ndarray:
+    return encode(REALISTIC[name].values(rng, shape, axis), fmt, axis)
 
 
 def in_range(a: np.ndarray, b: np.ndarray, fmt: NumberFormat) -> np.ndarray:
@@ -248,11 +249,7 @@ def draw_pair(rng: np.random.Generator, kind: str, a_shape: Shape, b_shape: Shap
         return a, b, draw(rng, kind, (bias,), fmt) if bias else None
     pair = PAIRS[kind]
     a = realistic(rng, pair.a, a_shape, fmt)
-    if pair.b_transposed:
-        w = realistic(rng, pair.b, (*b_shape[:-2], b_shape[-1], b_shape[-2]), fmt)
-        b = np.ascontiguousarray(np.swapaxes(w, -1, -2))
-    else:
-        b = realistic(rng, pair.b, b_shape, fmt)
+    b = realistic(rng, pair.b, b_shape, fmt, axis=-2 if pair.b_transposed else -1)
     # A linear layer's bias: of the weights' scale (GPT-2's are initialised to zero and stay small).
     c = realistic(rng, "trained_weights", (1, bias), fmt)[0] if bias else None
     return in_range(a, b, fmt), b, c
