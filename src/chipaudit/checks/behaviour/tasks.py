@@ -35,7 +35,7 @@ _RECOGNISABLE = (
 # Every format once, for the side-channel sensors' broad pass.
 _BROAD = (
     ("pow2 256 in fp32", "mm", 1, 256, 256, 256, "fp32", (Q, S, D), "normal"),
-    ("pow2 256 in fp16", "mm", 1, 256, 256, 256, "fp16", (Q, S, D), "attention_values"),
+    ("pow2 256 in fp16", "mm", 1, 256, 256, 256, "fp16", (Q, S, D), "causal_attention_values"),
     ("pow2 256 in bf16", "mm", 1, 256, 256, 256, "bf16", (Q, S, D), "llm_outliers"),
     ("pow2 256 in fp64", "mm", 1, 256, 256, 256, "fp64", (Q, S, D), "normal"),
     ("attention PV, 8 heads", "bmm", 8, 128, 128, 64, "fp32", (Q, S, D), "attention_values"),

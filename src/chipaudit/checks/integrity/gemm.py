@@ -130,7 +130,7 @@ REALISTIC_CASES: tuple[Case, ...] = (
          data="llm_outliers"),
     Case("mm", 1, 32, 512, 256, "int8 weight-only layer, outlier activations", data="int8_weights"),
     Case("mm", 1, 32, 256, 512, "fp8 weight layer after LayerNorm", data="fp8_weights"),
-    Case("mm", 1, 64, 128, 64, "one head's attention probabilities x values", data="attention_values"),
+    Case("mm", 1, 64, 128, 64, "one head's causal attention probabilities x values", data="causal_attention_values"),
     Case("bmm", 8, 64, 64, 64, "attention probabilities x values, 8 heads", data="attention_values"),
     Case("bmm", 8, 64, 64, 64, "attention scores Q K^T of normalised q, k, 8 heads", data="attention_scores"),
     Case("mm", 1, 64, 2048, 512, "linear layer on the residual stream, outlier activations", SD,
@@ -139,8 +139,8 @@ REALISTIC_CASES: tuple[Case, ...] = (
          every_format=False, data="int8_weights"),
     Case("mm", 1, 64, 4096, 4096, "Llama-2-7B o_proj after RMSNorm", SD, every_format=False,
          data="normed_linear"),
-    Case("bmm", 32, 512, 512, 128, "attention probabilities x values, 32 heads, 512 tokens", SD,
-         every_format=False, data="attention_values"),
+    Case("bmm", 32, 512, 512, 128, "causal attention probabilities x values, 32 heads, 512 tokens", SD,
+         every_format=False, data="causal_attention_values"),
 )
 # Formats whose kernels take a restricted shape (torch._int_mm and torch._scaled_mm on CUDA).
 ALIGNED_FORMATS = frozenset({"int8", "fp8_e4m3"})

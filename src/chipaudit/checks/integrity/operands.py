@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -72,8 +73,7 @@ OUTLIER_SHARE = 1 / 128
 OUTLIER_CHANNELS_MAX = 8
 OUTLIER_FACTOR = (10.0, 100.0)
 # Attention logits with this spread give peaked rows: one or a few keys take most of the weight,
-# as trained heads do (Vig & Belinkov 2019, attention concentrates on few tokens). Half the draws are
-# causal (decoder) rows, zero beyond each query's position.
+# as trained heads do (Vig & Belinkov 2019, attention concentrates on few tokens).
 SOFTMAX_LOGIT_STD = 3.0
 # LayerNorm / RMSNorm gains of trained models stay near 1 (initialised to 1).
 NORM_GAIN_STD = 0.1
@@ -130,11 +130,11 @@ def _normalised_activations(rng: np.random.Generator, shape: Shape, axis: int) -
     return x
 
 
-def _softmax_probabilities(rng: np.random.Generator, shape: Shape, axis: int) -> np.ndarray:
-    """Attention weights: non-negative rows that sum to 1, peaked; causal (zero after each query's
-    position, the last query seeing every key) in half the draws."""
+def _softmax_probabilities(rng: np.random.Generator, shape: Shape, axis: int, causal: bool = False) -> np.ndarray:
+    """Attention weights: non-negative rows that sum to 1, peaked; causal ones (a decoder's) zero after
+    each query's position, the last query seeing every key."""
     logits = np.moveaxis(rng.standard_normal(shape) * SOFTMAX_LOGIT_STD, axis, -1)
-    if rng.random() < 0.5:
+    if causal:
         rows, keys = logits.shape[-2], logits.shape[-1]
         visible = np.arange(keys)[None, :] <= np.arange(rows)[:, None] + max(keys - rows, 0)
         logits = np.where(visible, logits, -np.inf)
@@ -182,7 +182,9 @@ REALISTIC: dict[str, Realistic] = {r.name: r for r in (
     Realistic("normalised_activations", _normalised_activations,
               "LayerNorm/RMSNorm output: rows of zero mean, unit variance, times a gain near 1"),
     Realistic("softmax_probabilities", _softmax_probabilities,
-              "post-softmax attention weights: non-negative rows summing to 1, peaked, half of them causal"),
+              "an encoder's attention weights (BERT, ViT): non-negative rows summing to 1, peaked"),
+    Realistic("causal_softmax_probabilities", partial(_softmax_probabilities, causal=True),
+              "a decoder's attention weights (GPT, Llama): as above, zero after each query's position"),
     Realistic("int8_weights", _int8_weights, "int8 weight-only quantisation with per-channel fp16 scales"),
     Realistic("fp8_weights", _fp8_weights, "fp8 (e4m3) weights with per-channel fp16 scales"),
 )}
@@ -207,7 +209,9 @@ PAIRS: dict[str, Pair] = {p.name: p for p in (
     Pair("normed_linear", "normalised_activations", "fan_in_weights", True, "a linear layer after a LayerNorm"),
     Pair("attention_scores", "normalised_activations", "normalised_activations", True, "attention scores Q K^T"),
     Pair("attention_values", "softmax_probabilities", "normalised_activations", False,
-         "attention's probabilities times values, P V"),
+         "an encoder's attention probabilities times values, P V"),
+    Pair("causal_attention_values", "causal_softmax_probabilities", "normalised_activations", False,
+         "a decoder's causal attention probabilities times values"),
     Pair("int8_weights", "outlier_activations", "int8_weights", True, "a weight-only int8 layer"),
     Pair("fp8_weights", "normalised_activations", "fp8_weights", True, "an fp8 weight layer"),
 )}
