@@ -20,9 +20,10 @@ Fail (high): any element out of bound, or the device refusing a product it compu
 Warning (low): repeats that differ but both stay within bound (non-determinism).
 
 Cannot see: errors below the bound (a deliberately tiny bias hides under rounding noise); inputs and
-shapes this check never draws (real-model statistics other than those in operands.py, a particular
-model's own weights: see integrity.weights); faults that need longer use than a check lasts (see the burn-in); in a
-projection-checked product, an error smaller than the row bound outside the sampled rows.
+shapes this check never draws (real-model statistics other than those in operands.py, realistic data
+at a shape drawn only with random data, a particular model's own weights: see integrity.weights);
+faults that need longer use than a check lasts (see the burn-in); in a projection-checked product, an
+error smaller than the row bound outside the sampled rows.
 """
 
 from __future__ import annotations
