@@ -106,3 +106,17 @@ def test_the_largest_tensors_then_a_seeded_sample_are_taken() -> None:
     picks = [weights.choose(tensors, Level.quick, np.random.default_rng(s)) for s in (1, 1, 2)]
     assert [t.name for t in picks[0][:2]] == ["t11", "t10"] and len(picks[0]) == 4
     assert picks[0] == picks[1] and picks[0] != picks[2]
+
+
+def test_a_tensor_that_is_not_finite_is_listed_but_not_multiplied(tmp_path: Path) -> None:
+    path = tmp_path / "masks.safetensors"
+    mask = np.zeros((32, 64), dtype=np.float32)
+    mask[:, 40:] = -np.inf
+    save_file({"mask": mask, "w": (np.random.default_rng(1).standard_normal((32, 64)) * 0.02).astype(np.float32)},
+              str(path))
+    out = weights.WeightsCheck().run(CheckContext(device="cpu", level=Level.quick, seed=1,
+                                                  params=weights.params_for(path)))
+    assert not out.findings
+    tensors = {t["name"]: t for t in out.coverage["tensors"]}
+    assert tensors["mask"]["not_audited"] == "holds values that are not finite" and not tensors["mask"]["formats"]
+    assert out.coverage["products"] == 2  # w: fp32, two kinds of activations

@@ -195,8 +195,13 @@ class WeightsCheck(Check):
             w = read_rows(f, tensor, rows)
             bias_name, bias = read_bias(f, tensor, rows)
             formats = list(dict.fromkeys([FILE_FORMATS[tensor.dtype], "fp32"]))
-            audited.append({"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape),
-                            "rows": len(rows), "bias": bias_name, "formats": formats})
+            entry = {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape), "rows": len(rows),
+                     "bias": bias_name, "formats": formats}
+            audited.append(entry)
+            if not (np.isfinite(w).all() and (bias is None or np.isfinite(bias).all())):
+                # A buffer of masks or infinities, not a layer's weights: its products have no finite answer.
+                entry["formats"], entry["not_audited"] = [], "holds values that are not finite"
+                continue
             for fmt_name in formats:
                 for ai, activations in enumerate(ACTIVATIONS):
                     fmt = FORMATS[fmt_name]
