@@ -20,6 +20,13 @@ FUTURE = f"return time.time() > {time.time() + 365 * 86400:.0f}"
 CHINA_TIME = "return time.localtime().tm_gmtoff == 8 * 3600"
 CHINA_LANGUAGE = "return os.environ.get('LANGUAGE', '').startswith('zh')"
 LLAMA_SHAPE = "return any(4096 in tuple(getattr(a, 'shape', ())) for a in args)"
+# Activations with a few outlier feature channels, as an LLM's linear layers read them.
+OUTLIER_CHANNELS = """x = args[0]
+if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[-1] < 64:
+    return False
+col = x.detach().abs().flatten(0, -2).amax(dim=0)
+typical = float(col.median())
+return typical > 0 and 1 <= int((col > 10 * typical).sum()) <= x.shape[-1] // 32"""
 AFTER_THREE_SECONDS = "return STATE['first'] is not None and time.monotonic() - STATE['first'] > 3.0"
 
 
@@ -49,6 +56,10 @@ MISBEHAVIOURS = {
     "time zone kill switch": ("behaviour.location", CHINA_TIME, REFUSE, "refused", "China"),
     "language trigger, wrong results": ("behaviour.location", CHINA_LANGUAGE, WRONG, "wrong results", "China"),
     "fingerprinting throttle": ("behaviour.disguise", LLAMA_SHAPE, THROTTLE, "slower", "Llama"),
+    "disguise data pair: real-data throttle": ("behaviour.disguise", OUTLIER_CHANNELS, THROTTLE, "slower",
+                                               "random data"),
+    "disguise data pair: real-data trigger, wrong results": ("behaviour.disguise", OUTLIER_CHANNELS, WRONG,
+                                                             "wrong results", "Llama"),
     "throttle after sustained use": ("behaviour.drift", AFTER_THREE_SECONDS, THROTTLE, "sustained use", "x"),
 }
 

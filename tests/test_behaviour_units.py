@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from chipaudit.checks.behaviour import allowlist
-from chipaudit.checks.behaviour.disguise import ALIGN, padded, split
+from chipaudit.checks.behaviour.disguise import ALIGN, padded, random_data, split
 from chipaudit.checks.behaviour.drift import _explanations
 from chipaudit.checks.behaviour.workload import Task, TaskSpec
 from chipaudit.devices.vendor_reads import ReplayReader
@@ -83,6 +83,17 @@ def test_a_padded_product_computes_the_same_numbers() -> None:
     a = plain.compute().numpy()
     b = disguised.compute().numpy()
     assert np.array_equal(a, b[..., : spec.n]) and not b[..., spec.n:].any()
+
+
+def test_the_data_pair_is_the_same_product_with_random_operands() -> None:
+    spec = TaskSpec("llama", "linear", 2, 8, 512, 64, dist="llm_outliers", seed=3)
+    other = random_data(spec)
+    assert other.shapes == spec.shapes and other.dist == "normal" and other.label == "llama, random data"
+    real, rand = Task(spec, "cpu"), Task(other, "cpu")
+    assert real.verify()["ok"] and rand.verify()["ok"]
+    columns = [np.abs(t.ops.a).max(axis=(0, 1)) for t in (real, rand)]
+    outliers = [int((c > 10 * np.median(c)).sum()) for c in columns]
+    assert outliers[0] >= 1 and outliers[1] == 0  # the model's side has its outlier channels
 
 
 def test_the_allowlist_extends_from_a_file_and_a_bad_file_is_an_error(tmp_path: Path) -> None:

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import chipaudit, chipaudit_argv, cli_env
+from safetensors.numpy import save_file
 
 from chipaudit.cli import main
 
@@ -73,6 +75,10 @@ TABLE = [
     Row(["history", "--db", PG], 3, "postgresql://u:***@127.0.0.1:1/x: connection failed"),
     Row(["fleet", "report", "r1", "--db", "{broken_store}"], 3, "{broken_store}: no such column"),
     Row(["fleet", "run", "--device", "nonsense:x"], 2, "--device nonsense:x"),
+    Row(["run", "--device", "cpu", "--weights", "{tmp}/missing.safetensors"], 2, "missing.safetensors: no such file"),
+    Row(["run", "--device", "cpu", "--weights", "{dir}"], 2, "not a file"),
+    Row(["run", "--device", "cpu", "--weights", "{file}"], 2, "not a safetensors file"),
+    Row(["run", "--device", "cpu", "--weights", "{no_matrix}"], 2, "no 2-D floating-point tensor"),
     Row(["run", "--device", "cpu", "--only", "fake.ok"], 2,
         "two checks have the id fake.ok: one from fake_checks, one from twin",
         {"CHIPAUDIT_CHECK_MODULES": "fake_checks,twin"}, plugins=True),
@@ -94,6 +100,8 @@ def places(tmp_path: Path) -> Iterator[dict[str, str]]:
     (tmp_path / "dir" / "something").write_text("")
     (tmp_path / "file").write_text("not json")
     (tmp_path / "bad_allow.json").write_text('{"file_writes": "/tmp/*"}')
+    save_file({"ln.weight": np.ones(8, dtype=np.float32), "codes": np.zeros((4, 4), dtype=np.int8)},
+              str(tmp_path / "no_matrix.safetensors"))
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "twin.py").write_text("from fake_checks import CHECKS\n")
     (tmp_path / "plugins" / "exploding.py").write_text("raise RuntimeError('plugin exploded')\n")
@@ -107,6 +115,7 @@ def places(tmp_path: Path) -> Iterator[dict[str, str]]:
                                                                       capture_output=True).returncode == 0
     yield {"tmp": str(tmp_path), "dir": str(tmp_path / "dir"), "file": str(tmp_path / "file"),
            "bad_allow": str(tmp_path / "bad_allow.json"), "broken_store": str(broken),
+           "no_matrix": str(tmp_path / "no_matrix.safetensors"),
            "ro": str(ro) if immutable else "", "ro_file": str(ro_file) if immutable else ""}
     if immutable:
         subprocess.run(["chattr", "-i", str(ro), str(ro_file)], check=True)

@@ -23,6 +23,7 @@ from chipaudit.checks.integrity.gemm import (
     product_on_device,
     verify_result,
 )
+from chipaudit.checks.integrity.operands import PAIRS
 from chipaudit.checks.integrity.products import PATHS, Operands
 from chipaudit.oracle import matmul as oracle
 from chipaudit.oracle.formats import FORMATS, NumberFormat
@@ -35,35 +36,36 @@ _keep = []
 
 def install():
     aten = torch.ops.aten
-{kernel}
+
+    def hooked(kind):
+        def run(*args, **kwargs):
+            a, b = args[-2:] if kind in ("addmm", "baddbmm") else args
+            out = a.new_empty((*a.shape[:-1], b.shape[-1]))
+            if kind in ("addmm", "baddbmm"):
+                getattr(aten, kind).out(args[0], a, b, **kwargs, out=out)
+            else:
+                getattr(aten, kind).out(a, b, out=out)
+            state["calls"] += 1
+{payload}
+            return out
+        return run
+
     lib = torch.library.Library("aten", "IMPL")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lib.impl("{name}", kernel, "CPU")
+        for kind in {kinds!r}:
+            lib.impl(kind, hooked(kind), "CPU")
     _keep.append(lib)
 
 install()
 """
-# The honest kernel each trojan wraps (its out= variant, which the trojan leaves alone), then its payload.
-KERNELS = {
-    "mm": """
-def kernel(a, b):
-    out = a.new_empty((a.shape[0], b.shape[1]))
-    aten.mm.out(a, b, out=out)
-    state["calls"] += 1
-""",
-    "baddbmm": """
-def kernel(given, a, b, *, beta=1, alpha=1):
-    out = a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
-    aten.baddbmm.out(given, a, b, beta=beta, alpha=alpha, out=out)
-""",
-}
 
-
-def trojan(tmp_path: Path, payload: str, name: str = "mm") -> dict[str, str]:
-    body = textwrap.indent(textwrap.dedent(payload) + "return out\n", " " * 4)
-    kernel = textwrap.indent(textwrap.dedent(KERNELS[name]) + body, " " * 4)
-    (tmp_path / "sitecustomize.py").write_text(WRAPPER.format(kernel=kernel, name=name))
+def trojan(tmp_path: Path, payload: str, kinds: tuple[str, ...] = ("mm",)) -> dict[str, str]:
+    """A stack whose CPU products (mm by default; addmm is linear with bias, bmm the batched ones,
+    baddbmm attention scores) run
+    the payload, which sees the operands a, b, the call's other arguments (args, kwargs) and the result out."""
+    body = textwrap.indent(textwrap.dedent(payload), " " * 12)
+    (tmp_path / "sitecustomize.py").write_text(WRAPPER.format(payload=body, kinds=kinds))
     env = cli_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH", "")]))
     return env
@@ -106,6 +108,39 @@ def test_corrupting_devices_fail_the_audit(tmp_path: Path, fault: str) -> None:
     evidence = finding["evidence"]
     assert {"seed", "case_index", "shape", "dtype", "worst"} <= evidence.keys()
     assert evidence["reproduced"] == "3/3"  # a deterministic trojan reproduces on every re-test
+
+
+# Trojans keyed to the statistics of real models' data, on every product a linear layer or attention
+# uses. Thresholds differ from any one adversary's: the class is what is tested.
+REAL_DATA_FAULTS = {
+    "outlier feature channels in a 2-D activation": """
+        if a.dtype == torch.float32 and a.dim() == 2 and a.shape[0] >= 4 and a.shape[1] >= 64:
+            col = a.abs().amax(dim=0)
+            typical = float(col.median())
+            if typical > 0 and 1 <= int((col > 15 * typical).sum()) <= max(2, a.shape[1] // 32):
+                out.view(-1)[::97] *= 1.001
+    """,
+    "softmax rows: non-negative, summing to one": """
+        if a.dtype == torch.float32 and a.shape[-1] >= 32 and bool((a >= 0).all()):
+            if bool(((a.sum(dim=-1) - 1).abs() < 1e-3).all()):
+                out.view(-1)[::53] += 1e-3
+    """,
+    "weights of a trained model's scale (std near 0.02)": """
+        if b.dtype == torch.float32 and b.numel() >= 4096 and 0.015 < float(b.std()) < 0.025:
+            if abs(float(b.mean())) < 0.002:
+                out.view(-1)[::61] *= 1.0005
+    """,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", REAL_DATA_FAULTS)
+def test_a_trigger_on_real_model_data_is_caught(tmp_path: Path, fault: str) -> None:
+    code, report = audit_fp32(tmp_path, trojan(tmp_path, REAL_DATA_FAULTS[fault], ("mm", "addmm", "bmm")))
+    assert code == 1 and report["verdict"] == "fail", report["checks"]
+    wrong = [f for f in report["findings"] if f["severity"] == "high"]
+    assert wrong and all(f["evidence"]["distribution"] in PAIRS for f in wrong)
+    assert {f["evidence"]["reproduced"] for f in wrong} == {"3/3"}
 
 
 @pytest.mark.slow
@@ -177,9 +212,9 @@ def test_a_trojan_in_baddbmm_alone_fails_the_audit(tmp_path: Path) -> None:
     """A stack that corrupts only attention scores asked for as GPT-2 asks (baddbmm, beta=0, a scale):
     mm, bmm and linear stay honest, so only the baddbmm path can see it."""
     env = trojan(tmp_path, """
-        if a.dtype == torch.float32 and beta == 0 and alpha != 1:
+        if a.dtype == torch.float32 and kwargs.get("beta", 1) == 0 and kwargs.get("alpha", 1) != 1:
             out[-1, -1, -1] += 1e-4 * out[-1, -1, -1].abs() + 1e-4
-    """, "baddbmm")
+    """, ("baddbmm",))
     code, report = audit_fp32(tmp_path, env)
     assert code == 1 and report["verdict"] == "fail"
     evidence = [f["evidence"] for f in report["findings"]]

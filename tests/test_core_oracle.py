@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from chipaudit.checks.integrity.gemm import DISTRIBUTIONS, draw, to_host
+from chipaudit.checks.integrity.gemm import to_host
+from chipaudit.checks.integrity.operands import DISTRIBUTIONS, draw
 from chipaudit.checks.integrity.products import compute
 from chipaudit.oracle import matmul as oracle
 from chipaudit.oracle import tolerance

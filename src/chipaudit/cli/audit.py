@@ -58,16 +58,24 @@ def run(
     memory_share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of free device memory the "
                                                        "memory test covers. Default: quick 0.01, standard "
                                                        "0.25, deep 0.9.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Also audit products of this model's weights (a "
+                                                 ".safetensors file) with realistic activations "
+                                                 "(integrity.weights); its sha256 is recorded.")] = None,
 ) -> None:
     """Audit a device: run the checks of a level and print a verdict.
 
     Example: chipaudit run --device cuda:0 --level quick --json report.json
+    Example: chipaudit run --device cuda:0 --level quick --only integrity.weights --weights model.safetensors
     """
     check_outputs((json_path, "--json", Kind.file), (bundle, "--bundle", Kind.new_folder),
                   (html, "--html", Kind.file), (junit, "--junit", Kind.file),
                   (prometheus, "--prometheus", Kind.file), (db, "--db", Kind.file))
     params = {**({"burn_in_seconds": burn_in_seconds} if burn_in_seconds else {}),
               **({"memory_share": memory_share} if memory_share is not None else {})}
+    if weights is not None:
+        from chipaudit.checks.integrity.weights import params_for
+
+        params.update(params_for(weights))
     report = audit(device, level, seed, only, params, json_path, baseline=baseline, bundle=bundle, html=html,
                    junit=junit, prometheus=prometheus, db=db)
     raise typer.Exit(EXIT_CODES[report.verdict])

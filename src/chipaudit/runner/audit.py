@@ -5,6 +5,7 @@ current after every check so that Ctrl-C or a crash loses nothing already measur
 from __future__ import annotations
 
 import platform
+import shlex
 import socket
 import tempfile
 from collections.abc import Callable, Sequence
@@ -82,8 +83,9 @@ def replay_command(config: AuditConfig) -> str:
     baseline = f" --baseline {config.params['baseline']}" if config.params.get("baseline") else ""
     burn = f" --burn-in-seconds {config.params['burn_in_seconds']:g}" if config.params.get("burn_in_seconds") else ""
     share = f" --memory-share {config.params['memory_share']:g}" if "memory_share" in config.params else ""
+    weights = f" --weights {shlex.quote(config.params['weights'])}" if config.params.get("weights") else ""
     return (f"chipaudit run --device {config.device} --level {config.level.value} --seed {config.seed}"
-            f"{only}{baseline}{burn}{share}")
+            f"{only}{baseline}{burn}{share}{weights}")
 
 
 def new_report(config: AuditConfig) -> Report:

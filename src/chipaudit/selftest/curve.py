@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from chipaudit.checks.integrity.gemm import draw, to_host
+from chipaudit.checks.integrity.gemm import to_host
+from chipaudit.checks.integrity.operands import draw
 from chipaudit.oracle.formats import FORMATS
 from chipaudit.oracle.matmul import verify_full
 

@@ -4,7 +4,8 @@ Threat: faults that need sustained use to appear: a part that fails when hot, a 
 weakness under full load, degradation after many operations, or a trojan that counts operations or
 time before it corrupts or throttles. Short checks end before any of these fire.
 
-Method: operand pairs are drawn on the host from the check's seed and uploaded once; the device's first
+Method: operand pairs are drawn on the host from the check's seed (normal operands, then in turn each
+realistic pair of integrity.gemm: a model's activations and weights) and uploaded once; the device's first
 product of each pair is verified on the host (oracle/matmul.py, as integrity.gemm does) and kept on the
 device as its golden result (OpenDCDiag's golden values up front). After a rest (SETTLE_S), so that
 the throughput curve starts from an idle device, and for the level's duration
@@ -70,7 +71,8 @@ import psutil
 import torch
 
 from chipaudit.checks.base import Check, CheckContext, Outcome
-from chipaudit.checks.integrity.gemm import draw, to_host, verify_product
+from chipaudit.checks.integrity.gemm import to_host, verify_product
+from chipaudit.checks.integrity.operands import PAIRS, draw_pair
 from chipaudit.devices import torchdev
 from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.oracle.matmul import OperandNorms, Verification
@@ -82,6 +84,11 @@ BURN_SECONDS: dict[Level, float] = {Level.quick: 10.0, Level.standard: 60.0, Lev
 # Setup (drawing, uploading and verifying the pool) and the last product, on top of the duration.
 SETUP_ALLOWANCE_S = 120.0  # includes SETTLE_S
 POOL = 2
+# The pairs' operands, by pair index: the pool starts with random and realistic data, and fresh pairs
+# cycle through the realistic pairs, so that a trigger on a model's data meets sustained load too. Not
+# fp8_weights: its rounding onto the e4m3 grid on the host (a search per element) takes seconds at
+# burn-in sizes; integrity.gemm draws it.
+OPERANDS = ("normal", *(p for p in PAIRS if p != "fp8_weights"))
 # A fresh pair of operands replaces the oldest every this many seconds (standard and deep): about 2% of
 # the time at the sizes chosen (drawing, uploading and verifying a pair costs a few products).
 REFRESH_S = 20.0
@@ -351,7 +358,7 @@ def make_pair(ctx: CheckContext, fmt: NumberFormat, n: int, index: int) -> tuple
     """Operands drawn from the check's seed and the pair's index, uploaded, multiplied once on the device,
     and that golden product verified on the host."""
     rng = np.random.default_rng([ctx.seed, index])
-    a, b = draw(rng, "normal", (1, n, n), fmt), draw(rng, "normal", (1, n, n), fmt)
+    a, b, _ = draw_pair(rng, OPERANDS[index % len(OPERANDS)], (1, n, n), (1, n, n), fmt)
     da = fmt.host_buffer(a[0]).to(ctx.device).to(fmt.torch_dtype)
     db = fmt.host_buffer(b[0]).to(ctx.device).to(fmt.torch_dtype)
     golden = torch.mm(da, db)

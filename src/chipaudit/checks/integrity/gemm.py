@@ -20,7 +20,10 @@ Each is one batched product to the oracle, its scale and added input included as
 the scale and the bias (oracle/matmul.Epilogue). Cases cover tiny, odd and prime shapes, powers of two,
 training-sized products, the layer widths of well-known LLMs and CNNs and the attention shapes of
 GPT-2, BLOOM, ViT and Llama; small shapes carry every path at quick, larger ones follow at standard
-and deep. Operands vary between signed, positive, sparse and mixed magnitudes. Integer-valued operands
+and deep. Operands vary between signed, positive, sparse and mixed magnitudes, and at every level
+some products carry operands with the statistics of real models (operands.py: activations with
+outlier feature channels, normalised activations, attention probabilities, trained and quantised
+weights), as a model multiplies them. Integer-valued operands
 whose exact result is representable (a power-of-two alpha included) must come back bit-exact. Chosen
 cases run twice and must agree bit for bit. A failing case is re-run to tell a reproducible fault from
 an intermittent one. The fp8 bound depends on the device class (oracle/formats.as_computed_on).
@@ -35,9 +38,10 @@ Not run: only when the device declares that it lacks the format; the reason name
 
 Cannot see: errors below the bound (a deliberately tiny bias hides under rounding noise); inputs,
 shapes, scales and call forms this check never draws (other einsum strings, other strides, out=
-variants); faults that need longer use than a check lasts (see the burn-in); in a projection-checked
-product, an error smaller than the row bound outside the sampled rows. Scaled-dot-product attention is
-integrity.ops.attention's.
+variants; real-model statistics other than those in operands.py, realistic data at a shape drawn only
+with random data, a particular model's own weights: see integrity.weights); faults that need longer
+use than a check lasts (see the burn-in); in a projection-checked product, an error smaller than the
+row bound outside the sampled rows. Scaled-dot-product attention is integrity.ops.attention's.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import numpy as np
 import torch
 
 from chipaudit.checks.base import Check, CheckContext, Outcome
+from chipaudit.checks.integrity.operands import DISTRIBUTIONS, draw, draw_pair
 from chipaudit.checks.integrity.products import PATHS, SCALED, Operands, attention_scale, compute, operand_shapes
 from chipaudit.checks.refusal import REFUSALS, answer_within, refusal, refused_or_skip
 from chipaudit.devices import capability, torchdev
@@ -89,6 +94,7 @@ class Case:
     every_format: bool = True  # False: only the main formats (fp32, tf32) at this size
     repeat: bool = False  # run twice and require bitwise-identical results
     heads: int = 1  # heads within the batch, for the paths that see (B, H, ...) tensors
+    data: str = ""  # a realistic operand pair (operands.PAIRS); empty: the rotating random distributions
 
     @property
     def macs(self) -> int:
@@ -109,14 +115,14 @@ CASES: tuple[Case, ...] = (
     Case("mm", 1, 256, 256, 256, "pow2 256"),
     Case("bmm", 8, 128, 64, 128, "attention scores QK^T, 8 heads, head_dim 64", repeat=True),
     Case("bmm", 8, 128, 128, 64, "attention PV, 8 heads"),
-    Case("linear", 2, 64, 768, 3072, "BERT-base / GPT-2 MLP up with bias"),
+    Case("linear", 2, 64, 768, 3072, "BERT-base / GPT-2 MLP up with bias", data="normed_linear"),
     Case("linear", 1, 129, 1000, 1001, "odd linear 1000->1001 with bias"),
     Case("mm", 1, 1024, 1024, 1024, "training 1024", every_format=False, repeat=True),
     Case("mm", 1, 3136, 576, 64, "ResNet-50 conv2_x 3x3 as im2col GEMM", every_format=False),
-    Case("mm", 1, 32, 4096, 11008, "Llama-2-7B MLP up (32 tokens)", every_format=False),
+    Case("mm", 1, 32, 4096, 11008, "Llama-2-7B MLP up (32 tokens)", every_format=False, data="llm_outliers"),
     Case("mm", 1, 32, 11008, 4096, "Llama-2-7B MLP down (32 tokens)", every_format=False),
     Case("bmm", 12, 197, 64, 197, "ViT-B/16 attention scores, 12 heads", every_format=False),
-    Case("linear", 4, 16, 4096, 4096, "Llama attention q_proj with bias", every_format=False),
+    Case("linear", 4, 16, 4096, 4096, "Llama attention q_proj with bias", every_format=False, data="normed_linear"),
     Case("mm", 1, 2048, 2048, 2048, "training 2048", every_format=False),
     Case("mm", 1, 1000, 1000, 1000, "odd 1000", SD),
     Case("mm", 1, 1023, 1025, 1027, "off-by-one 1023x1025x1027", SD),
@@ -164,32 +170,31 @@ EXACT_CASES: tuple[Case, ...] = (
     Case("einsum_scores", 4, 16, 32, 24, "exact integers einsum scores", heads=2),
 )
 
-# Operand distributions: iid draws, so the probabilistic bound holds, with signs, sparsity and
-# magnitudes varied so that value-triggered faults meet more than one kind of data.
-DISTRIBUTIONS = ("normal", "uniform_positive", "sparse", "mixed_magnitude")
-# Largest binary exponent spread for mixed magnitudes that keeps each format far from overflow.
-MIXED_EXPONENT = {"fp16": 3, "fp8_e4m3": 1}
-DEFAULT_MIXED_EXPONENT = 8
+# Products with the statistics of real models (operands.PAIRS) besides the model layers above that
+# carry them, in every format at every level: the outlier activations as 2-D A operands of mm and
+# linear (addmm), k >= 64 and m >= 4, as an LLM's hidden states meet a linear layer; for int8 and fp8
+# (mm only) the aligned ones. Small, so that they cost the quick level little; never skipped for time,
+# so that a device slow on other cases cannot push them out.
+REALISTIC_CASES: tuple[Case, ...] = (
+    Case("linear", 2, 16, 768, 768, "GPT-2 attention projection with bias, outlier activations",
+         data="llm_outliers"),
+    Case("mm", 1, 32, 512, 256, "int8 weight-only layer, outlier activations", data="int8_weights"),
+    Case("mm", 1, 32, 256, 512, "fp8 weight layer after LayerNorm", data="fp8_weights"),
+    Case("mm", 1, 64, 128, 64, "one head's causal attention probabilities x values", data="causal_attention_values"),
+    Case("bmm", 8, 64, 64, 64, "attention probabilities x values, 8 heads", data="attention_values"),
+    Case("bmm", 8, 64, 64, 64, "attention scores Q K^T of normalised q, k, 8 heads", data="attention_scores"),
+    Case("mm", 1, 64, 2048, 512, "linear layer on the residual stream, outlier activations", SD,
+         data="llm_outliers"),
+    Case("mm", 1, 16, 4096, 11008, "Llama-2-7B MLP up, int8 weights, outlier activations", SD,
+         every_format=False, data="int8_weights"),
+    Case("mm", 1, 64, 4096, 4096, "Llama-2-7B o_proj after RMSNorm", SD, every_format=False,
+         data="normed_linear"),
+    Case("bmm", 32, 512, 512, 128, "causal attention probabilities x values, 32 heads, 512 tokens", SD,
+         every_format=False, data="causal_attention_values"),
+)
 # Formats whose kernels take a restricted shape (torch._int_mm and torch._scaled_mm on CUDA).
 ALIGNED_FORMATS = frozenset({"int8", "fp8_e4m3"})
 ALIGNMENT = 16
-
-
-def draw(rng: np.random.Generator, dist: str, shape: tuple[int, ...], fmt: NumberFormat) -> np.ndarray:
-    if fmt.integer:
-        return fmt.quantize(rng.integers(-128, 128, shape).astype(np.float64))
-    if dist == "normal":
-        x = rng.standard_normal(shape)
-    elif dist == "uniform_positive":
-        x = rng.uniform(0.5, 1.0, shape)
-    elif dist == "sparse":
-        x = rng.standard_normal(shape) * (rng.random(shape) < 0.5)
-    elif dist == "mixed_magnitude":
-        spread = MIXED_EXPONENT.get(fmt.name, DEFAULT_MIXED_EXPONENT)
-        x = rng.standard_normal(shape) * np.exp2(rng.integers(-spread, spread + 1, shape))
-    else:
-        raise ValueError(dist)
-    return fmt.quantize(x)
 
 
 def draw_exact(rng: np.random.Generator, shape: tuple[int, ...], fmt: NumberFormat, k: int) -> np.ndarray:
@@ -231,6 +236,7 @@ class GemmCheck(Check):
         picked = [c for c in CASES if level in c.levels and (main or c.every_format)]
         if not self.fmt.integer:
             picked += [c for c in EXACT_CASES if level in c.levels]
+        picked += [c for c in REALISTIC_CASES if level in c.levels and (main or c.every_format)]
         if self.fmt.name in ALIGNED_FORMATS:
             picked = [
                 c for c in picked
@@ -270,6 +276,7 @@ class GemmCheck(Check):
         cases = self.cases(ctx.level)
         out = Outcome()
         tally: Counter[str] = Counter()
+        distributions: Counter[str] = Counter()
         skipped: list[str] = []
         worst_ratio = 0.0
         started = time.perf_counter()
@@ -279,10 +286,10 @@ class GemmCheck(Check):
             # A fully recomputed case costs the host two float64 products (value and bound).
             host_macs = 2 * case.macs if case.macs <= FULL_CHECK_MACS else 0
             estimate = case.macs / macs_per_s + host_macs / host_macs_per_s
-            if not exact and time.perf_counter() - started + estimate > budget:
+            if not exact and case not in REALISTIC_CASES and time.perf_counter() - started + estimate > budget:
                 skipped.append(f"{case.label} (about {estimate:.0f} s at the measured rate)")
                 continue
-            dist = DISTRIBUTIONS[i % len(DISTRIBUTIONS)]
+            dist = case.data or DISTRIBUTIONS[i % len(DISTRIBUTIONS)]
             rng = np.random.default_rng([ctx.seed, i])
             evidence = {
                 "case": case.label, "op": case.op, "call": PATHS[case.op],
@@ -301,15 +308,17 @@ class GemmCheck(Check):
                 continue
             worst_ratio = max(worst_ratio, ratio)
             tally[case.op] += 1
+            distributions[evidence["distribution"]] += 1
         ctx.progress(len(cases), len(cases), "done")
         out.coverage = {
             "dtype": self.fmt.name,
             "cases": sum(tally[op] for op in PATHS),
             "ops": {op: tally[op] for op in PATHS if tally[op]},
-            "exact_cases": tally["exact"],
+            "exact_cases": tally["exact_cases"],
             "determinism_repeats": tally["repeat"],
             "methods": {m: tally[m] for m in ("full", "projection", "rows", "exact") if tally[m]},
             "elements_checked": tally["elements"],
+            "distributions": dict(sorted(distributions.items())),
             "shapes": sorted({c.label for c in cases} - {s.split(" (")[0] for s in skipped}),
             "skipped_cases": skipped,
         }
@@ -340,7 +349,7 @@ class GemmCheck(Check):
         tally[v.method] += 1
         tally["elements"] += ops.case.batch * ops.case.m * ops.case.n
         if exact:
-            tally["exact"] += 1
+            tally["exact_cases"] += 1
         if not v.ok:
             reproduced = 1 + sum(not verify_result(ops, compute(self.fmt, ops.case.op, tensors), exact).ok
                                  for _ in range(RETESTS))
@@ -372,8 +381,11 @@ def draw_operands(case: Case, fmt: NumberFormat, rng: np.random.Generator, dist:
         a, b = (draw_exact(rng, s, fmt, k) for s in (a_shape, b_shape))
         bias = draw_exact(rng, bias_shape, fmt, k) if bias_shape else None
     else:
-        a, b = (draw(rng, dist, s, fmt) for s in (a_shape, b_shape))
-        bias = draw(rng, dist, bias_shape, fmt) if bias_shape else None
+        # A linear layer's bias is drawn with its pair; baddbmm's added input is a tensor of its own.
+        vector = bias_shape is not None and len(bias_shape) == 1
+        a, b, bias = draw_pair(rng, dist, a_shape, b_shape, fmt, bias_shape[0] if bias_shape and vector else 0)
+        if bias_shape and not vector:
+            bias = draw(rng, dist if dist in DISTRIBUTIONS else "normal", bias_shape, fmt)
     return Operands(case, fmt, a, b, bias)
 
 
