@@ -60,10 +60,11 @@ def install():
 install()
 """
 
+
 def trojan(tmp_path: Path, payload: str, kinds: tuple[str, ...] = ("mm",)) -> dict[str, str]:
     """A stack whose CPU products (mm by default; addmm is linear with bias, bmm the batched ones,
-    baddbmm attention scores) run
-    the payload, which sees the operands a, b, the call's other arguments (args, kwargs) and the result out."""
+    baddbmm attention scores) run the payload, which sees the operands a, b, the call's other
+    arguments (args, kwargs) and the result out."""
     body = textwrap.indent(textwrap.dedent(payload), " " * 12)
     (tmp_path / "sitecustomize.py").write_text(WRAPPER.format(payload=body, kinds=kinds))
     env = cli_env()
