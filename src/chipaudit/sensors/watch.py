@@ -35,9 +35,9 @@ from chipaudit.sensors.events import Event, SensorStatus
 from chipaudit.sensors.sockets import TreeSampler, become_subreaper
 
 EBPF = "ebpf"
-NOT_HERE = ("not run for the probe's workloads: bpftrace takes seconds to attach, so one tracer per audit "
-            "watches the audit's workers, not the namespaces a probe makes for its workloads; those are watched "
-            "by the sinkhole, the socket sampler and, in the traced world, strace")
+# bpftrace takes seconds to attach, so one tracer per audit watches the audit's workers.
+NOT_HERE = ("not run for a probe's workloads (one eBPF tracer per audit watches its workers); the sinkhole, the "
+            "socket sampler and, in the traced world, strace watch them")
 PLAIN = Isolation()  # a namespace of its own for the network alone, as every device process gets
 
 
