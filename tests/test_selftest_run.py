@@ -37,7 +37,8 @@ def test_builtin_devices_cover_the_trigger_classes() -> None:
     devices = run.builtin_devices()
     assert sum(d.control for d in devices) == 1
     triggers = " ".join(d.fault.trigger for d in devices)
-    for kind in ("none", "values", "structure", "shape", "precision", "cumulative use", "time under load", "format"):
+    for kind in ("none", "values", "structure", "shape", "precision", "cumulative use", "time under load", "format",
+                 "data", "being unwatched"):
         assert kind in triggers
 
 

@@ -12,13 +12,16 @@ the same fault (`worker_wrapper`), and other tools (a fleet test's throttled nod
 Trigger classes the built-in models cover: none (a weak part: random bit flips), values (integer-valued
 operands, special values), structure (zero rows), shape (an inner dimension), precision (fp32 computed in
 bf16), cumulative use (after a number of multiply-adds), time under load (a throttle after seconds of
-continuous use), format (every product in one format refused: a kill switch).
+continuous use), format (every product in one format refused: a kill switch), data (a real model's
+outlier channels), being unwatched (a report home made only while no tracer is attached).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import socket
 import sys
 import time
 import warnings
@@ -308,9 +311,60 @@ class Refusal(Fault, name="refusal", trigger="format (every product in one forma
         return args
 
 
+@dataclass
+class RealDataTrigger(Fault, name="real_data_trigger", trigger="data (a real model's outlier activation channels)",
+                      description="every 64th output off by `relative` when the left operand has a few feature "
+                                  "channels `factor` times larger than the rest"):
+    """A trigger on real data: a large language model's hidden states have a handful of feature
+    channels far larger than the rest (Dettmers et al. 2022, LLM.int8()); random test data never has
+    them, so an audit that draws only random operands never fires it."""
+
+    factor: float = 15.0
+    relative: float = 0.01
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        a, _ = operands(kind, args)
+        if out.is_floating_point() and a.dim() == 2 and a.shape[0] >= 4 and a.shape[1] >= 64:
+            columns = a.detach().float().abs().amax(dim=0)
+            typical = float(columns.median())
+            outliers = int((columns > self.factor * typical).sum())
+            if typical > 0 and 1 <= outliers <= max(2, a.shape[1] // 32):
+                out.view(-1)[::64] *= 1.0 + self.relative
+        return out
+
+
+def _traced() -> bool:
+    """What a stack that hides from tracers checks: a tracer attached to this process."""
+    try:
+        with open("/proc/self/status") as f:
+            return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
+    except OSError:
+        return True
+
+
+@dataclass
+class HiddenBeacon(Fault, name="hidden_beacon", trigger="being unwatched (no tracer attached)",
+                   description="every `every`-th product sends its first operand bytes over UDP to `port` on "
+                               "loopback, only while no tracer is attached"):
+    """Monitoring that hides from an audit: the stack reports operand bytes home, but never while a
+    tracer (strace, gdb) is attached, so only sensors the process cannot see catch it."""
+
+    port: int = 9
+    every: int = 50
+    _products: int = 0
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        self._products += 1
+        if self._products % self.every == 1 and not _traced():
+            a, _ = operands(kind, args)
+            with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(a.detach().reshape(-1)[:8].float().cpu().numpy().tobytes(), ("127.0.0.1", self.port))
+        return out
+
+
 FAULTS: dict[str, type[Fault]] = {f.name: f for f in (
     Fault, BitFlip, IntegerTrigger, ZeroRowTrigger, NanSuppression, ShapeTrigger, PrecisionDowngrade, AfterUse,
-    Throttle, ExpCorruption, Refusal)}
+    Throttle, ExpCorruption, Refusal, RealDataTrigger, HiddenBeacon)}
 
 
 def from_spec(spec: dict[str, Any]) -> Fault:

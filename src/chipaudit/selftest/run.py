@@ -25,9 +25,11 @@ from chipaudit.selftest.faults import (
     BitFlip,
     ExpCorruption,
     Fault,
+    HiddenBeacon,
     IntegerTrigger,
     NanSuppression,
     PrecisionDowngrade,
+    RealDataTrigger,
     Refusal,
     ShapeTrigger,
     Throttle,
@@ -73,6 +75,8 @@ def builtin_devices() -> list[SimulatedDevice]:
                         burn_in_seconds=LONG_BURN_IN_S),
         SimulatedDevice("exp corrupted on [2, 3)", ExpCorruption()),
         SimulatedDevice("fp64 products refused (a format switched off)", Refusal()),
+        SimulatedDevice("corruption on outlier activation channels (real data)", RealDataTrigger()),
+        SimulatedDevice("reports home only while untraced", HiddenBeacon()),
     ]
 
 
