@@ -117,10 +117,11 @@ def test_a_stack_that_reports_home_only_untraced_fails_the_integrity_check(
     (check,) = report["checks"]
     assert check["status"] == "failed"
     assert check["coverage"]["sensors"]["worker sinkhole"]["ran"] is True
-    (found,) = behaviour_findings(report)
-    assert found["check"] == "integrity.gemm.fp32" and found["severity"] in ("high", "critical")
-    assert found["evidence"]["target"] == f"AF_INET {host}:{port}"
-    assert "TROJAN-" in found["evidence"]["examples"][0], found["evidence"]
+    # The capture's finding carries the payload; the eBPF tracer, where it runs, may add its own.
+    found_all = behaviour_findings(report)
+    assert all(f["check"] == "integrity.gemm.fp32" for f in found_all), found_all
+    assert all(f["evidence"]["target"] == f"AF_INET {host}:{port}" for f in found_all), found_all
+    found = next(f for f in found_all if "TROJAN-" in f["evidence"]["examples"][0])
     assert found["severity"] == ("high" if host == "127.0.0.1" else "critical")
 
 

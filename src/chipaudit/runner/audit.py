@@ -122,26 +122,27 @@ def run_audit(
 ) -> Report:
     """Run the audit, every worker under one set of sensors (runner/watched.py), ended with it. On
     Ctrl-C the report is finished as incomplete and KeyboardInterrupt propagates."""
-    report = new_report(config)
-    report.limits.append(f"Level {config.level.value}: {levels.DESCRIPTION[config.level]}.")
-    on_update(report)
-
-    def finished(result: CheckResult, findings: list[Finding]) -> None:
-        report.add(result, findings)
-        events.finished(result, findings)
+    with tempfile.TemporaryDirectory(prefix="chipaudit-audit-") as tmp, Watch(Path(tmp) / "watch") as watch:
+        # The inventory is taken while the sensors attach.
+        report = new_report(config)
+        report.limits.append(f"Level {config.level.value}: {levels.DESCRIPTION[config.level]}.")
         on_update(report)
 
-    job = {"device": config.device, "level": config.level.value, "params": config.params}
-    try:
-        with tempfile.TemporaryDirectory(prefix="chipaudit-audit-") as tmp, Watch(Path(tmp) / "watch") as watch:
+        def finished(result: CheckResult, findings: list[Finding]) -> None:
+            report.add(result, findings)
+            events.finished(result, findings)
+            on_update(report)
+
+        job = {"device": config.device, "level": config.level.value, "params": config.params}
+        try:
             sensors = WorkerSensors(watch, Path(tmp) / "workers", config.params)
             run_plan(plan(config), job, Events(events.started, events.progress, finished), wrappers, sensors)
-    except KeyboardInterrupt:
-        report.limits.append("The audit was interrupted before every check ran.")
-        finalize_limits(report)
-        report.finish(complete=False)
-        on_update(report)
-        raise
+        except KeyboardInterrupt:
+            report.limits.append("The audit was interrupted before every check ran.")
+            finalize_limits(report)
+            report.finish(complete=False)
+            on_update(report)
+            raise
     finalize_limits(report)
     report.finish(complete=True)
     on_update(report)

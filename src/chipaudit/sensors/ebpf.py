@@ -47,7 +47,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -346,11 +345,14 @@ class SyscallTracer:
         proc = self.proc
         if proc is None:
             return
+        self._sync()  # everything recorded so far is passed on before the tracer goes
         with self._changed:
             self._stopping = True
         if proc.poll() is None:
+            # Killed, not asked to exit: the kernel detaches the probes when their last descriptor
+            # closes, where bpftrace's orderly exit detaches them one by one, for seconds.
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
+                proc.kill()
             try:
                 proc.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -75,8 +76,15 @@ class Watch:
         # sampler's sight.
         self.sinkhole = Sinkhole(workdir / "sinkhole")
         self.namespaces = unshare_net()
-        self.tracer, self.tracer_status = (_syscall_tracer(workdir / "ebpf.log") if syscalls else
-                                           (None, SensorStatus(EBPF, False, NOT_HERE)))
+        self.tracer: Any = None
+        self.tracer_status = SensorStatus(EBPF, False, NOT_HERE)
+        self._attaching: threading.Thread | None = None
+        if syscalls:
+            # Attaching takes seconds: it goes on while the caller prepares (an audit's inventory), and
+            # every device process waits for it in `wrapper`.
+            self._attaching = threading.Thread(target=self._attach_tracer, args=(workdir / "ebpf.log",),
+                                               daemon=True, name="ebpf-attach")
+            self._attaching.start()
         self.subreaper = become_subreaper()
         self._wrappers: set[int] = set()  # tool processes above a device process (a tracer world's strace)
         self._tool: set[tuple[int, float]] = set()  # processes of another watch's sinkhole end, by pid and start
@@ -86,10 +94,19 @@ class Watch:
         self.sampler.start()
         self._closed = False
 
+    def _attach_tracer(self, log: Path) -> None:
+        self.tracer, self.tracer_status = _syscall_tracer(log)
+
+    def _attached(self) -> None:
+        """Wait until the eBPF tracer has attached, or said why it cannot."""
+        if self._attaching is not None:
+            self._attaching.join()
+
     def wrapper(self, name: str, iso: Isolation = PLAIN, online: bool = True) -> Wrapper:
         """The layer that puts a device process into its own namespaces (`iso`, as the world asks),
         attached to the sinkhole under `name`: online (eth0 with an address and default routes) or
         offline (no route; its loopback traffic is still captured)."""
+        self._attached()
         folder = self.workdir / "worlds" / str(next(self._count))
 
         def register(pid: int) -> None:
@@ -138,6 +155,7 @@ class Watch:
 
     def events(self, name: str) -> list[Event]:
         """Everything every sensor saw of the processes watched or attached under `name`."""
+        self._attached()
         out = self.sinkhole.events(name) + [e for label, e in self.sampler.events if label == name]
         if self.tracer is not None:
             # Not followed into namespaces a watched process makes: a behaviour harness in an audit
@@ -149,6 +167,7 @@ class Watch:
 
     def statuses(self) -> list[SensorStatus]:
         """Which sensors ran, and what was not watched and why."""
+        self._attached()
         return [self.sinkhole.status, self.sampler.status(), self.tracer_status]
 
     def close(self) -> None:
@@ -156,6 +175,7 @@ class Watch:
         if self._closed:
             return
         self._closed = True
+        self._attached()
         self.sampler.stop()
         if self.tracer is not None:
             with contextlib.suppress(Exception):
