@@ -49,7 +49,9 @@ FULL_SHIFTS = (
 class ClockProbe(ConditionProbe):
     id = "behaviour.clock"
     category = Category.behaviour
-    timeout_s: ClassVar[dict[Level, float]] = {Level.quick: 150.0, Level.standard: 500.0, Level.deep: 900.0}
+    # An honest device takes about 15 s at quick; a world that throttles the device (a time bomb) makes
+    # every one of its timed rounds and its re-test that much slower, and must still be judged.
+    timeout_s: ClassVar[dict[Level, float]] = {Level.quick: 300.0, Level.standard: 600.0, Level.deep: 900.0}
 
     def worlds(self, level: Level) -> list[Condition]:
         shifts = QUICK_SHIFTS if level is Level.quick else FULL_SHIFTS
