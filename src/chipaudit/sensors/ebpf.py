@@ -353,11 +353,8 @@ class SyscallTracer:
             # closes, where bpftrace's orderly exit detaches them one by one, for seconds.
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
         if self._reader is not None:
             self._reader.join(timeout=STOP_TIMEOUT_S)
 
