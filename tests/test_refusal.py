@@ -96,7 +96,7 @@ def test_an_answer_that_never_comes_is_a_hang() -> None:
 
 
 def _session(label: str, tasks: list[TaskSpec], errors: dict[int, str], verified: tuple[int, ...] = ()) -> Session:
-    s = Session(label, conditions.reference(), tasks, child=None, launched=0.0, trace=None, pcap=None)  # type: ignore[arg-type]
+    s = Session(label, conditions.reference(), tasks, child=None, launched=0.0, trace=None)  # type: ignore[arg-type]
     s.hello = {"pid": 1}
     s.errors = dict(errors)
     s.verifications = {i: [{"ok": True, "digest": "d"}] for i in verified}

@@ -233,7 +233,6 @@ class SyscallTracer:
     def __init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.lost = 0  # records the kernel's ring buffer dropped: some activity may be missing
-        self.attach_s = 0.0
         self.toolns = 0
         self._status = SensorStatus(NAME, False, "not run: not started")
         self._records: list[Record] = []
@@ -261,7 +260,6 @@ class SyscallTracer:
         source.write_text(program(self.toolns, os.getpid(), self._sync_base, tracepoints()))
         env = {**os.environ, "BPFTRACE_STRLEN": str(PATH_MAX_BYTES), "BPFTRACE_MAP_KEYS_MAX": str(MAP_KEYS_MAX),
                "BPFTRACE_PERF_RB_PAGES": str(_ring_pages())}
-        t0 = time.monotonic()
         with open(errors, "wb") as err:
             try:
                 # A session of its own: a Ctrl-C meant for the tool does not cut the tracer short.
@@ -280,12 +278,11 @@ class SyscallTracer:
         with self._changed:
             self._changed.wait_for(lambda: self._ready or self._ended is not None, START_TIMEOUT_S)
         if self._ready:
-            self.attach_s = time.monotonic() - t0
             self._status = SensorStatus(NAME, True, (
                 "bpftrace on the kernel's syscall and socket tracepoints, invisible from inside: socket, connect, "
                 "bind and sends on every address family with their addresses, sends and TCP connections at the "
                 "socket layer, opens for writing and file-system changes, changes of network namespace, in every "
-                f"process of the watched network namespaces (attached in {self.attach_s:.1f} s)"))
+                "process of the watched network namespaces"))
             return self._status
         if self._ended is not None:
             reason = _reason(errors, self.proc.wait())
