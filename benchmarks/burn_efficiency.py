@@ -1,63 +1,76 @@
-"""Burn-in throughput with every result verified, over raw matrix-product throughput, on the CPU.
+"""Burn-in throughput, every result verified, over the bench's measured peak in the same format.
 
-Both run in one process on the same operands and the same size (the size the burn-in itself chooses):
-raw is back-to-back torch.mm; verified is integrity.burnin's loop (device-side comparison of every result
-with its golden result, secret host readbacks, throughput windows). The two alternate in short rounds,
-in alternating order, so that load from other processes and drift hit both alike; the figure is the
-median of the per-round ratios.
+For each format the burn-in runs on the device (its default formats, or --formats), in one process:
+the bench's figure (performance.gemm.<format>: its best products, at the standard level's budget) and
+the burn-in's verified throughput (integrity.burnin's loop for ROUND_S, one format at a time: the
+device-side comparison of every result, the secret host checks, and on the CPU the host control, all
+included) alternate in rounds, so that load from other processes and drift hit both alike. A format's
+efficiency is the median burn-in rate over the median bench peak.
 
-Last line: `burn_efficiency: X` (1.0 = verification is free).
+Last line: `burn_efficiency: X`, the lowest of the formats' (1.0: verification and rotation are free).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import argparse
 
-import torch
-
-from chipaudit.checks.base import CheckContext
+from chipaudit.checks.base import CheckContext, Outcome
 from chipaudit.checks.integrity import burnin
+from chipaudit.checks.performance.micro import GemmThroughput
+from chipaudit.devices import torchdev
 from chipaudit.oracle.formats import FORMATS
 from chipaudit.report.model import Level
+from chipaudit.stats import median
 
-ROUNDS = 9
-ROUND_S = 2.0
+ROUNDS = 5
+ROUND_S = 4.0
 
 
-def raw_rate(pair: burnin.Pair, seconds: float) -> float:
-    """Products per second, each result held until the next one exists, as any use of it (and the
-    burn-in) holds it: discarding it at once changes how the allocator reuses memory."""
-    products = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        c = torch.mm(pair.a, pair.b)
-        products += 1
-    del c
-    return products / (time.perf_counter() - t0)
+def peak_flops(device: str, fmt: str, seed: int) -> float:
+    """The bench's figure, in FLOP/s."""
+    out = GemmThroughput(fmt).run(CheckContext(device=device, level=Level.standard, seed=seed))
+    (figure,) = out.measurements["figures"]
+    return figure["value"] * 1e12
+
+
+def burn_flops(ctx: CheckContext, prepared: burnin.BurnState) -> float:
+    """The burn-in's verified rate in FLOP/s over one round, every overhead included."""
+    lane = burnin.BurnState(prepared.fmt, prepared.n, prepared.pool)
+    elapsed = burnin.burn(ctx, [lane], ROUND_S)
+    assert lane.products == lane.exact and not lane.wrong and not lane.host_disagreements
+    return 2.0 * lane.products * lane.n**3 / elapsed
 
 
 def main() -> None:
-    fmt = FORMATS["fp32"]
-    ctx = CheckContext(device="cpu", level=Level.quick, seed=1)
-    n = burnin.choose_size("cpu", fmt)
-    pool, bad = burnin.BurnInCheck()._pool(ctx, fmt, n)
-    assert bad is None, bad
-    ratios = []
-    for i in range(ROUNDS):
-        state = burnin.BurnState()
-        if i % 2:
-            elapsed = burnin.burn(ctx, pool, fmt, n, ROUND_S, state)
-            raw = raw_rate(pool[i % len(pool)], ROUND_S)
-        else:
-            raw = raw_rate(pool[i % len(pool)], ROUND_S)
-            elapsed = burnin.burn(ctx, pool, fmt, n, ROUND_S, state)
-        assert state.products == state.exact and not state.wrong
-        verified = state.products / elapsed
-        ratios.append(verified / raw)
-        print(f"round {i + 1}: n={n}, raw {raw:.2f} products/s, verified {verified:.2f} products/s "
-              f"({state.host_checks} host readbacks), ratio {verified / raw:.3f}", flush=True)
-    print(f"burn_efficiency: {statistics.median(ratios):.3f}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--formats", help="comma-separated; default: the burn-in's own for the device")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    args = parser.parse_args()
+    formats = args.formats.split(",") if args.formats else [f.name for f in burnin.burn_formats(args.device, {})]
+    worst = float("inf")
+    with torchdev.strict_precision():
+        for name in formats:
+            assert name in FORMATS, name
+            ctx = CheckContext(device=args.device, level=Level.quick, seed=1, params={"burn_in_formats": [name]})
+            out = Outcome()
+            (lane,) = burnin.BurnInCheck()._lanes(ctx, out)
+            assert not out.findings, out.findings
+            peaks, burns = [], []
+            for i in range(args.rounds):
+                order = (peak_flops, burn_flops) if i % 2 == 0 else (burn_flops, peak_flops)
+                for measure in order:
+                    if measure is peak_flops:
+                        peaks.append(peak_flops(args.device, name, seed=i))
+                    else:
+                        burns.append(burn_flops(ctx, lane))
+                print(f"{name} round {i + 1} ({lane.n}^3 products): bench peak {peaks[-1] / 1e12:.4g} TFLOP/s, burn-in "
+                      f"{burns[-1] / 1e12:.4g} TFLOP/s verified, ratio {burns[-1] / peaks[-1]:.3f}", flush=True)
+            efficiency = median(burns) / median(peaks)
+            print(f"{name}: burn-in {median(burns) / 1e12:.4g} TFLOP/s over the bench's {median(peaks) / 1e12:.4g} "
+                  f"TFLOP/s: {efficiency:.3f}", flush=True)
+            worst = min(worst, efficiency)
+    print(f"burn_efficiency: {worst:.3f}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ throttle told apart from a busy host."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from chipaudit.checks.base import CheckContext
-from chipaudit.checks.integrity import burnin
-from chipaudit.checks.integrity.burnin import Window, judge_throughput
+from chipaudit.checks.integrity import burnin, overlap, throttle
+from chipaudit.checks.integrity.throttle import Window, judge_throughput
 from chipaudit.report.model import Level, Severity
 
 
@@ -103,7 +104,7 @@ def test_host_readback_catches_a_device_whose_comparison_lies(small: None, monke
         c[0, 0] += 1.0
 
     device_that(monkeypatch, corrupt)
-    monkeypatch.setattr(burnin, "device_identical", lambda c, pair, cpu: True)
+    monkeypatch.setattr(overlap.Comparisons, "differs_now", lambda self, c, golden, bits: False)
     monkeypatch.setattr(burnin, "HOST_CHECK_SHARE", 1)
     out = burnin.BurnInCheck().run(ctx(0.5))
     assert "the device's own comparison disagrees with the host" in [f.title for f in out.findings]
@@ -211,11 +212,11 @@ def test_the_control_is_pooled_over_its_rounds() -> None:
     """Windows of several rounds and of none: the medians of all the rounds in each third."""
     early = [Window(1.0, 10, 100.0, 1.75, 0.25, [0.01, 0.01, 0.5], [0.002])] * 4
     late = [Window(2.0, 10, 33.0, 1.75, 0.25)] * 4 + [Window(3.0, 10, 33.0, 1.75, 0.25, [0.03, 0.03], [0.002])] * 4
-    assert burnin.control_fall(early, late, "control_team_s") == pytest.approx(3.0)  # the medians' ratio
-    assert burnin.control_fall(early, late[:4], "control_team_s") == 1.0  # no rounds: no excuse
+    assert throttle.control_fall(early, late, "control_team_s") == pytest.approx(3.0)  # the medians' ratio
+    assert throttle.control_fall(early, late[:4], "control_team_s") == 1.0  # no rounds: no excuse
     calm = [Window(1.0, 10, 100.0, 1.75, 0.25, [0.01, 0.01, 0.01], [0.002])]
     stalls = [Window(4.0, 10, 33.0, 1.75, 0.25, [0.01, 0.01, 0.01, 0.09], [0.002])]  # the typical round as before
-    assert burnin.control_fall(calm, stalls, "control_team_s") == pytest.approx(3.0)  # the means' ratio
+    assert throttle.control_fall(calm, stalls, "control_team_s") == pytest.approx(3.0)  # the means' ratio
     assert judge_throughput(early + late, cpu=True)[0] is Severity.info
 
 
@@ -226,14 +227,14 @@ def test_the_control_s_cost_is_bounded(small: None, monkeypatch: pytest.MonkeyPa
     CONTROL_SHARE of the window (and always one at its start)."""
     monkeypatch.setattr(burnin, "WINDOW_S", 1.0)
 
-    def timed(self: burnin.HostControl) -> None:  # a round that takes round_s, whatever the host's load
+    def timed(self: throttle.HostControl) -> None:  # a round that takes round_s, whatever the host's load
         time.sleep(round_s)
         self.team.append(round_s)
         self.memory.append(0.0)
         self.seconds += round_s
         self.last = time.perf_counter()
 
-    monkeypatch.setattr(burnin.HostControl, "round", timed)
+    monkeypatch.setattr(throttle.HostControl, "round", timed)
     out = burnin.BurnInCheck().run(ctx(3.2))
     curve = out.measurements["throughput_curve"]
     assert len(curve["control_rounds"]) == 3 and all(r in rounds for r in curve["control_rounds"]), curve
@@ -273,3 +274,72 @@ def test_the_size_is_the_largest_whose_product_meets_the_target(
     times = iter(seconds)
     monkeypatch.setattr(burnin.timing, "fastest", lambda op, device: next(times))
     assert burnin.choose_size("cpu", burnin.FORMATS["fp32"]) == chosen
+
+
+def test_the_burn_rotates_through_its_formats_and_names_the_one_that_failed(
+        small: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each window runs one format in turn; a fault in one format only is reported in that format."""
+    def bf16_only(c: torch.Tensor, n: int) -> None:
+        if c.dtype == torch.bfloat16 and n > 3:
+            c[1, 2] += 4.0
+
+    device_that(monkeypatch, bf16_only)
+    out = burnin.BurnInCheck().run(CheckContext(device="cpu", level=Level.quick, seed=3,
+                                                params={"burn_in_seconds": 1.6, "burn_in_formats": ["fp32", "bf16"]}))
+    assert out.coverage["formats"] == ["fp32", "bf16"]
+    by_format = out.coverage["by_format"]
+    assert by_format["fp32"]["products"] > 0 and by_format["bf16"]["products"] > 0
+    curve = out.measurements["throughput_curve"]["format"]
+    assert curve[:4] == ["fp32", "bf16", "fp32", "bf16"], curve
+    wrong = [f for f in out.findings if f.severity is Severity.high]
+    assert [f.evidence["dtype"] for f in wrong] == ["bf16"] and "wrong bf16 results" in wrong[0].title
+
+
+def test_the_default_formats_are_where_the_device_peaks() -> None:
+    assert [f.name for f in burnin.burn_formats("cpu", {})] == ["fp32"]
+    assert [f.name for f in burnin.burn_formats("cpu", {"burn_in_formats": ["bf16", "fp16"]})] == ["bf16", "fp16"]
+
+
+def test_a_planted_wrong_result_is_caught_on_the_host_while_the_device_keeps_multiplying(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device calls every result identical (it lies); the secret host check, held back on purpose until
+    the loop has queued fifty more products, catches the planted one on its own thread: the loop never
+    waited for it."""
+    held_s = 20.0
+    release = threading.Event()
+    honest = overlap.same_bits
+
+    def slow(x: object, y: object) -> bool:
+        if threading.current_thread().name.startswith("burnin-host-check"):
+            release.wait(held_s)
+        return honest(x, y)
+
+    monkeypatch.setattr(overlap, "same_bits", slow)
+    monkeypatch.setattr(overlap.Comparisons, "differs_now", lambda self, c, golden, bits: False)
+    golden = torch.randn(64, 64)
+    bits = overlap.host_array(golden).copy()
+    comparisons = overlap.Comparisons("cpu", lambda tag, c: None)
+    planted = golden.clone()
+    planted[3, 4] += 1.0
+    t0 = time.perf_counter()
+    comparisons.submit(planted, golden, bits, "planted", host_check=True)
+    planted.zero_()  # changed after it was handed over: the host compares what it was given
+    for i in range(50):
+        comparisons.submit(torch.mm(golden, torch.eye(64)), golden, bits, i, host_check=False)
+    assert time.perf_counter() - t0 < held_s / 2  # the loop never waited for the host
+    assert comparisons.completed == 51 and not comparisons.disagreements
+    release.set()
+    comparisons.close()
+    assert comparisons.disagreements == ["planted"] and comparisons.host_checked == ["planted"]
+
+
+def test_results_the_device_finds_different_are_handed_back_alive() -> None:
+    golden = torch.randn(32, 32)
+    seen: list[tuple[object, float]] = []
+    comparisons = overlap.Comparisons("cpu", lambda tag, c: seen.append((tag, float(c[0, 0]))))
+    other = golden.clone()
+    other[0, 0] = 7.0
+    comparisons.submit(golden.clone(), golden, overlap.host_array(golden).copy(), "same", host_check=True)
+    comparisons.submit(other, golden, overlap.host_array(golden).copy(), "other", host_check=False)
+    comparisons.close()
+    assert seen == [("other", 7.0)] and comparisons.disagreements == []

@@ -55,6 +55,10 @@ def run(
                                                   "'chipaudit baseline create'); differences are findings.")] = None,
     burn_in_seconds: Annotated[float | None, typer.Option(min=1.0, help="How long the sustained verified load "
                                                           "runs. Default: quick 10, standard 60, deep 600.")] = None,
+    burn_in_formats: Annotated[str | None, typer.Option(help="Formats the sustained load rotates through, comma-"
+                                                        "separated (fp32,bf16,fp16,fp8_e4m3,...). Default: where "
+                                                        "the device peaks (bf16,fp16 and rated fp8 on "
+                                                        "accelerators, fp32 on a CPU).")] = None,
     memory_share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of free device memory the "
                                                        "memory test covers. Default: quick 0.01, standard "
                                                        "0.25, deep 0.9.")] = None,
@@ -71,6 +75,7 @@ def run(
                   (html, "--html", Kind.file), (junit, "--junit", Kind.file),
                   (prometheus, "--prometheus", Kind.file), (db, "--db", Kind.file))
     params = {**({"burn_in_seconds": burn_in_seconds} if burn_in_seconds else {}),
+              **({"burn_in_formats": burn_formats_option(burn_in_formats)} if burn_in_formats else {}),
               **({"memory_share": memory_share} if memory_share is not None else {})}
     if weights is not None:
         from chipaudit.checks.integrity.weights import params_for
@@ -79,6 +84,19 @@ def run(
     report = audit(device, level, seed, only, params, json_path, baseline=baseline, bundle=bundle, html=html,
                    junit=junit, prometheus=prometheus, db=db)
     raise typer.Exit(EXIT_CODES[report.verdict])
+
+
+def burn_formats_option(given: str) -> list[str]:
+    """--burn-in-formats as a list of format names; an unknown or integer one is bad input."""
+    from chipaudit.oracle.formats import FORMATS
+
+    names = [n.strip() for n in given.split(",") if n.strip()]
+    floats = sorted(n for n, f in FORMATS.items() if not f.integer)
+    bad = [n for n in names if n not in floats]
+    if bad or not names:
+        raise UsageError(f"--burn-in-formats {given}: {', '.join(bad) or 'no format'} is not one of "
+                         f"{', '.join(floats)}")
+    return names
 
 
 def audit(device: str, level: Level, seed: int | None, only: list[str] | None, params: dict[str, Any],

@@ -82,10 +82,12 @@ def replay_command(config: AuditConfig) -> str:
     only = "".join(f" --only {p}" for p in config.only or [])
     baseline = f" --baseline {config.params['baseline']}" if config.params.get("baseline") else ""
     burn = f" --burn-in-seconds {config.params['burn_in_seconds']:g}" if config.params.get("burn_in_seconds") else ""
+    formats = f" --burn-in-formats {','.join(config.params['burn_in_formats'])}" \
+        if config.params.get("burn_in_formats") else ""
     share = f" --memory-share {config.params['memory_share']:g}" if "memory_share" in config.params else ""
     weights = f" --weights {shlex.quote(config.params['weights'])}" if config.params.get("weights") else ""
     return (f"chipaudit run --device {config.device} --level {config.level.value} --seed {config.seed}"
-            f"{only}{baseline}{burn}{share}{weights}")
+            f"{only}{baseline}{burn}{formats}{share}{weights}")
 
 
 def new_report(config: AuditConfig) -> Report:
