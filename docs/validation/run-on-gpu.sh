@@ -4,11 +4,16 @@
 # error (issue 13 asks for within 20x; the accelerator model was set from a recorded H200 run). Every step runs under its own time limit and the pass goes
 # on when one fails, so that a short hardware loan always returns whatever it measured.
 #
-# Usage: docs/validation/run-on-gpu.sh OUT_DIR [DEVICE]      (DEVICE defaults to cuda:0)
+# Usage: docs/validation/run-on-gpu.sh OUT_DIR [DEVICE] [PART]   (DEVICE defaults to cuda:0)
+# PART: all (default), audit (inventory, baseline, quick audit, bench, fp8 bound: about 9 minutes) or
+# load (burn-in efficiency and the red team's GPU subset: about 9 minutes), so that each part fits a
+# 10-minute command. The red team runs when REDTEAM (default ../shared/redteam) holds it.
 # Python packages chipaudit needs that the machine lacks can travel as wheels in .whl/ (see README.md).
 set -uo pipefail
 out=${1:?usage: run-on-gpu.sh OUT_DIR [DEVICE]}
 device=${2:-cuda:0}
+part=${3:-all}
+redteam=${REDTEAM:-../shared/redteam}
 mkdir -p "$out/nvml"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -30,6 +35,7 @@ step() {  # step NAME LIMIT_S COMMAND...: time one step, keep its exit code, nev
     nvidia-smi --query-gpu=name,uuid,driver_version,vbios_version,memory.total,clocks.max.sm,power.limit \
         --format=csv 2>&1 || true
     python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+    if [[ $part == all || $part == audit ]]; then
     step inventory 60 "${ca[@]}" inventory --device "$device" --json "$out/inventory.json" --record "$out/nvml"
     step baseline-create 60 "${ca[@]}" baseline create /tmp/chipaudit-baseline.json --device "$device" --force
     step baseline-diff 60 "${ca[@]}" baseline diff /tmp/chipaudit-baseline.json --json "$out/baseline-diff.json"
@@ -37,4 +43,18 @@ step() {  # step NAME LIMIT_S COMMAND...: time one step, keep its exit code, nev
         --db /tmp/chipaudit-history.sqlite3
     step bench 180 "${ca[@]}" bench --device "$device" --level standard --json "$out/bench.json"
     step fp8-bound 120 python3 benchmarks/bound_tightness.py --device "$device" --formats fp8_e4m3,fp16,bf16 --seeds 4
-} 2>&1 | tee "$out/log.txt"
+    fi
+    if [[ $part == all || $part == load ]]; then
+    # issue 14: the burn-in's verified throughput over the bench's peak, per format (bf16 should reach 0.90)
+    step burn-efficiency 240 python3 benchmarks/burn_efficiency.py --device "$device" --rounds 3
+    if [[ -f $redteam/run.py ]]; then
+        # The red team sets its own PYTHONPATH for the adversary; this wrapper adds chipaudit's to it.
+        printf '#!/bin/sh\nexport PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}%s"\nexec python3 -m chipaudit "$@"\n' \
+            "$PYTHONPATH" > /tmp/chipaudit-cli && chmod +x /tmp/chipaudit-cli
+        step redteam 330 python3 "$redteam/run.py" /tmp/chipaudit-cli \
+            --device "$device" --only clean,bitflip,tcp_phone_home,fp64_refusal --keep "$out/redteam"
+    else
+        echo "=== redteam: not run: no red team at $redteam (set REDTEAM)"
+    fi
+    fi
+} 2>&1 | tee "$out/log-$part.txt"
