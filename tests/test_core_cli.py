@@ -36,6 +36,7 @@ def test_exit_code_follows_the_verdict(tmp_path: Path, only: str, code: int, ver
     ["run", "--seed", "-3"],
     ["run", "--json", "/no/such/folder/r.json"],
     ["run", "--only", "no.such.check"],
+    ["run", "--burn-in-formats", "fp32,int8"],
     ["frobnicate"],
 ])
 def test_bad_input_is_one_line_exit_2_no_traceback(args: list[str]) -> None:
