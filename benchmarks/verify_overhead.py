@@ -3,16 +3,20 @@
 Verified means exactly what integrity.gemm does with a product too large to recompute, through the
 check's own functions in the check's order: operands drawn (gemm.draw_operands) and uploaded, the
 product timed as the check times it (gemm.product_on_device), then everything the host does once the
-device has answered (gemm.verify_result): read the result back, compute the operand norms, and check
-with Freivalds projections and secretly sampled rows. Each iteration times the product and its
-verification separately, so that noise from other processes on a shared machine hits both figures
-alike; the ratio is median(product) / (median(product) + median(verification)).
+device has answered (gemm.verify_result): read the result back and check it with Freivalds projections
+and secretly sampled rows, the operand norms included (nothing is prepared before the device answers:
+the passes over A and B that the projections make gather them, oracle/matmul._Pass). Each iteration
+times the product and its verification separately, so that noise from other processes on a shared
+machine hits both figures alike; the ratio is median(product) / (median(product) + median(verification)).
+The floor is one read of A, B and C per product. The load average before and after is printed, since
+other processes on the machine slow both figures.
 
 Last line: `verify_overhead_ratio: X`, the lower of the two ratios (1.0 = verification is free).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -48,4 +52,7 @@ def ratio(n: int) -> float:
 
 
 if __name__ == "__main__":
-    print(f"verify_overhead_ratio: {min(ratio(2048), ratio(4096)):.3f}")
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    worst = min(ratio(2048), ratio(4096))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"verify_overhead_ratio: {worst:.3f}")

@@ -181,6 +181,57 @@ def test_sampled_rows_report_the_real_row_index() -> None:
     assert v.worst["index"] == [0, 2, 7]
 
 
+def test_one_blocked_pass_gives_what_separate_passes_would() -> None:
+    """_Pass reads a matrix once in cache-sized blocks (several blocks, several chunks, a ragged last
+    block) and gives the projection, the row maxima and the column sums of squares of whole-matrix
+    float64 arithmetic; a float32 matrix is widened block by block, never copied whole."""
+    rng = np.random.default_rng(11)
+    x64 = rng.standard_normal((1000, 300))
+    left = rng.choice((-1.0, 1.0), size=(10, 1000))
+    for x in (x64, x64.astype(np.float32)):
+        wide = x.astype(np.float64)
+        for rows in (1, 2, 10):
+            p = oracle._Pass.over(x, left[:rows], row_max=True, col_sq=True)
+            assert np.allclose(p.projected, left[:rows] @ wide, rtol=1e-13, atol=1e-11)
+            assert np.array_equal(p.row_max, np.abs(wide).max(axis=1))
+            assert np.allclose(p.col_sq, (wide * wide).sum(axis=0), rtol=1e-5)
+    norms = oracle.OperandNorms.of(x64[None], x64[None].transpose(0, 2, 1))
+    assert np.array_equal(norms.a_row_max[0], np.abs(x64).max(axis=1))
+    assert np.allclose(norms.b_col_norm[0], np.sqrt((x64 * x64).sum(axis=1)), rtol=1e-13)
+
+
+def test_a_pass_does_not_depend_on_the_host_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks are summed apart and added in one order, so a finding replays bit for bit on any host."""
+    x = np.random.default_rng(12).standard_normal((1200, 1024)).astype(np.float32)
+    left = np.random.default_rng(13).choice((-1.0, 1.0), size=(2, 1200))
+    results = []
+    for threads in (1, 2, 4):
+        monkeypatch.setattr(oracle, "HOST_THREADS", threads)
+        p = oracle._Pass.over(x, left, col_sq=True)
+        results.append((p.projected.tobytes(), p.col_sq.tobytes()))
+    assert len(set(results)) == 1
+
+
+def test_half_precision_squares_do_not_overflow_and_inf_stays_inf() -> None:
+    """fp16 results are squared in float32 (60000**2 overflows fp16); an Inf in a column makes its norm
+    Inf, so that the column's projection fails."""
+    c = np.full((40, 8), 60000.0, dtype=np.float16)
+    assert np.allclose(oracle._Pass.over(c, col_sq=True).col_sq, 40 * 60000.0**2, rtol=1e-6)
+    c[3, 2] = np.inf
+    assert np.isinf(oracle._Pass.over(c, col_sq=True).col_sq[2])
+
+
+def test_given_norms_and_gathered_norms_judge_alike() -> None:
+    """The burn-in hands over norms computed when the operands were drawn; the gemm check lets the passes
+    gather them. Both give the same bound, so a corrupted column fails either way."""
+    a, b = operands(14, 256, 384, 200, "uniform_positive")
+    c = device_product(a, b)
+    c[0, 17, 33] *= 1 + 2.0**-8
+    for norms in (None, oracle.OperandNorms.of(a, b)):
+        projection, _ = oracle.verify_sampled(a, b, c, FP32, norms)
+        assert not projection.ok and projection.worst["index"] == [0, 33]
+
+
 def test_bf16_rounding_matches_torch() -> None:
     x = np.random.default_rng(7).standard_normal(10_000) * 1e3
     ours = FORMATS["bf16"].quantize(x)

@@ -17,7 +17,10 @@ were added after the product, so that the bound allows the roundings of the bare
 
 from __future__ import annotations
 
+import itertools
+import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +31,22 @@ from chipaudit.oracle.formats import NumberFormat
 
 PROJECTION_VECTORS = 2
 SAMPLED_ROWS = 8
-# Row blocks keep the float32 -> float64 widening of C inside the cache instead of a full copy.
-_ROW_BLOCK = 64
-# Column norms summed in the result's own precision (fp32: relative error below n * 2**-24) are scaled up
-# by this much so that they never understate the norm.
+# Bytes of float64 in one block of a pass over a matrix (_Pass): with the block's squares and its
+# widened copy it stays within a core's L2 cache (1 MiB on the AMD EPYC that measured this; 1-2 MiB on
+# current server CPUs), large enough that NumPy's per-call cost stays small beside the arithmetic.
+BLOCK_BYTES = 2**19
+# Fixed ranges of rows that a pass sums apart and adds in order (the sums never depend on the host);
+# host threads read them side by side, up to HOST_THREADS, never more than the cores this process may use.
+PASS_CHUNKS = 4
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+HOST_THREADS = min(PASS_CHUNKS, _CORES)
+# Below this many elements a pass is read by the calling thread alone: threads would cost more than they save.
+_THREADED_ELEMENTS = 2**20
+# Up to this many rows, a pass's projection goes row by row (_accumulate_product).
+GEMV_ROWS = PROJECTION_VECTORS
+# Column norms summed from float32 squares (relative error below rows * 2**-24, rows being at most the
+# rows of one block, which are then added in float64) are scaled up by this much so that they never
+# understate the norm.
 NORM_SAFETY = 1.01
 
 
@@ -129,10 +144,12 @@ def verify_exact(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> Verification:
 
 @dataclass
 class OperandNorms:
-    """Properties of the operands alone, computed once when they are drawn (OpenDCDiag's golden values up
-    front), so that checking a large product after the device answers costs as few passes as possible.
+    """Properties of the operands alone, which bound the root-sum-square of products by Cauchy-Schwarz:
+    s2_ij <= max_l|a_il| * ||b_:j||_2.
 
-    They bound the root-sum-square of products by Cauchy-Schwarz: s2_ij <= max_l|a_il| * ||b_:j||_2.
+    A caller that verifies many products of the same operands (the burn-in) computes them once, when the
+    operands are drawn (OpenDCDiag's golden values up front); `verify_sampled` otherwise gathers them in
+    the passes over A and B that its projections make anyway.
     """
 
     a_row_max: np.ndarray  # (batch, m)
@@ -140,7 +157,80 @@ class OperandNorms:
 
     @classmethod
     def of(cls, a: np.ndarray, b: np.ndarray) -> OperandNorms:
-        return cls(np.maximum(a.max(axis=2), -a.min(axis=2)), np.sqrt(np.einsum("bkn,bkn->bn", b, b)))
+        return cls(np.stack([_Pass.over(x, row_max=True).row_max for x in a]),
+                   np.stack([np.sqrt(_Pass.over(x, col_sq=True).col_sq) for x in b]))
+
+
+@dataclass
+class _Pass:
+    """What one read of a matrix x (rows, cols) gives: left @ x in float64, the largest |x| of each row,
+    and the sum of squares of each column (float64, over float32 squares of a narrower x).
+
+    The read goes by blocks of rows that stay in a core's cache while they are widened to float64,
+    projected and reduced, so that the memory holding x is read once and no float64 copy of it is
+    made. The blocks fall into PASS_CHUNKS fixed ranges of rows, each summed on its own and the ranges
+    added in order, so that the result is the same whatever the number of host threads that read them.
+    """
+
+    projected: np.ndarray | None = None
+    row_max: np.ndarray | None = None
+    col_sq: np.ndarray | None = None
+
+    @classmethod
+    def over(cls, x: np.ndarray, left: np.ndarray | None = None, row_max: bool = False,
+             col_sq: bool = False) -> _Pass:
+        rows = x.shape[0]
+        edges = np.linspace(0, rows, min(PASS_CHUNKS, rows) + 1)
+        spans = list(itertools.pairwise(int(e) for e in edges))
+        row_max_out = np.empty(rows) if row_max else None
+        if len(spans) == 1 or x.size < _THREADED_ELEMENTS:
+            parts = [_read(x, left, row_max_out, col_sq, r0, r1) for r0, r1 in spans]
+        else:
+            with ThreadPoolExecutor(min(HOST_THREADS, len(spans))) as pool:
+                parts = list(pool.map(lambda span: _read(x, left, row_max_out, col_sq, *span), spans))
+        out = cls(row_max=row_max_out)
+        if left is not None:
+            out.projected = sum(p[0] for p in parts[1:]) + parts[0][0]
+        if col_sq:
+            out.col_sq = sum(p[1] for p in parts[1:]) + parts[0][1]
+        return out
+
+
+def _read(x: np.ndarray, left: np.ndarray | None, row_max: np.ndarray | None, col_sq: bool,
+          r0: int, r1: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One chunk of rows [r0, r1) of a _Pass, block by block."""
+    cols = x.shape[1]
+    step = max(1, BLOCK_BYTES // (8 * cols))
+    projected = np.zeros((left.shape[0], cols)) if left is not None else None
+    squares = np.zeros(cols) if col_sq else None
+    wide = np.empty((step, cols)) if left is not None and x.dtype != np.float64 else None
+    # A narrow matrix is squared in float32, where its squares cannot overflow; float64 stays float64.
+    square_type = np.float64 if x.dtype == np.float64 else np.float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i0 in range(r0, r1, step):
+            i1 = min(i0 + step, r1)
+            block = x[i0:i1]
+            if projected is not None and left is not None:
+                if wide is not None:
+                    np.copyto(wide[: i1 - i0], block)
+                    block = wide[: i1 - i0]
+                _accumulate_product(projected, left[:, i0:i1], block)
+            if row_max is not None:
+                np.maximum(x[i0:i1].max(axis=1), -x[i0:i1].min(axis=1), out=row_max[i0:i1])
+            if squares is not None:
+                squares += np.einsum("ij,ij->j", x[i0:i1], x[i0:i1], dtype=square_type)
+    return projected, squares
+
+
+def _accumulate_product(out: np.ndarray, left: np.ndarray, block: np.ndarray) -> None:
+    """out += left @ block. A few rows of `left` go one by one as matrix-vector products, which read the
+    block where it lies; a matrix product first copies the whole block into panels, which costs more
+    (measured: 2.3 against 3.3 ms for two rows over a 2048^2 float64 matrix in 32-row blocks)."""
+    if left.shape[0] <= GEMV_ROWS:
+        for row, target in zip(left, out, strict=True):
+            target += row @ block
+    else:
+        out += left @ block
 
 
 def verify_sampled(
@@ -149,8 +239,11 @@ def verify_sampled(
 ) -> tuple[Verification, Verification]:
     """Freivalds projections and secretly sampled rows of a product too large to recompute.
 
-    Both are drawn from one fresh secret seed after the device answered, and both need a product with
-    B, so they share a single pass over it: [r^T A; A[rows]] @ B gives r^T (A B) and the sampled rows.
+    Both are drawn from one fresh secret seed after the device answered. Each of A, B and C is read
+    once (_Pass): A gives r^T A (and the operand norms' row maxima, unless `norms` came with the
+    operands), B gives [r^T A; A[rows]] @ B, that is r^T (A B) and the sampled rows (and B's column
+    norms), and C gives r^T C and C's column norms. Projections are summed in float64 so that the
+    oracle's own rounding stays far below the device's bound.
 
     Projection (column-wise): r^T C against (r^T A) B. Its bound per column j is the root-sum-square of
     the element bounds over the column, bounded by the triangle inequality as
@@ -159,7 +252,6 @@ def verify_sampled(
     product's column. Rows: every element of the sampled rows against its own bound, with s2 bounded by
     Cauchy-Schwarz (OperandNorms).
     """
-    norms = norms or OperandNorms.of(a, b)
     seed = secrets.randbits(63)
     rng = np.random.default_rng(seed)
     nb, m, k = a.shape
@@ -172,20 +264,22 @@ def verify_sampled(
     proj_bound = np.empty((nb, 1, n))
     picks = [np.sort(rng.choice(m, size=min(rows, m), replace=False)) for _ in range(nb)]
     expected = np.empty((nb, len(picks[0]), n))
+    gathered = norms or OperandNorms(np.empty((nb, m)), np.empty((nb, n)))
     for bi in range(nb):
-        r = rng.choice((-1.0, 1.0), size=(m, PROJECTION_VECTORS))
-        both = np.vstack([r.T @ a[bi], a[bi, picks[bi]]]) @ b[bi]
-        rhs[bi], expected[bi] = both[:PROJECTION_VECTORS], both[PROJECTION_VECTORS:]
-        lhs[bi] = sum(r[r0 : r0 + _ROW_BLOCK].T @ c[bi, r0 : r0 + _ROW_BLOCK].astype(np.float64)
-                      for r0 in range(0, m, _ROW_BLOCK))
-        # Column norms only scale the bound, so float32 is plenty for them (a half-precision result's
-        # squares would overflow its own format); a norm that overflows float32 becomes Inf, and its
-        # column then fails below as it should.
-        cb = c[bi] if c.dtype.itemsize >= 4 else c[bi].astype(np.float32)
-        with np.errstate(over="ignore", invalid="ignore"):
-            c_norm = np.sqrt(np.einsum("ij,ij->j", cb, cb).astype(np.float64)) * NORM_SAFETY
-        a_max_norm = float(np.sqrt(np.dot(norms.a_row_max[bi], norms.a_row_max[bi])))
-        proj_bound[bi, 0] = alpha * c_norm + beta * a_max_norm * norms.b_col_norm[bi] + floor * np.sqrt(m)
+        rt = rng.choice((-1.0, 1.0), size=(m, PROJECTION_VECTORS)).T.copy()
+        over_a = _Pass.over(a[bi], rt, row_max=norms is None)
+        over_b = _Pass.over(b[bi], np.vstack([over_a.projected, a[bi, picks[bi]]]), col_sq=norms is None)
+        if norms is None:
+            gathered.a_row_max[bi], gathered.b_col_norm[bi] = over_a.row_max, np.sqrt(over_b.col_sq)
+        assert over_b.projected is not None
+        rhs[bi], expected[bi] = over_b.projected[:PROJECTION_VECTORS], over_b.projected[PROJECTION_VECTORS:]
+        over_c = _Pass.over(c[bi], rt, col_sq=True)
+        lhs[bi] = over_c.projected
+        # Column norms only scale the bound; summed from float32 squares they are scaled up by
+        # NORM_SAFETY, and one that overflows becomes Inf, whose column then fails below as it should.
+        c_norm = np.sqrt(over_c.col_sq) * NORM_SAFETY
+        a_max_norm = float(np.sqrt(np.dot(gathered.a_row_max[bi], gathered.a_row_max[bi])))
+        proj_bound[bi, 0] = alpha * c_norm + beta * a_max_norm * gathered.b_col_norm[bi] + floor * np.sqrt(m)
         if epilogue is not None:
             proj_bound[bi, 0] += staged_bound(fmt, epilogue.bare_column_norms(a[bi], b[bi], c_norm))
     # A column holding Inf would get an infinite bound; NaN makes the comparison fail as it must.
@@ -194,7 +288,7 @@ def verify_sampled(
     projection = _compare("projection", lhs, rhs, proj_bound, lambda idx: (idx[0], idx[2]))
 
     batch = np.arange(nb)[:, None]
-    s2 = norms.a_row_max[batch, picks][:, :, None] * norms.b_col_norm[:, None, :]
+    s2 = gathered.a_row_max[batch, picks][:, :, None] * gathered.b_col_norm[:, None, :]
     row_bound = tolerance.element_bound(fmt, k, np.abs(expected), s2)
     if epilogue is not None:
         row_bound = row_bound + staged_bound(fmt, epilogue.bare(a[batch, picks], b, expected))
