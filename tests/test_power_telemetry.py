@@ -186,3 +186,30 @@ def test_an_unknown_device_kind_is_not_available() -> None:
         pass
     assert not recorder.recording.status.ran
     assert "no management library for xpu" in recorder.recording.detail
+
+
+def _burn_in_with(monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, Any]]) -> Any:
+    """A short CPU burn-in whose device telemetry is NVML answering from `rows`, one row per reading."""
+    from chipaudit.checks.base import CheckContext
+    from chipaudit.checks.integrity import burnin
+    from chipaudit.report.model import Level
+
+    monkeypatch.setattr(burnin, "SIZES", (128,))
+    monkeypatch.setattr(burnin, "SETTLE_S", 0.0)
+    monkeypatch.setattr(power, "PERIOD_S", 0.05)
+    monkeypatch.setattr(power, "RAMP_S", 0.05)
+    monkeypatch.setattr(power, "open_source", lambda device: (
+        VendorSource("nvml", _SeriesReader(rows), 0, nvml.load_reading, nvml.load_ceilings), "NVML (recorded)"))
+    return burnin.BurnInCheck().run(CheckContext(device="cpu", level=Level.quick, seed=3,
+                                                 params={"burn_in_seconds": 1.5}))
+
+
+def test_the_burn_in_reports_its_telemetry_and_a_hidden_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    healthy = _fixture("h200_fp32_burnin")["telemetry"]
+    out = _burn_in_with(monkeypatch, healthy)
+    assert not [f for f in out.findings if "hidden cap" in f.title]
+    assert out.measurements["power"]["source"] == "nvml" and len(out.measurements["telemetry"]) >= 10
+    assert out.measurements["power"]["hidden_cap_rule"].startswith("no cap")
+    capped = [{**r, "compute_clock_mhz": 1100.0} if r["t_s"] else r for r in healthy]
+    out = _burn_in_with(monkeypatch, capped)
+    assert [f.severity for f in out.findings if "possible hidden cap" in f.title] == [Severity.medium]

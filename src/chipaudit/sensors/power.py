@@ -263,10 +263,10 @@ class PowerRecorder:
     """Readings in a background thread while the caller loads the device: `with PowerRecorder(device) as r:`,
     then `r.recording`. Times count from the start, as the burn-in's throughput windows do."""
 
-    def __init__(self, device: str, period_s: float = PERIOD_S, source: Source | None = None):
-        self.period_s = period_s
+    def __init__(self, device: str, period_s: float | None = None, source: Source | None = None):
+        self.period_s = period_s or PERIOD_S
         self.source, detail = (source, f"{source.name} readings") if source is not None else open_source(device)
-        self.recording = Recording(self.source.name if self.source else None, detail, period_s)
+        self.recording = Recording(self.source.name if self.source else None, detail, self.period_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start = 0.0

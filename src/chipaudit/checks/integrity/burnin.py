@@ -78,6 +78,7 @@ from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.oracle.matmul import OperandNorms, Verification
 from chipaudit.perf import timing
 from chipaudit.report.model import Category, Level, Severity
+from chipaudit.sensors import power
 from chipaudit.stats import median
 
 BURN_SECONDS: dict[Level, float] = {Level.quick: 10.0, Level.standard: 60.0, Level.deep: 600.0}
@@ -275,7 +276,8 @@ class BurnInCheck(Check):
             seconds = self.seconds(ctx.level, ctx.params)
             ctx.progress(0, int(seconds), "letting the device rest before the burn")
             time.sleep(SETTLE_S)
-            elapsed = burn(ctx, pool, fmt, n, seconds, state)
+            with power.PowerRecorder(ctx.device) as recorder:
+                elapsed = burn(ctx, pool, fmt, n, seconds, state)
         self._findings(ctx, fmt, n, state, out)
         rates = [w.macs_per_s for w in state.windows]
         out.coverage = {
@@ -305,6 +307,10 @@ class BurnInCheck(Check):
             "min_macs_per_s": min(rates, default=0.0),
             "max_macs_per_s": max(rates, default=0.0),
         }
+        out.measurements.update(recorder.recording.measurements())
+        out.coverage["limits"] = [*out.coverage.get("limits", []), *recorder.recording.limits()]
+        if (cap := power.judge_hidden_cap(recorder.recording)) is not None:
+            out.findings.append(self.finding(cap[0], cap[1], cap[2], **cap[3]))
         return out
 
     def _pool(self, ctx: CheckContext, fmt: NumberFormat, n: int) -> tuple[list[Pair], Any]:
