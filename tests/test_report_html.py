@@ -126,3 +126,29 @@ def test_any_measurements_render_without_error(measurements: dict[str, object]) 
     for plot in plots.plots_for(report.checks[0]):
         assert plots.to_svg(plot).endswith("</svg>")
     assert html.to_html(report).endswith("</html>\n")
+
+
+def test_burn_in_telemetry_plots_beside_its_throughput_and_chromium_draws_it(tmp_path: Path) -> None:
+    telemetry = json.loads((Path(__file__).parent / "fixtures/telemetry/h200_bf16_power_capped.json").read_text())
+    windows = [float(t) for t in range(1, 11)]
+    burn_in = CheckResult(id="integrity.burnin", category=Category.integrity, status=Status.passed, measurements={
+        "throughput_curve": {"t_s": windows, "macs_per_s": [3.1e14 + 1e12 * (i % 3) for i in range(10)]},
+        **telemetry})
+    found = plots.plots_for(burn_in)
+    assert [p.title for p in found] == [
+        "throughput_curve: macs_per_s", "telemetry: power_w, power_limit_w",
+        "telemetry: compute_clock_mhz, memory_clock_mhz", "telemetry: temperature_c"]
+    assert all(p.x_label == "t_s" for p in found)  # one time axis: seconds since the burn began
+    power = found[1]
+    assert set(power.lines) == {"power_w", "power_limit_w"} and power.lines["power_limit_w"][0] == (0.0, 700.0)
+    assert {name for _, _, name in power.spans} == {"gpu_idle", "sw_power_cap"}
+    assert power.spans[0] == (0.0, 0.25, "gpu_idle")
+    svg = plots.to_svg(power)
+    assert svg.count("fill-opacity") >= 8 and "sw_power_cap: " in svg and ">sw_power_cap</text>" in svg
+    report = synthetic_report()
+    report.add(burn_in, [])
+    html.write(report, tmp_path / "telemetry.html")
+    page = (tmp_path / "telemetry.html").read_text()
+    assert "telemetry: power_w, power_limit_w" in text_of(page)
+    assert_loads_nothing(page)
+    check_rendering(tmp_path / "telemetry.html", "pass", tmp_path)

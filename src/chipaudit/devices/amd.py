@@ -21,6 +21,8 @@ THROTTLE_FLAGS = {
     "active_socket_thrm": "socket_thermal", "active_vr_thrm": "voltage_regulator_thermal",
     "active_hbm_thrm": "hbm_thermal",
 }
+# amdsmi_get_power_info's socket power, in watts, newest binding's name first.
+POWER_FIELDS = ("socket_power", "current_socket_power", "average_socket_power")
 # amdsmi reports a value it cannot read as this string (amdsmi_interface._validate_if_max_uint).
 NOT_AVAILABLE = "N/A"
 
@@ -53,6 +55,46 @@ def _scaled(value: Any, divisor: int) -> float | None:
     return value / divisor if isinstance(value, int | float) else None
 
 
+def _clocks(f: Fields) -> dict[str, dict[str, Any]]:
+    return {name: f.get(f"clock_{name}", "amdsmi_get_clock_info", clock) or {} for name, clock in CLOCKS.items()}
+
+
+def throttle_names(violations: Any) -> list[str] | None:
+    """The limiters active now, from amdsmi_get_violation_status; None when it was not read."""
+    return None if not isinstance(violations, dict) else [
+        name for key, name in THROTTLE_FLAGS.items() if violations.get(key) is True]
+
+
+def load_reading(reader: Reader, index: int) -> dict[str, Any]:
+    """One reading under load (sensors/power.py): socket power and the power cap, the graphics and memory
+    clocks, the hotspot temperature and the active limiters; a field amdsmi will not give is None.
+
+    Socket power is in watts: `socket_power` (ROCm 7), else `current_socket_power` (MI300 and newer),
+    else `average_socket_power` (older parts), the first one known."""
+    f = Fields(reader, index)
+    power = f.get("power", "amdsmi_get_power_info") or {}
+    cap = f.get("power_cap", "amdsmi_get_power_cap_info") or {}
+    watts = next((_known(power.get(k)) for k in POWER_FIELDS if _known(power.get(k)) is not None), None)
+    clocks = _clocks(f)
+    return {
+        "power_w": watts if isinstance(watts, int | float) else None,
+        "power_limit_w": _scaled(cap.get("power_cap"), MICROWATTS_PER_WATT),
+        "compute_clock_mhz": _known(clocks["graphics"].get("clk")),
+        "memory_clock_mhz": _known(clocks["memory"].get("clk")),
+        "temperature_c": _known(f.get("temperature", "amdsmi_get_temp_metric", "AmdSmiTemperatureType.HOTSPOT",
+                                      "AmdSmiTemperatureMetric.CURRENT")),
+        "reasons": throttle_names(f.get("violation_status", "amdsmi_get_violation_status")),
+    }
+
+
+def load_ceilings(reader: Reader, index: int) -> dict[str, Any]:
+    """The clocks the device may reach: amdsmi's maximum graphics and memory clocks."""
+    f = Fields(reader, index)
+    clocks = _clocks(f)
+    return {"max_compute_clock_mhz": _known(clocks["graphics"].get("max_clk")),
+            "max_memory_clock_mhz": _known(clocks["memory"].get("max_clk"))}
+
+
 def collect(reader: Reader) -> dict[str, Any]:
     system = Fields(reader)
     version = system.get("library_version", "amdsmi_get_lib_version")
@@ -78,7 +120,7 @@ def _device(reader: Reader, index: int) -> dict[str, Any]:
     bad_pages = f.get("bad_pages", "amdsmi_get_gpu_bad_page_info")
     violations = f.get("violation_status", "amdsmi_get_violation_status")
     virtualization = f.get("virtualization", "amdsmi_get_gpu_virtualization_mode")
-    clocks = {name: f.get(f"clock_{name}", "amdsmi_get_clock_info", clock) or {} for name, clock in CLOCKS.items()}
+    clocks = _clocks(f)
     speed, max_speed = _known(metric.get("pcie_speed")), _known(link.get("max_pcie_speed"))
     return {
         "index": index,
@@ -135,7 +177,6 @@ def _device(reader: Reader, index: int) -> dict[str, Any]:
         "virtualization": virtualization.get("mode") if isinstance(virtualization, dict) else None,
         # amdsmi has no confidential-computing query; say so rather than guess.
         "confidential_computing": None,
-        "throttle_reasons": None if not isinstance(violations, dict) else
-        [name for key, name in THROTTLE_FLAGS.items() if violations.get(key) is True],
+        "throttle_reasons": throttle_names(violations),
         "unavailable": f.unavailable,
     }

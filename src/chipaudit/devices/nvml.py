@@ -59,6 +59,35 @@ def _watts(milliwatts: Any) -> float | None:
     return milliwatts / MILLIWATTS_PER_WATT if isinstance(milliwatts, int | float) else None
 
 
+def reason_names(mask: Any) -> list[str] | None:
+    """The clock-event reasons set in an NVML bit mask; None when the mask was not read."""
+    return None if not isinstance(mask, int) else [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]
+
+
+def load_reading(reader: Reader, index: int) -> dict[str, Any]:
+    """One reading under load (sensors/power.py): power drawn and the limit enforced now, the SM and memory
+    clocks, the GPU's temperature and the clock-event reasons; a field NVML will not give is None.
+
+    NVML averages the power over one second on Ampere and newer (except GA100), so a reading lags the
+    load by up to a second (NVML API reference, nvmlDeviceGetPowerUsage)."""
+    f = Fields(reader, index)
+    return {
+        "power_w": _watts(f.get("power_draw", "nvmlDeviceGetPowerUsage")),
+        "power_limit_w": _watts(f.get("power_enforced_limit", "nvmlDeviceGetEnforcedPowerLimit")),
+        "compute_clock_mhz": f.get("clock_sm", "nvmlDeviceGetClockInfo", CLOCKS["sm"]),
+        "memory_clock_mhz": f.get("clock_memory", "nvmlDeviceGetClockInfo", CLOCKS["memory"]),
+        "temperature_c": f.get("temperature", "nvmlDeviceGetTemperature", "NVML_TEMPERATURE_GPU"),
+        "reasons": reason_names(f.get("throttle_reasons", "nvmlDeviceGetCurrentClocksEventReasons")),
+    }
+
+
+def load_ceilings(reader: Reader, index: int) -> dict[str, Any]:
+    """The clocks the device may reach: NVML's maximum SM and memory clocks (boost included)."""
+    f = Fields(reader, index)
+    return {"max_compute_clock_mhz": f.get("max_clock_sm", "nvmlDeviceGetMaxClockInfo", CLOCKS["sm"]),
+            "max_memory_clock_mhz": f.get("max_clock_memory", "nvmlDeviceGetMaxClockInfo", CLOCKS["memory"])}
+
+
 def _cuda_version(encoded: Any) -> str | None:
     """NVML encodes the CUDA driver API version as 1000 * major + 10 * minor."""
     return f"{encoded // 1000}.{encoded % 1000 // 10}" if isinstance(encoded, int) else None
@@ -154,8 +183,7 @@ def _device(reader: Reader, index: int, driver: dict[str, Any], cc: dict[str, st
             (remapped[0], remapped[1], bool(remapped[2]), bool(remapped[3])), strict=True)),
         "partitioning": {"mig": _pair(f.get("mig_mode", "nvmlDeviceGetMigMode"), ENABLED)},
         "confidential_computing": cc,
-        "throttle_reasons": None if not isinstance(reasons, int) else
-        [name for bit, name in CLOCK_EVENT_REASONS.items() if reasons & bit],
+        "throttle_reasons": reason_names(reasons),
         "persistence_mode": ENABLED.get(f.get("persistence_mode", "nvmlDeviceGetPersistenceMode")),
         "compute_mode": COMPUTE_MODES.get(f.get("compute_mode", "nvmlDeviceGetComputeMode")),
         "unavailable": f.unavailable,

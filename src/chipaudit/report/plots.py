@@ -4,7 +4,9 @@ No check has to know about plotting: any measurement shaped like a series become
 - a list of numbers: a line over its index (throughput over a burn-in);
 - a dict from numbers to numbers ({"0": 0.1, "1": 0.4, ...}): a line over those numbers (per-bit curves);
 - a dict of lists of numbers: several lines on one plot (a differential probe's baseline vs perturbed);
-- a list of records with numeric fields: one line per field over the first of X_KEYS they share;
+- a list of records with numeric fields: one line per field over the first of X_KEYS they share, fields
+  in one of SHARED_UNITS on one plot (a device's power and its limit, its two clocks), and fields that
+  hold lists of names (a device's throttle reasons) shaded as spans on each of those plots;
 - a dict of named numbers, one level down: bars (throughput per format, efficiency against spec).
 Anything else is left to the tables. Long series are reduced to the minimum and maximum of each of
 MAX_POINTS/2 buckets, so a short dip in a long run still shows.
@@ -23,9 +25,18 @@ from chipaudit.report.templating import render_macro
 X_KEYS = ("t", "t_s", "time_s", "elapsed_s", "seconds", "step", "iteration", "round", "minute", "bit",
           "index", "x", "size", "n", "k")
 MAX_POINTS = 400
-MAX_PLOTS_PER_CHECK = 8
+# A CPU burn-in's throughput table alone gives seven, its device telemetry two more.
+MAX_PLOTS_PER_CHECK = 12
 MAX_SERIES = 8
 MAX_BARS = 40
+# Fields of records measured in one of these units (by their name's suffix) share a plot: watts, MHz, °C.
+SHARED_UNITS = ("_w", "_mhz", "_c")
+# Spans (named states over a stretch of x) are drawn this opaque, under the lines.
+SPAN_OPACITY = 0.22
+MAX_SPAN_NAMES = 6
+# Spans take the palette from here on, whatever the lines take, so a name has one colour on every plot of
+# a check (its telemetry's plots share one list of spans).
+SPAN_COLOURS_FROM = 3
 # Okabe & Ito (2008), a palette that colour-blind readers can tell apart.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 # Beyond these magnitudes a value is no measurement, and axis arithmetic would overflow or underflow.
@@ -46,6 +57,8 @@ class Plot:
     bars: list[tuple[str, float]] = field(default_factory=list)
     # One colour per bar where the bars are kinds of things (outcomes), not one quantity.
     colours: list[str] = field(default_factory=list)
+    # (x from, x to, name): a state that held over that stretch, such as a throttle reason.
+    spans: list[tuple[float, float, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +80,14 @@ class Bar:
 
 
 @dataclass
+class Span:
+    x: float
+    width: float
+    colour: str
+    tip: str
+
+
+@dataclass
 class Drawing:
     """A plot laid out in SVG pixels; plot.svg.j2 only draws it, so every string is escaped once, there."""
 
@@ -78,6 +99,9 @@ class Drawing:
     slanted: bool = False
     lines: list[Line] = field(default_factory=list)
     bars: list[Bar] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    span_names: list[tuple[str, str]] = field(default_factory=list)  # (name, colour), for the legend
+    span_opacity: float = SPAN_OPACITY
     width: int = WIDTH
     height: int = HEIGHT
     left: int = LEFT
@@ -110,15 +134,38 @@ def _indexed(values: list[float | None]) -> list[tuple[float, float]]:
 def _record_plots(check: str, name: str, records: list[Any]) -> list[Plot]:
     if len(records) < 2 or not all(isinstance(r, dict) for r in records):
         return []
-    shared = set.intersection(*(set(k for k, v in r.items() if _num(v) is not None) for r in records))
-    if not shared:
-        return []
-    x_key = next((k for k in X_KEYS if k in shared), None)
-    plots = []
-    for y_key in sorted(shared - {x_key}):
-        points = [(float(r[x_key]) if x_key else float(i), float(r[y_key])) for i, r in enumerate(records)]
-        plots.append(Plot(check, _title(name, y_key), x_key or "index", {y_key: points}))
-    return plots
+    everywhere = set.intersection(*(set(k for k, v in r.items() if _num(v) is not None) for r in records))
+    x_key = next((k for k in X_KEYS if k in everywhere), None)
+    numeric = [k for k in dict.fromkeys(k for r in records for k in r)
+               if k != x_key and sum(_num(r.get(k)) is not None for r in records) >= 2]
+    xs = [float(r[x_key]) if x_key else float(i) for i, r in enumerate(records)]
+    spans = _spans(records, xs)
+    groups: dict[str, list[str]] = {}
+    for key in numeric:
+        groups.setdefault(next((u for u in SHARED_UNITS if key.endswith(u)), key), []).append(key)
+    return [Plot(check, _title(name, ", ".join(keys)), x_key or "index",
+                 {k: [(x, float(r[k])) for x, r in zip(xs, records, strict=True) if _num(r.get(k)) is not None]
+                  for k in keys}, spans=spans)
+            for keys in groups.values()]
+
+
+def _spans(records: list[dict[str, Any]], xs: list[float]) -> list[tuple[float, float, str]]:
+    """Stretches over which a record's list of names held a name: from a record that names it to the next
+    record's x."""
+    fields = [k for k in dict.fromkeys(k for r in records for k in r)
+              if any(isinstance(r.get(k), list) and r[k] and all(isinstance(v, str) for v in r[k]) for r in records)]
+    spans: list[tuple[float, float, str]] = []
+    open_at: dict[str, int] = {}  # a name's span that reaches the current record
+    for i, r in enumerate(records):
+        end = xs[i + 1] if i + 1 < len(xs) else xs[i]
+        names = {n for key in fields if isinstance(r.get(key), list) for n in r[key] if isinstance(n, str)}
+        for n in sorted(names):
+            if n in open_at and spans[open_at[n]][1] == xs[i]:
+                spans[open_at[n]] = (spans[open_at[n]][0], end, n)  # the same state goes on
+            elif end > xs[i]:
+                open_at[n] = len(spans)
+                spans.append((xs[i], end, n))
+    return spans
 
 
 def _numeric_key(key: str) -> float | None:
@@ -248,6 +295,13 @@ def _line_drawing(plot: Plot) -> Drawing:
 
     shown = [t for t in x_ticks if t <= x_high]
     drawing = _drawing(plot, y_ticks, y_of, [(x_of(t), label) for t, label in zip(shown, _labels(shown), strict=True)])
+    names = list(dict.fromkeys(n for _, _, n in plot.spans))[:MAX_SPAN_NAMES]
+    colour = {n: PALETTE[(SPAN_COLOURS_FROM + i) % len(PALETTE)] for i, n in enumerate(names)}
+    drawing.span_names = [(n, colour[n]) for n in names]
+    for start, end, n in plot.spans[:MAX_POINTS]:  # a hostile report's flicker stays a bounded drawing
+        if n in colour and end > x_low and start < x_high:
+            left, right = x_of(max(start, x_low)), x_of(min(end, x_high))
+            drawing.spans.append(Span(left, right - left, colour[n], f"{n}: {short(start)} to {short(end)}"))
     for i, (name, points) in enumerate(series.items()):
         # Dots (each with its value on hover) only where they stay apart.
         dots = [(x_of(x), y_of(y), f"{name}: {short(x)} → {y:.6g}") for x, y in points] if len(points) <= 40 else []

@@ -43,7 +43,7 @@ class Reading:
         return {k: v for k, v in self.__dict__.items() if v not in (None, [])}
 
 
-def _nvml(device: str) -> tuple[Reader | None, int, str]:
+def open_nvml(device: str) -> tuple[Reader | None, int, str]:
     from chipaudit.devices import nvml
 
     index = int(device.split(":", 1)[1]) if ":" in device else 0
@@ -68,14 +68,14 @@ class Telemetry:
             import torch
 
             if torch.version.cuda:
-                self.reader, self.index, why = _nvml(device)
+                self.reader, self.index, why = open_nvml(device)
             else:
                 why = "a ROCm device: clock and temperature readings through amdsmi are not wired up"
         if self.reader is not None:
             self.status = SensorStatus("device_telemetry", True, "NVML clock-event reasons, GPU temperature and "
                                        "SM clock")
         elif device.startswith("cpu"):
-            temps, freq = bool(_cpu_temperature() is not None), bool(_cpu_clock() is not None)
+            temps, freq = bool(cpu_temperature() is not None), bool(cpu_clock() is not None)
             what = [w for w, ok in (("temperature", temps), ("clock frequency", freq)) if ok]
             self.status = SensorStatus("device_telemetry", bool(what),
                                        f"CPU {' and '.join(what)} (psutil)" if what else
@@ -92,7 +92,7 @@ class Telemetry:
             r.temperature_c = self._nvml_value("nvmlDeviceGetTemperature", "NVML_TEMPERATURE_GPU")
             r.clock_mhz = self._nvml_value("nvmlDeviceGetClockInfo", "NVML_CLOCK_SM")
         elif self.device.startswith("cpu"):
-            r.temperature_c, r.clock_mhz = _cpu_temperature(), _cpu_clock()
+            r.temperature_c, r.clock_mhz = cpu_temperature(), cpu_clock()
         r.foreign_cores = self._foreign(r.t)
         self.readings.append(r)
         return r
@@ -105,14 +105,14 @@ class Telemetry:
         return None
 
     def _nvml_reasons(self) -> list[str]:
-        from chipaudit.devices.nvml import CLOCK_EVENT_REASONS
+        from chipaudit.devices.nvml import reason_names
 
         assert self.reader is not None
         try:
             mask = self.reader.read("nvmlDeviceGetCurrentClocksEventReasons", device=self.index)
         except ReadError:
             return []
-        return [name for bit, name in CLOCK_EVENT_REASONS.items() if isinstance(mask, int) and mask & bit]
+        return reason_names(mask) or []
 
     def _foreign(self, now: float) -> float | None:
         times = psutil.cpu_times()
@@ -134,15 +134,16 @@ class Telemetry:
                 close()
 
 
-def _cpu_temperature() -> float | None:
+def cpu_temperature() -> float | None:
     with contextlib.suppress(AttributeError, OSError):
         temps = [t.current for sensors in psutil.sensors_temperatures().values() for t in sensors if t.current]
         return max(temps) if temps else None
     return None
 
 
-def _cpu_clock() -> float | None:
+def cpu_clock(field: str = "current") -> float | None:
+    """psutil's CPU frequency in MHz: `current`, or `max` (the highest the platform lists)."""
     with contextlib.suppress(AttributeError, OSError, NotImplementedError):
-        freq = psutil.cpu_freq()
-        return float(freq.current) if freq and freq.current else None
+        value = getattr(psutil.cpu_freq(), field, None)
+        return float(value) if value else None
     return None

@@ -90,6 +90,7 @@ from chipaudit.oracle.formats import FORMATS, NumberFormat
 from chipaudit.oracle.matmul import OperandNorms, Verification
 from chipaudit.perf import specs, timing
 from chipaudit.report.model import Category, Finding, Level, Severity
+from chipaudit.sensors import power
 from chipaudit.stats import median
 
 BURN_SECONDS: dict[Level, float] = {Level.quick: 10.0, Level.standard: 60.0, Level.deep: 600.0}
@@ -194,14 +195,19 @@ class BurnInCheck(Check):
             seconds = self.seconds(ctx.level, ctx.params)
             ctx.progress(0, int(seconds), "letting the device rest before the burn")
             time.sleep(SETTLE_S)
-            elapsed = burn(ctx, lanes, seconds)
+            with power.PowerRecorder(ctx.device) as recorder:  # its seconds count from the burn's start
+                elapsed = burn(ctx, lanes, seconds)
         for lane in lanes:
             self._findings(ctx, lane, out)
         throttle = judge_throughput(lane_relative(lanes), torch.device(ctx.device).type == "cpu")
         if throttle is not None:
             severity, title, detail, evidence = throttle
             out.findings.append(self.finding(severity, title, detail, **evidence))
+        if (cap := power.judge_hidden_cap(recorder.recording)) is not None:
+            out.findings.append(self.finding(cap[0], cap[1], cap[2], **cap[3]))
         self._report(ctx, lanes, seconds, elapsed, out)
+        out.measurements.update(recorder.recording.measurements())
+        out.coverage["limits"] = recorder.recording.limits()
         return out
 
     def _lanes(self, ctx: CheckContext, out: Outcome) -> list[BurnState]:
