@@ -54,6 +54,11 @@ CPU's fall that the host control shares while other processes loaded the host.
 Warning (low): results that differ in their bits but stay within the bound.
 
 A throughput trend spans formats: each window's rate is taken relative to its format's starting rate.
+Power draw (as a share of the enforced limit), compute and memory clocks, temperature and throttle
+reasons are recorded through the burn (sensors/power.py: NVML, amdsmi, psutil on a CPU) and drawn beside
+the throughput curve. Fail (medium): a device that under the burn's load holds its clocks below their
+floors while drawing under 90 % of its power limit and naming no reason (a possible hidden cap); where the
+device names no reasons at all, the rule is not judged and the limits say so.
 
 Cannot see: faults that need longer than the run (deep runs 10 minutes; set burn_in_seconds for
 longer); corruption of inputs other than the pairs drawn (a device that caches results for repeated
