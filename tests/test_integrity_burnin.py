@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 import torch
@@ -343,3 +344,41 @@ def test_results_the_device_finds_different_are_handed_back_alive() -> None:
     comparisons.submit(other, golden, overlap.host_array(golden).copy(), "other", host_check=False)
     comparisons.close()
     assert seen == [("other", 7.0)] and comparisons.disagreements == []
+
+
+class _QueuedDevice:
+    """A device module whose events complete only when the host asks them to wait (as a busy accelerator's
+    do): the comparisons' flags travel through the host buffer and are read a few products behind."""
+
+    class Event:
+        waited: ClassVar[list[int]] = []
+
+        def record(self, stream: object = None) -> None:
+            self.done = False
+
+        def query(self) -> bool:
+            return self.done
+
+        def synchronize(self) -> None:
+            self.done = True
+            _QueuedDevice.Event.waited.append(1)
+
+    Stream = object
+    stream = None
+
+
+def test_comparisons_in_flight_are_read_a_few_products_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    golden = torch.randn(16, 16)
+    seen: list[object] = []
+    comparisons = overlap.Comparisons("cpu", lambda tag, c: seen.append((tag, float(c[2, 2]))))
+    comparisons.cpu, comparisons._module = False, _QueuedDevice  # an accelerator's path, on host tensors
+    bits = overlap.host_array(golden).copy()
+    for i in range(10):
+        c = golden.clone()
+        if i == 3:
+            c[2, 2] = 9.0
+        comparisons.submit(c, golden, bits, i, host_check=False)
+        assert comparisons.completed == max(0, i + 1 - overlap.IN_FLIGHT)  # nothing read before it must be
+    assert seen == [(3, 9.0)]  # handed back alive although read later
+    comparisons.close()
+    assert comparisons.completed == 10 and len(_QueuedDevice.Event.waited) == 10

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from chipaudit.checks.integrity import throttle
+from chipaudit.checks.integrity.throttle import QUIET_CORES
 
 # Other processes, for the given seconds: large copies and adds (64 MiB, beyond the last-level cache) and
 # products in the host's BLAS, the traffic and cache thrashing that slowed the clean report's burn-in.
@@ -86,7 +86,7 @@ def test_a_throttle_is_caught_on_a_quiet_or_loaded_host(busy: bool, hammers: int
     result = burn(throttle, hammers, 0.0)
     medium = [f for f in result["findings"] if f[0] == "medium"]
     assert len(medium) <= 1 and all("fell" in f[1] or "slowed" in f[1] for f in medium), result
-    if max(result["curve"]["other_cores"]) < throttle.QUIET_CORES or medium:
+    if max(result["curve"]["other_cores"]) < QUIET_CORES or medium:
         assert len(medium) == 1, result
     else:
         pytest.skip(f"a loaded host (other processes' cores {result['curve']['other_cores']}) explained the "
