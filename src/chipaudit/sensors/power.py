@@ -68,7 +68,7 @@ MEMORY_CLOCK_FLOOR = 0.6
 # NVML's power is a one-second average, so a reading at the limit may lag the power-cap reason.
 POWER_CEILING_SHARE = 0.90
 # Held down in at least this share of the judged readings: sustained, as the burn-in's own throughput
-# rule asks of its last third (burnin.SUSTAINED_QUANTILE); a few low readings are moments, not a cap.
+# rule asks of its last third (throttle.SUSTAINED_QUANTILE); a few low readings are moments, not a cap.
 HELD_SHARE = 0.75
 # Reasons that say the device had no work, not that it was held: a reading with one is not judged.
 IDLE_REASONS = frozenset({"gpu_idle"})
