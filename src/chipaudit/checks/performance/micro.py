@@ -77,18 +77,19 @@ PRODUCT_SHARE = 1 / 20
 # compute units (wave quantisation), the length of K against each tile's fixed cost, and the power a
 # shape draws move the rate by 10-20 %. Stas Bekman's Maximum Achievable Matmul FLOPS tables
 # (stas00/ml-engineering, compute/accelerator, mamf-finder.py: randn operands, brute-force shape search)
-# find H100/H200 SXM's best bf16 rate, 80 % of the rating, at 2048x2048x13312, and GH200's at
-# 1024x15360x4096; 8192 square reached 68 % in chipaudit's H200 run (docs/validation). Every
-# dimension is a multiple of 256, so that no tile is partial on any vendor's kernel: squares, the
-# long-K shapes of those tables, and LLM-like products (tokens x hidden x 2*hidden, tokens x MLP
-# width x hidden of 8192-wide models).
+# find H100/H200 SXM's best bf16 rate, 80 % of the rating, at 2048x2048x13312, GH200's at
+# 1024x15360x4096, and H200's best fp8 rate at 1280x4096x12032; 8192 square reached 68 % in
+# chipaudit's H200 run (docs/validation). Every dimension is a multiple of 256, so that no tile is
+# partial on any vendor's kernel: squares, the best shapes of those tables, and LLM-like products
+# (tokens x hidden x 2*hidden, tokens x MLP width x hidden of 8192-wide models).
 SWEEP: tuple[Shape, ...] = (
     (4096, 4096, 4096),
     (8192, 8192, 8192),
     (16384, 16384, 16384),
     (8192, 8192, 16384),
     (2048, 2048, 13312),
-    (1024, 16384, 4096),
+    (1024, 15360, 4096),
+    (1280, 4096, 12032),
     (4096, 28672, 8192),
 )
 # The planned shapes' least cost (warm-up calls plus the minimum of repeats, at the rate of the
