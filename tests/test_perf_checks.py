@@ -50,7 +50,7 @@ def test_launch_latency_and_memory_bandwidth() -> None:
     out = micro.DeviceMemoryBandwidth().run(_ctx(Level.standard, 0.2))
     (fig,) = out.measurements["figures"]
     assert fig["metric"] == "memory.device.bandwidth" and fig["value"] > 0
-    assert fig["details"]["bytes_per_copy"] >= 64 * 2**20  # far larger than this CPU's caches
+    assert fig["details"]["bytes_per_buffer"] >= 64 * 2**20  # far larger than this CPU's caches
 
 
 def test_checks_that_do_not_apply_say_why() -> None:
