@@ -4,13 +4,16 @@ another schema refused with the reason, and two real reports made on this machin
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import chipaudit
 from perf_support import figure, perf_report, write
 
-from chipaudit.perf import compare
+from chipaudit.perf import compare, timing
+from chipaudit.perf.timing import Figure
 from chipaudit.report.model import Status
 
 
@@ -40,6 +43,28 @@ def test_regressions_beyond_noise_are_flagged_and_noise_is_not() -> None:
     assert check["worse"] == [False, True] and result["summary"]["worse_checks"] == 1
     assert result["summary"]["verdicts"] == ["pass", "fail"]
     json.loads(compare.dumps(result))  # JSON-clean
+
+
+def _decode(step_s: float) -> dict[str, Any]:
+    """A decode step measured as the bench measures one (blocks over its budget), here a step that
+    waits `step_s`: a wait's time stays put on a machine loaded by other tenants, a computation's not."""
+    measured = timing.measure(lambda i: time.sleep(step_s), "cpu", budget_s=0.6)
+    return Figure.throughput("llm_decode.tokens_per_s", "tokens/s", 1.0, measured,
+                             params={"model": "qwen2.5-0.5b", "batch": 1}).to_dict()
+
+
+def test_a_step_really_one_and_a_half_times_slower_is_a_regression() -> None:
+    """Issue 14: the noise now includes the drift between blocks, and the rank test counts blocks;
+    neither may hide a real 1.5x slowdown of one figure beside figures that did not move."""
+    launch = [figure("launch.latency_us", "us", [5.0, 5.1, 4.9, 5.0, 5.05], better="lower")]
+    before = perf_report({"performance.workload.llm_decode": [_decode(2e-3)], "performance.launch": launch})
+    after = perf_report({"performance.workload.llm_decode": [_decode(3e-3)], "performance.launch": launch})
+    result = compare.build(_columns(before, after))
+    decode = next(r for r in result["figures"] if r["metric"] == "llm_decode.tokens_per_s")["columns"][1]
+    assert 0.5 < decode["ratio"] < 0.8, decode  # 2/3, and the sleeps overshoot by a loaded scheduler's latency
+    assert decode["change"] == "regression" and decode["p_value"] < 0.05, decode
+    assert result["summary"]["regressions"] == 1
+    assert len(before.checks[1].measurements["figures"][0]["block_values"]) == timing.BLOCKS
 
 
 def test_figures_missing_from_a_column_and_extra_columns() -> None:
