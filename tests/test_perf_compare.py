@@ -126,3 +126,16 @@ def test_compare_renders_two_real_reports_made_here(tmp_path: Path) -> None:
     assert all(c["value"] > 0 for c in launch["columns"]) and "ratio" in launch["columns"][1]
     integrity = next(c for c in result["categories"] if c["category"] == "integrity")
     assert integrity["statuses"] == ["not run", "passed"] and integrity["differs"]
+
+
+def test_the_change_judged_is_the_one_shown() -> None:
+    """Bimodal repeats put the median of the block medians far from the figure's value: the ratio
+    judged against the threshold is the values' ratio, the one the table shows."""
+    def launch(value: float, blocks: list[float]) -> dict[str, Any]:
+        f = figure("launch.latency_us", "us", [value] * 5, better="lower")
+        return f | {"noise": 0.25, "block_values": blocks, "block_noise": 0.25}
+
+    before = perf_report({"performance.launch": [launch(5.0, [2.5, 2.6, 2.7, 5.1, 5.2])]})
+    after = perf_report({"performance.launch": [launch(6.0, [5.8, 5.9, 6.0, 6.1, 6.2])]})
+    cell = compare.build(_columns(before, after))["figures"][0]["columns"][1]
+    assert cell["ratio"] == 1.2 and cell["change"] == "within noise", cell  # 20 % within 2 x 35 %

@@ -164,7 +164,7 @@ def _cell(base: dict[str, Any] | None, figure: dict[str, Any] | None) -> dict[st
     a, b = _values(base, figure), _values(figure, base)
     if len(a) >= 2 and len(b) >= 2:
         noises = (base["noise"], figure["noise"]) if _has_noise(base) and _has_noise(figure) else None
-        change = stats.compare(a, b, higher, noises=noises)
+        change = stats.compare(a, b, higher, noises=noises, centres=(base["value"], figure["value"]))
     else:
         change = stats.compare_summaries(base["value"], base.get("noise") or 0.0, figure["value"],
                                          figure.get("noise") or 0.0, higher)

@@ -59,19 +59,23 @@ def compare(
     higher_is_better: bool = True,
     *,
     noises: tuple[float, float] | None = None,
+    centres: tuple[float, float] | None = None,
     min_effect: float = MIN_EFFECT,
     alpha: float = ALPHA,
 ) -> Change:
     """Is `candidate` worse (a regression) or better than `baseline`, beyond noise?
 
     The values are each run's block medians (or its repeats, for a report made without blocks);
-    `noises` are the two figures' recorded noises, else the values' own relative spreads.
+    `noises` are the two figures' recorded noises, else the values' own relative spreads; `centres`
+    the two figures' recorded values (the median of all repeats, which with bimodal repeats can lie
+    far from the median of the block medians), else the values' medians.
     Three conditions, all required: the medians differ by more than `min_effect`; by more than
     NOISE_MULTIPLE combined noises; and, when both sides have at least two values, the rank test
     rejects "same distribution" at `alpha`. A single value per side (a summary without its repeats)
     is judged on the first two alone (`compare_summaries`).
     """
-    ratio = median(candidate) / median(baseline)
+    base, cand = centres if centres is not None else (median(baseline), median(candidate))
+    ratio = cand / base
     spread_a, spread_b = noises if noises is not None else (relative_spread(baseline), relative_spread(candidate))
     threshold = noise_threshold(spread_a, spread_b, min_effect)
     p = mann_whitney(baseline, candidate) if min(len(baseline), len(candidate)) >= 2 else None
