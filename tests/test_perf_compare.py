@@ -4,13 +4,16 @@ another schema refused with the reason, and two real reports made on this machin
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import chipaudit
 from perf_support import figure, perf_report, write
 
-from chipaudit.perf import compare
+from chipaudit.perf import compare, timing
+from chipaudit.perf.timing import Figure
 from chipaudit.report.model import Status
 
 
@@ -40,6 +43,28 @@ def test_regressions_beyond_noise_are_flagged_and_noise_is_not() -> None:
     assert check["worse"] == [False, True] and result["summary"]["worse_checks"] == 1
     assert result["summary"]["verdicts"] == ["pass", "fail"]
     json.loads(compare.dumps(result))  # JSON-clean
+
+
+def _decode(step_s: float) -> dict[str, Any]:
+    """A decode step measured as the bench measures one (blocks over its budget), here a step that
+    waits `step_s`: a wait's time stays put on a machine loaded by other tenants, a computation's not."""
+    measured = timing.measure(lambda i: time.sleep(step_s), "cpu", budget_s=0.6)
+    return Figure.throughput("llm_decode.tokens_per_s", "tokens/s", 1.0, measured,
+                             params={"model": "qwen2.5-0.5b", "batch": 1}).to_dict()
+
+
+def test_a_step_really_one_and_a_half_times_slower_is_a_regression() -> None:
+    """Issue 14: the noise now includes the drift between blocks, and the rank test counts blocks;
+    neither may hide a real 1.5x slowdown of one figure beside figures that did not move."""
+    launch = [figure("launch.latency_us", "us", [5.0, 5.1, 4.9, 5.0, 5.05], better="lower")]
+    before = perf_report({"performance.workload.llm_decode": [_decode(2e-3)], "performance.launch": launch})
+    after = perf_report({"performance.workload.llm_decode": [_decode(3e-3)], "performance.launch": launch})
+    result = compare.build(_columns(before, after))
+    decode = next(r for r in result["figures"] if r["metric"] == "llm_decode.tokens_per_s")["columns"][1]
+    assert 0.5 < decode["ratio"] < 0.8, decode  # 2/3, and the sleeps overshoot by a loaded scheduler's latency
+    assert decode["change"] == "regression" and decode["p_value"] < 0.05, decode
+    assert result["summary"]["regressions"] == 1
+    assert len(before.checks[1].measurements["figures"][0]["block_values"]) == timing.BLOCKS
 
 
 def test_figures_missing_from_a_column_and_extra_columns() -> None:
@@ -101,3 +126,16 @@ def test_compare_renders_two_real_reports_made_here(tmp_path: Path) -> None:
     assert all(c["value"] > 0 for c in launch["columns"]) and "ratio" in launch["columns"][1]
     integrity = next(c for c in result["categories"] if c["category"] == "integrity")
     assert integrity["statuses"] == ["not run", "passed"] and integrity["differs"]
+
+
+def test_the_change_judged_is_the_one_shown() -> None:
+    """Bimodal repeats put the median of the block medians far from the figure's value: the ratio
+    judged against the threshold is the values' ratio, the one the table shows."""
+    def launch(value: float, blocks: list[float]) -> dict[str, Any]:
+        f = figure("launch.latency_us", "us", [value] * 5, better="lower")
+        return f | {"noise": 0.25, "block_values": blocks, "block_noise": 0.25}
+
+    before = perf_report({"performance.launch": [launch(5.0, [2.5, 2.6, 2.7, 5.1, 5.2])]})
+    after = perf_report({"performance.launch": [launch(6.0, [5.8, 5.9, 6.0, 6.1, 6.2])]})
+    cell = compare.build(_columns(before, after))["figures"][0]["columns"][1]
+    assert cell["ratio"] == 1.2 and cell["change"] == "within noise", cell  # 20 % within 2 x 35 %

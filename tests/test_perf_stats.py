@@ -150,3 +150,54 @@ def test_the_ladder_stops_on_memory_and_on_expected_errors_and_says_why() -> Non
     assert isinstance(climb.error, RuntimeError)
     with pytest.raises(ValueError):
         ladder.climb(lambda n: (_ for _ in ()).throw(ValueError("unexpected")), errors=(RuntimeError,))
+
+
+def test_measure_spreads_its_blocks_over_the_whole_budget() -> None:
+    """Fast calls fill the budget with longer repeats rather than ending early, and every block
+    gets repeats: the blocks span the figure's whole budget, not its first moments."""
+    t0 = time.perf_counter()
+    measured = timing.measure(lambda i: time.sleep(1e-4), "cpu", budget_s=0.6)
+    elapsed = time.perf_counter() - t0
+    assert 0.5 <= elapsed < 1.5
+    assert len(measured.seconds) <= timing.MAX_REPEATS and measured.inner > 1
+    assert measured.blocks == sorted(measured.blocks) and set(measured.blocks) == set(range(timing.BLOCKS))
+
+
+def test_a_preempted_warm_up_call_does_not_size_the_repeats() -> None:
+    slow = {3}  # one warm-up call stalls 50 ms; the rest take about 0.2 ms
+
+    def op(i: int) -> None:
+        time.sleep(0.05 if i in slow else 2e-4)
+
+    measured = timing.measure(op, "cpu", budget_s=0.2, min_repeat_s=5e-3)
+    # Sized from the median warm call (5 ms of 0.2 ms calls: about 20 per repeat), not from the
+    # stall (which would make it one).
+    assert measured.inner >= 10
+
+
+def test_figures_record_the_drift_between_blocks_beside_the_repeats_spread() -> None:
+    # Five blocks of six repeats: tight within each block, the blocks apart by up to 10 %.
+    levels = [100.0, 110.0, 95.0, 105.0, 90.0]
+    values = [level * (1 + 0.001 * k) for level in levels for k in range(6)]
+    blocks = [b for b in range(5) for _ in range(6)]
+    fig = Figure.from_values("gemm.fp32.tflops", "TFLOP/s", values, blocks=blocks)
+    assert fig.block_values == pytest.approx([100.25, 110.275, 95.2375, 105.2625, 90.225], rel=1e-4)
+    assert fig.block_noise == pytest.approx(0.07, abs=0.01)
+    assert fig.noise == max(fig.block_noise, fig.repeat_noise)
+    data = fig.to_dict()
+    assert data["block_values"] == fig.block_values and data["repeat_noise"] == fig.repeat_noise
+    # One block: nothing to tell blocks apart by; the noise is the repeats'.
+    single = Figure.from_values("gemm.fp32.tflops", "TFLOP/s", values)
+    assert single.block_noise is None and single.noise == single.repeat_noise and "block_values" not in single.to_dict()
+
+
+def test_the_rank_test_counts_blocks_not_the_repeats_inside_them() -> None:
+    """Thirty repeats a side that differ by 6 % are 'significant' by rank, but the five blocks of
+    each run overlap: the drift between blocks, not a change of the device."""
+    a_blocks, b_blocks = [100.0, 108.0, 96.0, 104.0, 99.0], [94.0, 101.0, 90.0, 97.0, 93.0]
+    a = [x + 0.01 * k for x in a_blocks for k in range(6)]
+    b = [x + 0.01 * k for x in b_blocks for k in range(6)]
+    assert stats.compare(a, b, noises=(0.01, 0.01)).verdict == "regression"  # the repeats alone
+    blocks = stats.compare(a_blocks, b_blocks, noises=(0.01, 0.01))
+    assert blocks.ratio == pytest.approx(0.94) and blocks.p_value is not None and blocks.p_value > stats.ALPHA
+    assert blocks.verdict == "within noise"

@@ -3,7 +3,9 @@ and after a driver update.
 
 The first report is the reference column. For every other column: each category's and each
 check's verdict, and each performance figure with its ratio to the reference, its efficiency
-against its rating, and whether it moved beyond noise (perf/stats.py). Reports of another schema
+against its rating, and whether it moved beyond noise (perf/stats.py): beyond the two figures'
+recorded noises, which include the drift between blocks of repeats spread over each run
+(perf/timing.py), so that two runs of one idle machine are not told apart. Reports of another schema
 version are refused with the exact reason, not half-read.
 """
 
@@ -159,9 +161,10 @@ def _cell(base: dict[str, Any] | None, figure: dict[str, Any] | None) -> dict[st
     if not base["value"] or not figure["value"]:
         return cell
     higher = figure.get("better", "higher") == "higher"
-    a, b = base.get("samples") or [], figure.get("samples") or []
+    a, b = _values(base, figure), _values(figure, base)
     if len(a) >= 2 and len(b) >= 2:
-        change = stats.compare(a, b, higher)
+        noises = (base["noise"], figure["noise"]) if _has_noise(base) and _has_noise(figure) else None
+        change = stats.compare(a, b, higher, noises=noises, centres=(base["value"], figure["value"]))
     else:
         change = stats.compare_summaries(base["value"], base.get("noise") or 0.0, figure["value"],
                                          figure.get("noise") or 0.0, higher)
@@ -169,6 +172,18 @@ def _cell(base: dict[str, Any] | None, figure: dict[str, Any] | None) -> dict[st
                 threshold=round(change.threshold, 4),
                 p_value=None if change.p_value is None else round(change.p_value, 5))
     return cell
+
+
+def _values(figure: dict[str, Any], other: dict[str, Any]) -> list[float]:
+    """What the rank test compares: the block medians where both figures have them (perf/timing.py),
+    else the repeats (a report made before blocks)."""
+    if len(figure.get("block_values") or []) >= 2 and len(other.get("block_values") or []) >= 2:
+        return list(figure["block_values"])
+    return list(figure.get("samples") or [])
+
+
+def _has_noise(figure: dict[str, Any]) -> bool:
+    return isinstance(figure.get("noise"), int | float) and not isinstance(figure.get("noise"), bool)
 
 
 def dumps(comparison: dict[str, Any]) -> str:

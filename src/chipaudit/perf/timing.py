@@ -1,5 +1,13 @@
 """Timing done the same way for every figure: warm-up, device synchronisation (or device events),
-many repeats, the median, and the noise of the repeats.
+many repeats in blocks spread over the figure's whole budget, the median, and the noise.
+
+A figure's noise is what `chipaudit compare` judges a change against, so it must describe how far
+the figure moves from one run to the next, not only from one repeat to the next: two back-to-back
+CPU benches once differed by x0.85 in a figure whose repeats spread by 3 % (issue 14). Repeats
+taken back to back share the machine's state of that moment (other tenants, clocks, caches); the
+repeats are therefore grouped into BLOCKS blocks that together span the whole budget, and the
+spread between the blocks' medians, the drift over the measurement, is recorded beside the
+repeats' own spread. The larger of the two is the figure's noise.
 
 The operation under test is a callable taking an iteration number, so that each call can pick the
 next of several input buffers (`rotation`): a figure measured on one buffer that stays in a cache
@@ -36,6 +44,12 @@ WARMUP_SHARE = 0.15
 MIN_REPEAT_S = 2e-3
 MIN_REPEATS = 5
 MAX_REPEATS = 30
+# Blocks per figure. Five is the fewest for which the rank test on block medians (perf/stats.py, at
+# 0.05) still finds a real change when one block of either run is out of place, a preempted block say
+# (5 against 5 with one block swapped: p = 0.022; 4 against 4: p = 0.06), and each block keeps about
+# six repeats at MAX_REPEATS. When more repeats would fit in the budget than MAX_REPEATS, each repeat runs more calls
+# instead, so that the blocks still span the whole budget rather than ending early.
+BLOCKS = 5
 # Buffers rotated through: enough to exceed the largest last-level cache in the specification
 # database (AMD MI300X: 256 MB Infinity Cache) twice over, within the bounds below. On a CPU, twice
 # its own last-level cache as the kernel reports it (or CPU_ROTATION_BYTES when it does not).
@@ -57,6 +71,7 @@ class Timing:
     inner: int  # calls per repeat
     warmup: int  # calls before the first repeat
     clock: str  # how time was taken
+    blocks: list[int] = field(default_factory=list)  # the block of each repeat; empty: one block
 
     @property
     def median_s(self) -> float:
@@ -126,9 +141,11 @@ def measure(
     max_repeats: int = MAX_REPEATS,
     min_repeat_s: float = MIN_REPEAT_S,
     use_events: bool = True,
+    blocks: int = BLOCKS,
 ) -> Timing:
     """Time `op(i)` for i = 0, 1, 2, ...: warm up, then repeat within `budget_s` (at least
-    `min_repeats` repeats whatever the budget: a figure from fewer is not worth reporting)."""
+    `min_repeats` repeats whatever the budget: a figure from fewer is not worth reporting), the
+    repeats numbered into `blocks` consecutive blocks that share the budget's time evenly."""
     clock = _Clock(device, use_events)
     started = time.perf_counter()
     calls = 0
@@ -142,21 +159,31 @@ def measure(
         return body
 
     warmup_s = min(WARMUP_S, WARMUP_SHARE * budget_s)
-    cost = clock.time(run(1))
+    costs = [clock.time(run(1))]
     while calls < WARMUP_CALLS or time.perf_counter() - started < warmup_s:
-        cost = clock.time(run(1))
+        costs.append(clock.time(run(1)))
     warmup = calls
-    cost = max(cost, 1e-9)
-    inner = max(1, math.ceil(min_repeat_s / cost))
+    # The median warm call, not the last one: one preempted call would otherwise size every repeat
+    # (a 1 ms stall made repeats of six 5 us launches, and the figure's blocks spanned 3 ms).
+    cost = max(stats.median(costs[1:]), 1e-9)
     left = budget_s - (time.perf_counter() - started)
+    inner = max(1, math.ceil(min_repeat_s / cost), int(left / (max_repeats * cost)))
     repeats = max(min_repeats, min(max_repeats, int(left / (inner * cost))))
     seconds: list[float] = []
+    block_of: list[int] = []
+    measuring = time.perf_counter()
+    expected = max(repeats * inner * cost, 1e-9)
     deadline = started + budget_s
-    for _ in range(repeats):
+    for k in range(repeats):
+        # A repeat's block follows its place in the time expected as well as in the count, so that
+        # on a machine slower than the warm-up promised the blocks still span the time until the
+        # deadline cuts the repeats short.
+        elapsed = time.perf_counter() - measuring
+        block_of.append(min(blocks - 1, max(k * blocks // repeats, int(blocks * elapsed / expected))))
         seconds.append(clock.time(run(inner)) / inner)
         if len(seconds) >= min_repeats and time.perf_counter() > deadline:
             break
-    return Timing(seconds=seconds, inner=inner, warmup=warmup, clock=clock.name)
+    return Timing(seconds=seconds, inner=inner, warmup=warmup, clock=clock.name, blocks=block_of)
 
 
 def fastest(op: Callable[[], object], device: str, tries: int = PROBE_TRIES) -> float:
@@ -242,13 +269,15 @@ class Figure:
 
     `params` identify what was measured (model, batch): figures with equal metric and params are
     the same measurement on different devices. `details` describe how (shapes, dtype, clock).
+    `noise` is the larger of `block_noise` (relative spread of the block medians, `block_values`:
+    the drift over the measurement) and `repeat_noise` (relative spread of the repeats).
     """
 
     metric: str
     value: float
     unit: str
     better: str  # "higher" or "lower"
-    noise: float  # relative spread of the repeats (stats.relative_spread)
+    noise: float
     ci95: tuple[float, float]
     samples: list[float]
     params: dict[str, Any] = field(default_factory=dict)
@@ -256,17 +285,29 @@ class Figure:
     rated: float | None = None
     efficiency: float | None = None
     rated_source: str | None = None
+    repeat_noise: float = 0.0
+    block_noise: float | None = None  # None when the repeats were not taken in blocks
+    block_values: list[float] = field(default_factory=list)
 
     @classmethod
     def from_values(
         cls, metric: str, unit: str, values: list[float], better: str = "higher",
         params: dict[str, Any] | None = None, details: dict[str, Any] | None = None,
+        blocks: list[int] | None = None,
     ) -> Figure:
+        """`blocks[k]` is the block of `values[k]` (timing.measure); without, the repeats are one block."""
+        groups: dict[int, list[float]] = {}
+        for value, block in zip(values, blocks, strict=True) if blocks else ():
+            groups.setdefault(block, []).append(value)
+        block_values = [stats.median(g) for _, g in sorted(groups.items())] if len(groups) >= 2 else []
+        repeat_noise = round(stats.relative_spread(values), 4)
+        block_noise = round(stats.relative_spread(block_values), 4) if block_values else None
         return cls(
             metric=metric, value=_round(stats.median(values)), unit=unit, better=better,
-            noise=round(stats.relative_spread(values), 4),
+            noise=max(repeat_noise, block_noise or 0.0),
             ci95=tuple(_round(v) for v in stats.median_ci(values)),  # type: ignore[arg-type]
             samples=[_round(v) for v in values], params=dict(params or {}), details=dict(details or {}),
+            repeat_noise=repeat_noise, block_noise=block_noise, block_values=[_round(v) for v in block_values],
         )
 
     @classmethod
@@ -276,7 +317,7 @@ class Figure:
     ) -> Figure:
         """`work` units per call (FLOPs in TFLOP, bytes in GB, tokens) divided by each repeat's time."""
         return cls.from_values(metric, unit, [work / s for s in timing.seconds], "higher", params,
-                               {**(details or {}), **_timing_details(timing)})
+                               {**(details or {}), **_timing_details(timing)}, timing.blocks)
 
     @classmethod
     def latency(
@@ -284,7 +325,7 @@ class Figure:
         details: dict[str, Any] | None = None,
     ) -> Figure:
         return cls.from_values(metric, unit, [s * unit_scale for s in timing.seconds], "lower", params,
-                               {**(details or {}), **_timing_details(timing)})
+                               {**(details or {}), **_timing_details(timing)}, timing.blocks)
 
     def rate_against(self, rated: float | None, source: str | None) -> None:
         if rated:
@@ -295,8 +336,10 @@ class Figure:
         out: dict[str, Any] = {
             "metric": self.metric, "value": self.value, "unit": self.unit, "better": self.better,
             "noise": self.noise, "ci95": list(self.ci95), "repeats": len(self.samples), "samples": self.samples,
-            "params": self.params, "details": self.details,
+            "params": self.params, "details": self.details, "repeat_noise": self.repeat_noise,
         }
+        if self.block_noise is not None:
+            out.update(block_noise=self.block_noise, block_values=self.block_values)
         if self.rated is not None:
             out.update(rated=self.rated, efficiency=self.efficiency, rated_source=self.rated_source)
         return out
