@@ -144,3 +144,15 @@ def test_packets_on_the_wire_stay_apart_from_system_calls_to_the_same_host() -> 
               Event("capture", NETWORK, "packet", "AF_INET 203.0.113.9:53", family="AF_INET")]
     out = found({"sealed": Observation(events)})
     assert sorted(f.title.split(" ")[0] for f in out) == ["packets", "the"]
+
+
+def test_a_socket_sampled_before_its_address_folds_into_the_same_process_s_beacon() -> None:
+    """The sampler saw the beacon's socket while no table listed it yet; the same process's connection with a
+    destination is the one finding. Another process's unreadable socket stays a finding of its own."""
+    beacon = Event("ebpf", NETWORK, "connect", "AF_INET 198.51.100.7:443", 7, 1.0, family="AF_INET")
+    early = Event("sockets", NETWORK, "open socket", "socket [4242] (address not readable)", 7, 0.5)
+    (f,) = found({"reference": Observation([early, beacon])})
+    assert f.evidence["target"] == "AF_INET 198.51.100.7:443" and f.severity is Severity.critical
+    stranger = Event("sockets", NETWORK, "open socket", "socket [77] (address not readable)", 8, 0.5)
+    out = found({"reference": Observation([beacon, stranger])})
+    assert sorted(f.evidence["cause"] for f in out)[-1] == "socket (address not readable)" and len(out) == 2

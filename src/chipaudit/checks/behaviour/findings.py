@@ -97,6 +97,9 @@ class _Group:
             self.examples.append(e.detail)
 
 
+UNREADABLE = "socket (address not readable)"
+
+
 def _destination(target: str) -> str:
     """The address part of a network target ('' when the event carries none)."""
     parts = target.split(" ", 1)
@@ -105,7 +108,7 @@ def _destination(target: str) -> str:
 
 def _group_key(e: Event) -> tuple[str, str]:
     if e.kind == NETWORK and e.target.startswith("socket "):
-        return e.kind, "socket (address not readable)"
+        return e.kind, UNREADABLE
     return e.kind, e.target
 
 
@@ -126,6 +129,17 @@ def _groups(observations: dict[str, Observation]) -> list[_Group]:
                 richer[0].actions |= g.actions
                 richer[0].worlds |= g.worlds
                 del groups[key]
+    # A socket whose address no table listed when it was sampled (a race with its connect or close)
+    # folds into what the same processes' sockets showed with a destination: one beacon, not two.
+    unreadable = groups.get((NETWORK, UNREADABLE))
+    if unreadable is not None:
+        richer = [h for h in groups.values() if h is not unreadable and h.kind == NETWORK
+                  and _destination(h.target) and h.pids & unreadable.pids]
+        if richer:
+            richer[0].actions |= unreadable.actions
+            richer[0].worlds |= unreadable.worlds
+            richer[0].sensors |= unreadable.sensors
+            del groups[(NETWORK, UNREADABLE)]
     return list(groups.values())
 
 
