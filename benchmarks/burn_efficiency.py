@@ -13,6 +13,8 @@ Last line: `burn_efficiency: X`, the lowest of the formats' (1.0: verification a
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from chipaudit.checks.base import CheckContext, Outcome
 from chipaudit.checks.integrity import burnin
@@ -20,6 +22,7 @@ from chipaudit.checks.performance.micro import GemmThroughput
 from chipaudit.devices import torchdev
 from chipaudit.oracle.formats import FORMATS
 from chipaudit.report.model import Level
+from chipaudit.runner.watchdog import HOST_BLAS
 from chipaudit.stats import median
 
 ROUNDS = 5
@@ -42,6 +45,8 @@ def burn_flops(ctx: CheckContext, prepared: burnin.BurnState) -> float:
 
 
 def main() -> None:
+    if any(os.environ.get(k) != v for k, v in HOST_BLAS.env.items()):  # as an audit's worker runs
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **HOST_BLAS.env})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--formats", help="comma-separated; default: the burn-in's own for the device")

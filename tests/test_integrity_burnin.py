@@ -221,7 +221,10 @@ def test_the_control_is_pooled_over_its_rounds() -> None:
     assert judge_throughput(early + late, cpu=True)[0] is Severity.info
 
 
-@pytest.mark.parametrize(("round_s", "rounds"), [(0.0001, range(5, 12)), (0.03, range(2, 3))])
+@pytest.mark.parametrize(("round_s", "rounds"), [
+    (0.0001, range(round(0.5 / throttle.CONTROL_EVERY_S), round(1.1 / throttle.CONTROL_EVERY_S) + 2)),
+    (0.03, range(2, 3)),
+])
 def test_the_control_s_cost_is_bounded(small: None, monkeypatch: pytest.MonkeyPatch, round_s: float,
                                        rounds: range) -> None:
     """A round every CONTROL_EVERY_S on a fast host; on a slow one, rounds only while they took less than
@@ -264,13 +267,16 @@ def test_fresh_operands_late_in_the_run_meet_a_fault_that_spares_old_ones(
     assert wrong and wrong[0].evidence["first"]["fresh"] is True
 
 
+CUBIC = [0.04 * (n / 1024) ** 3 for n in burnin.SIZES]  # the same rate at every size: 1024 takes 0.04 s
+
+
 @pytest.mark.parametrize(("seconds", "chosen"), [
-    ([0.001, 0.008, 0.05, 0.4], 1024),  # 2048 predicted at 0.4 s, over 1.5 x the 0.12 s target: not tried
-    ([0.001, 0.008, 0.02, 0.16], 1024),  # 2048 tried (predicted within the slack) but measured too slow
-    ([0.001, 0.008, 0.011, 0.09], 2048),  # 2048 within the target; 4096 predicted at 0.72 s
+    (CUBIC, 1024),  # 1536 tried (predicted within the slack) but measured over the 0.12 s target: the largest
+    ([*CUBIC[:4], 0.08], 768),  # 1024 at half the rate of the others: the fastest size, not the largest
+    ([*CUBIC[:4], CUBIC[4] * 1.04, 0.5], 1024),  # within RATE_TIE of the best: the larger one
     ([0.5], 256),  # nothing within the target: the smallest size all the same
 ])
-def test_the_size_is_the_largest_whose_product_meets_the_target(
+def test_the_size_is_the_fastest_of_those_whose_product_meets_the_target(
         monkeypatch: pytest.MonkeyPatch, seconds: list[float], chosen: int) -> None:
     times = iter(seconds)
     monkeypatch.setattr(burnin.timing, "fastest", lambda op, device: next(times))

@@ -43,6 +43,11 @@ class Events:
 
 # The worker's command; `Child` appends its result descriptor.
 WORKER = (sys.executable, "-m", "chipaudit.runner.worker")
+# The host's BLAS (NumPy's OpenBLAS: the oracle, the burn-in's host control) keeps its threads spinning for
+# 2^28 cycles, about 0.1 s, after each call, by default. On a CPU device those are the device's cores: a
+# product of torch's right after a host check ran at half speed (38 ms against 13 ms at 1024^3 on a 2-core
+# host, measured). 2^4 cycles, OpenBLAS's least, hands the cores back at once.
+HOST_BLAS = Wrapper(env={"OPENBLAS_THREAD_TIMEOUT": "4", "GOTO_THREAD_TIMEOUT": "4"})
 # How much of a dead worker's output to search for its last line (its traceback's last line).
 LOG_TAIL_BYTES = 600
 
@@ -70,7 +75,7 @@ def _run_worker(
     included, the worker is killed on the way out: never leave a worker running on the device."""
     outer = [watched.wrapper] if watched else []
     try:
-        child = Child(WORKER, [*outer, *wrappers], log=watched.log if watched else None)
+        child = Child(WORKER, [*outer, *wrappers, HOST_BLAS], log=watched.log if watched else None)
     except (RuntimeError, OSError) as e:
         if watched is None:
             raise

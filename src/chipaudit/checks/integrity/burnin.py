@@ -39,7 +39,7 @@ median rate) is a finding. On the CPU the host is the device: other processes' m
 thrashing and scheduling slow each of this process's CPU-seconds as a throttle would, so neither its CPU
 time nor the idle cores can tell a throttled device from a contended host. A host control tells them
 apart: a small fixed NumPy computation (the host's BLAS and a memory copy, never torch's kernels, which an
-adversary may have replaced), timed in the same windows (HostControl, about 2% of an idle host's burn-in,
+adversary may have replaced), timed in the same windows (HostControl, under 1% of an idle host's burn-in,
 at most CONTROL_SHARE plus a round per window of a loaded one's). The part of the device's fall that the
 control shares is the host's; the device is blamed when its fall exceeds the control's by THROTTLE_RATIO,
 or when the control fell with it while no other process loaded the host (the CPU as a whole slowed). Each
@@ -118,13 +118,15 @@ OPERANDS = ("normal", *(p for p in PAIRS if p != "fp8_weights"))
 # the time at the sizes chosen (drawing, uploading and verifying a pair costs a few products).
 REFRESH_S = 20.0
 HOST_CHECK_SHARE = 16  # one result in this many, chosen secretly, is also compared on the host
-# Sizes tried for the products; the largest whose product takes at most TARGET_PRODUCT_S is used, so
-# that windows hold several products and the comparison's cost stays far below the product's (one read
-# of the result and the golden one against 2n^3 operations: at 8192 on an H200 in bf16, under 5%).
+# Sizes tried for the products, in steps of about 1.5; the fastest per operation of those whose product
+# takes at most TARGET_PRODUCT_S is used (choose_size), so that windows hold several products and the
+# comparison's cost stays far below the product's (one read of the result and the golden one against 2n^3
+# operations: at 8192 on an H200 in bf16, under 5%).
 # Not beyond 8192: the host draws and verifies each golden pair, which at 16384 takes tens of seconds
 # per pair, longer than a quick burn-in.
-SIZES = (256, 512, 1024, 2048, 4096, 8192)
+SIZES = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)  # multiples of 128, as fp8 needs
 TARGET_PRODUCT_S = 0.12
+RATE_TIE = 0.05  # sizes whose rate is within this share of the best one are as fast
 # The next size is still tried when predicted at up to this factor over TARGET_PRODUCT_S: the prediction
 # (x8 per doubling) overestimates where the smaller product did not yet fill the device.
 TARGET_SLACK = 1.5
@@ -369,14 +371,18 @@ def product(fmt: NumberFormat, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 
 def choose_size(device: str, fmt: NumberFormat) -> int:
-    """The largest size whose product takes at most TARGET_PRODUCT_S and whose pool fits in its share of
-    memory (SIZES[0] when none does).
+    """Of the sizes whose product takes at most TARGET_PRODUCT_S and whose pool fits in its share of
+    memory, the one the device multiplies fastest per operation (the largest of those within RATE_TIE of
+    the best: its comparison costs least beside its product); SIZES[0] when none fits.
 
-    Each size is timed by the fastest of a few products (timing.fastest), so that a moment of contention
-    on a shared host does not shrink the products (tiny products measure the host's scheduling, not the
-    device). A format the device refuses raises here, on its first product."""
+    Not simply the largest: a CPU's BLAS can run a power-of-two size far slower than its neighbours (2048
+    at 98 GFLOP/s between 1536 and 3072 at 164 and 183, measured on a 2-core host), and a burn-in at
+    peak load must run where the device peaks. Each size is timed by the fastest of a few products
+    (timing.fastest), so that a moment of contention on a shared host does not shrink the products. A
+    format the device refuses raises here, on its first product."""
     budget = _free_bytes(device) * MEMORY_SHARE / MAX_LANES
     element = torch.empty((), dtype=fmt.torch_dtype).element_size()
+    timed: dict[int, float] = {}
 
     def fits(n: int) -> str | None:
         return "the pool does not fit" if (3 * POOL + 2) * n * n * max(element, 4) > budget else None
@@ -384,10 +390,16 @@ def choose_size(device: str, fmt: NumberFormat) -> int:
     def seconds_at(n: int) -> float:
         a = torch.ones((n, n), dtype=fmt.torch_dtype, device=device)
         b = a.t().contiguous().t() if fmt.name == "fp8_e4m3" else a
-        return timing.fastest(lambda: product(fmt, a, b), device)
+        timed[n] = timing.fastest(lambda: product(fmt, a, b), device)
+        return timed[n]
 
     ladder = timing.Ladder(SIZES, TARGET_PRODUCT_S, slack=TARGET_SLACK, keep_over_cap=False)
-    return ladder.climb(seconds_at, fits).size or SIZES[0]
+    largest = ladder.climb(seconds_at, fits).size
+    if not largest:
+        return SIZES[0]
+    rates = {n: n**3 / max(s, 1e-12) for n, s in timed.items() if n <= largest}
+    best = max(rates.values())
+    return max(n for n, r in rates.items() if r >= best * (1 - RATE_TIE))
 
 
 def _free_bytes(device: str) -> float:

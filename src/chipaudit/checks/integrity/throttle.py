@@ -44,9 +44,9 @@ SUSTAINED_QUANTILE = 0.75
 CONTROL_N = 128
 CONTROL_COPY_WORDS = 4 * 1024 * 1024
 # A round of both every CONTROL_EVERY_S, the first at each window's start, while the window's rounds took
-# less than CONTROL_SHARE of it: about 2% of an idle host's burn-in, at most about 5% of a loaded one's
-# (plus the one round per window), however slow the host makes a round.
-CONTROL_EVERY_S = 0.1
+# less than CONTROL_SHARE of it: under 1% of an idle host's burn-in (a round takes about 1.6 ms), at most
+# about 5% of a loaded one's (plus the one round per window), however slow the host makes a round.
+CONTROL_EVERY_S = 0.25
 CONTROL_SHARE = 0.05
 # On a loaded CPU a thread team runs in two modes, at full speed or stalled on a descheduled member, and
 # it can switch for good in mid-run, without any change the host's counters or the control show (a 128^3
