@@ -162,6 +162,7 @@ class BurnState:
     within_bound: int = 0
     wrong: int = 0
     host_checks: int = 0
+    host_checks_skipped: int = 0  # chosen while the host was still comparing earlier ones
     host_disagreements: int = 0
     fresh_pairs: int = 0
     first_wrong: dict[str, Any] | None = None
@@ -288,6 +289,7 @@ class BurnInCheck(Check):
             "products": products, "formats": [lane.fmt.name for lane in lanes], "pool": POOL,
             "seconds": round(elapsed, 2), "requested_seconds": seconds,
             "verified_on_device": products, "verified_on_host": sum(lane.host_checks for lane in lanes),
+            "host_checks_skipped_busy": sum(lane.host_checks_skipped for lane in lanes),
             "identical_to_golden": sum(lane.exact for lane in lanes),
             "within_bound_not_identical": sum(lane.within_bound for lane in lanes),
             "fresh_pairs": sum(lane.fresh_pairs for lane in lanes),
@@ -467,6 +469,8 @@ def burn(ctx: CheckContext, lanes: list[BurnState], seconds: float) -> float:
         comparisons.close()
     for tag in comparisons.host_checked:
         lanes[tag.lane].host_checks += 1
+    for tag in comparisons.host_skipped:
+        lanes[tag.lane].host_checks_skipped += 1
     for tag in comparisons.disagreements:
         lane = lanes[tag.lane]
         lane.host_disagreements += 1

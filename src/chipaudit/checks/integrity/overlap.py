@@ -35,7 +35,7 @@ import torch
 # accelerator busy (one runs while the next is queued); a few more absorb the host loop's hiccups.
 IN_FLIGHT = 4
 # Host copies of the secret share that may be on their way or being compared at once; a result chosen
-# while all are busy is not copied (counted in `host_busy`), so the host's pace never holds the device.
+# while all are busy is not copied (listed in `host_skipped`), so the host's pace never holds the device.
 HOST_BUFFERS = 2
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -88,7 +88,7 @@ class Comparisons:
         self.on_differ = on_differ
         self.completed = 0
         self.host_checked: list[Any] = []  # the tags of the results copied to the host
-        self.host_busy = 0  # chosen for a host check while every host buffer was busy
+        self.host_skipped: list[Any] = []  # the tags of results chosen while every host buffer was busy
         self.disagreements: list[Any] = []
         self._queue: deque[_Queued] = deque()
         self._said_identical: dict[int, bool] = {}  # host-checked result -> the device's own answer
@@ -161,8 +161,9 @@ class Comparisons:
 
     def _hand_over(self, item: _Queued) -> None:
         if not self._free.acquire(blocking=False):
-            self.host_busy += 1
+            self.host_skipped.append(item.tag)
             return
+        self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
         self.host_checked.append(item.tag)
         c = item.c
         with self._lock:
