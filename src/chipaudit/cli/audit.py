@@ -55,10 +55,10 @@ def run(
                                                   "'chipaudit baseline create'); differences are findings.")] = None,
     burn_in_seconds: Annotated[float | None, typer.Option(min=1.0, help="How long the sustained verified load "
                                                           "runs. Default: quick 10, standard 60, deep 600.")] = None,
-    burn_in_formats: Annotated[str | None, typer.Option(help="Formats the sustained load rotates through, comma-"
-                                                        "separated (fp32,bf16,fp16,fp8_e4m3,...). Default: where "
-                                                        "the device peaks (bf16,fp16 and rated fp8 on "
-                                                        "accelerators, fp32 on a CPU).")] = None,
+    burn_in_formats: Annotated[str | None, typer.Option(help="Formats the sustained load rotates through, "
+                                                        "comma-separated, e.g. bf16,fp16. Default: where the "
+                                                        "device peaks: bf16, fp16 and rated fp8 on "
+                                                        "accelerators, fp32 on a CPU.")] = None,
     memory_share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of free device memory the "
                                                        "memory test covers. Default: quick 0.01, standard "
                                                        "0.25, deep 0.9.")] = None,
