@@ -131,3 +131,32 @@ def test_transformer_layers_measure_prefill_and_decode_within_budget() -> None:
 def test_bench_rejects_checks_that_are_not_performance_checks() -> None:
     done = chipaudit("bench", "--device", "cpu", "--only", "frobnicate", timeout=60)
     assert done.returncode == 2 and "frobnicate" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_checks_passes_merge_into_one_result_and_a_broken_pass_stands_for_the_check() -> None:
+    """perf/passes.py: the launch check run as three passes of a bench (each a third of the budget)
+    gives one result: its figure from all three, each finding once, a note once per thing it names."""
+    from chipaudit.perf import passes
+    from chipaudit.report.model import CheckResult, Finding, Severity, Status
+
+    params = passes.pass_params({passes.PASSES_PARAM: 3, "perf_budget_scale": 0.3})
+    assert params["perf_budget_scale"] == pytest.approx(0.1)
+    check = micro.LaunchLatency()
+    cap = Finding(check=check.id, category=Category.performance, severity=Severity.low, title="slow")
+    runs = []
+    for k in range(3):
+        outcome = check.run(_ctx(scale=params["perf_budget_scale"]))
+        outcome.coverage["skipped_cases"] = [f"n=8: budget: one product predicted at {k} s"]
+        runs.append((CheckResult(id=check.id, category=Category.performance, status=Status.warning, seed=11,
+                                 duration_s=1.0, coverage=outcome.coverage, measurements=outcome.measurements),
+                     [cap]))
+    result, findings = passes.merge(runs)
+    (fig,) = result.measurements["figures"]
+    assert len(fig["pass_values"]) == 3 and fig["noise"] >= fig["pass_noise"]
+    assert sorted(fig["samples"]) == sorted(s for r, _ in runs for s in r.measurements["figures"][0]["samples"])
+    assert result.measurements["values"] == {"launch.latency_us": fig["value"]}
+    assert findings == [cap] and result.status is Status.warning and result.duration_s == 3.0
+    assert result.coverage["skipped_cases"] == ["n=8: budget: one product predicted at 0 s"]
+    broken = CheckResult(id=check.id, category=Category.performance, status=Status.error, reason="hung")
+    result, findings = passes.merge([runs[0], (broken, [])])
+    assert result.status is Status.error and result.reason == "hung" and findings == [cap]

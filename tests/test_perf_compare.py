@@ -45,10 +45,10 @@ def test_regressions_beyond_noise_are_flagged_and_noise_is_not() -> None:
     json.loads(compare.dumps(result))  # JSON-clean
 
 
-def _decode(step_s: float) -> dict[str, Any]:
+def _decode(step_s: float, budget_s: float = 0.6) -> dict[str, Any]:
     """A decode step measured as the bench measures one (blocks over its budget), here a step that
     waits `step_s`: a wait's time stays put on a machine loaded by other tenants, a computation's not."""
-    measured = timing.measure(lambda i: time.sleep(step_s), "cpu", budget_s=0.6)
+    measured = timing.measure(lambda i: time.sleep(step_s), "cpu", budget_s=budget_s)
     return Figure.throughput("llm_decode.tokens_per_s", "tokens/s", 1.0, measured,
                              params={"model": "qwen2.5-0.5b", "batch": 1}).to_dict()
 
@@ -65,6 +65,35 @@ def test_a_step_really_one_and_a_half_times_slower_is_a_regression() -> None:
     assert decode["change"] == "regression" and decode["p_value"] < 0.05, decode
     assert result["summary"]["regressions"] == 1
     assert len(before.checks[1].measurements["figures"][0]["block_values"]) == timing.BLOCKS
+
+
+def _passes(*figures: dict[str, Any]) -> dict[str, Any]:
+    return Figure.from_passes(figures).to_dict()
+
+
+def test_benches_in_passes_call_a_real_slowdown_a_regression_and_process_spread_noise() -> None:
+    """Issue 14: a bench measures each figure in passes, each in its own process (perf/passes.py). A
+    figure whose passes each landed in one of two modes, the one run's in the fast mode and the
+    other's in both, is within the noise; a real 1.5x slowdown of one figure is still a regression."""
+    launch = [_passes(*(figure("launch.latency_us", "us", [v] * 5, better="lower") for v in (5.0, 5.1, 4.9)))]
+    before = perf_report({"performance.workload.llm_decode": [_passes(*(_decode(2e-3, 0.3) for _ in range(3)))],
+                          "performance.launch": launch})
+    after = perf_report({"performance.workload.llm_decode": [_passes(*(_decode(3e-3, 0.3) for _ in range(3)))],
+                         "performance.launch": launch})
+    result = compare.build(_columns(before, after))
+    decode = next(r for r in result["figures"] if r["metric"] == "llm_decode.tokens_per_s")["columns"][1]
+    assert 0.5 < decode["ratio"] < 0.8 and decode["change"] == "regression", decode
+    assert result["summary"]["regressions"] == 1
+
+    def modes(*levels: float) -> dict[str, Any]:
+        blocks = [b for b in range(timing.BLOCKS) for _ in range(4)]
+        return _passes(*(Figure.from_values("launch.latency_us", "us", [x * (1 + 0.001 * (k % 4)) for k in range(20)],
+                                            "lower", blocks=blocks).to_dict() for x in levels))
+
+    fast = perf_report({"performance.launch": [modes(2.6, 2.7, 4.4)]})
+    slow = perf_report({"performance.launch": [modes(4.4, 4.5, 2.6)]})
+    cell = compare.build(_columns(fast, slow))["figures"][0]["columns"][1]
+    assert cell["ratio"] > 1.6 and cell["change"] == "within noise", cell
 
 
 def test_figures_missing_from_a_column_and_extra_columns() -> None:

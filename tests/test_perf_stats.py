@@ -201,3 +201,20 @@ def test_the_rank_test_counts_blocks_not_the_repeats_inside_them() -> None:
     blocks = stats.compare(a_blocks, b_blocks, noises=(0.01, 0.01))
     assert blocks.ratio == pytest.approx(0.94) and blocks.p_value is not None and blocks.p_value > stats.ALPHA
     assert blocks.verdict == "within noise"
+
+
+def test_a_figure_measured_in_passes_carries_the_spread_between_the_passes() -> None:
+    """Issue 14: each pass's blocks agree within 1 %, the passes (separate processes) do not; the merged
+    figure's value comes from every repeat, its noise is at least the range of the passes' values."""
+    blocks = [b for b in range(5) for _ in range(4)]
+    passes = [Figure.from_values("launch.latency_us", "us", [level * (1 + 0.002 * (k % 5)) for k in range(20)],
+                                 "lower", blocks=blocks).to_dict() for level in (2.6, 4.5, 2.7)]
+    merged = Figure.from_passes(passes)
+    assert merged.pass_values == pytest.approx([2.6 * 1.004, 4.5 * 1.004, 2.7 * 1.004], rel=1e-4)
+    assert merged.pass_noise == pytest.approx((4.5 - 2.6) / 2.7, rel=1e-3)
+    assert max(merged.repeat_noise, merged.block_noise or 0) < merged.pass_noise == merged.noise
+    assert len(merged.samples) == 60 and len(merged.block_values) == 3 * timing.BLOCKS
+    assert merged.value == pytest.approx(2.705, rel=1e-2) and merged.better == "lower"
+    data = merged.to_dict()
+    assert data["pass_values"] == merged.pass_values and data["pass_noise"] == merged.pass_noise
+    assert "pass_noise" not in Figure.from_values("launch.latency_us", "us", [1.0, 1.1]).to_dict()

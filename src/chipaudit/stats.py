@@ -61,6 +61,18 @@ def relative_spread(xs: Sequence[float]) -> float:
     return MAD_TO_SIGMA * mad(xs, m) / abs(m) if m else math.inf
 
 
+def relative_range(xs: Sequence[float]) -> float:
+    """(largest - smallest) / |median|; 0 for fewer than two values.
+
+    The spread of a handful of values, each from a separate run: with three, the MAD is the smaller
+    of the two distances from the median and ignores the third value, however far it lies.
+    """
+    if len(xs) < 2:
+        return 0.0
+    m = median(xs)
+    return (max(xs) - min(xs)) / abs(m) if m else math.inf
+
+
 def robust_sigma(values: Sequence[float], center: float) -> float:
     """A standard deviation estimate around `center`: MAD / 0.6745, or the scaled mean absolute
     deviation when more than half the values sit on the centre (MAD = 0); 0 when all do."""

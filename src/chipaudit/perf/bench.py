@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from chipaudit.errors import InputError
-from chipaudit.perf import requirements
+from chipaudit.perf import passes, requirements
 from chipaudit.perf.compare import format_number
 from chipaudit.perf.metrics import METRICS, check_for, figures_of
 from chipaudit.report.model import Report, Status
@@ -58,9 +58,10 @@ def load_scenario(path: Path | None) -> requirements.Scenario | None:
 
 
 def params(scenario: requirements.Scenario | None) -> dict[str, Any]:
-    """Audit parameters that make the workers measure what the requirements ask for."""
+    """Audit parameters that make the workers measure what the requirements ask for, in passes
+    (perf/passes.py)."""
     cases = requirements.perf_cases(scenario) if scenario else []
-    return {PERF_CASES_PARAM: cases} if cases else {}
+    return {passes.PASSES_PARAM: passes.PASSES, **({PERF_CASES_PARAM: cases} if cases else {})}
 
 
 def judge(report: Report, scenario: requirements.Scenario, console: Console) -> bool:

@@ -84,6 +84,15 @@ def figure_key(figure: dict[str, Any]) -> str:
     return f"{figure['metric']}[{inner}]" if inner else str(figure["metric"])
 
 
+def value_name(figure: dict[str, Any]) -> str:
+    """The figure's name among a check's plain numbers (measurements["values"]), for views that show
+    any check's scalar measurements (history, replay, Prometheus); the parameters go before the unit
+    so that names end in it."""
+    head, _, unit = str(figure["metric"]).rpartition(".")
+    params = "".join(f".{k}={v}" for k, v in sorted((figure.get("params") or {}).items()))
+    return f"{head}{params}.{unit}"
+
+
 def convert(value: float, unit: str, metric: Metric) -> float:
     """A value in `unit` expressed in the metric's canonical unit."""
     return value * UNITS[metric.dimension][unit]

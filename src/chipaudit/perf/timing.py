@@ -269,8 +269,10 @@ class Figure:
 
     `params` identify what was measured (model, batch): figures with equal metric and params are
     the same measurement on different devices. `details` describe how (shapes, dtype, clock).
-    `noise` is the larger of `block_noise` (relative spread of the block medians, `block_values`:
-    the drift over the measurement) and `repeat_noise` (relative spread of the repeats).
+    `noise` is the largest of `block_noise` (relative spread of the block medians, `block_values`:
+    the drift over the measurement), `repeat_noise` (relative spread of the repeats) and, for a
+    figure measured in several worker processes (perf/passes.py), `pass_noise` (relative range of
+    the passes' values, `pass_values`: the spread from one process to the next).
     """
 
     metric: str
@@ -288,6 +290,8 @@ class Figure:
     repeat_noise: float = 0.0
     block_noise: float | None = None  # None when the repeats were not taken in blocks
     block_values: list[float] = field(default_factory=list)
+    pass_noise: float | None = None  # None when the figure was measured in one process
+    pass_values: list[float] = field(default_factory=list)
 
     @classmethod
     def from_values(
@@ -309,6 +313,31 @@ class Figure:
             samples=[_round(v) for v in values], params=dict(params or {}), details=dict(details or {}),
             repeat_noise=repeat_noise, block_noise=block_noise, block_values=[_round(v) for v in block_values],
         )
+
+    @classmethod
+    def from_passes(cls, passes: Sequence[dict[str, Any]]) -> Figure:
+        """One figure from the same figure (`to_dict`) measured in several worker processes: the value
+        and its interval from the repeats of all, the blocks of all, and a noise of at least the
+        relative range of the passes' values (perf/passes.py says why)."""
+        first = passes[0]
+        samples = [float(v) for p in passes for v in p["samples"]]
+        block_values = [float(v) for p in passes for v in p.get("block_values") or [p["value"]]]
+        pass_values = [float(p["value"]) for p in passes]
+        repeat_noise = max(float(p.get("repeat_noise", p["noise"])) for p in passes)
+        block_noise = round(stats.relative_spread(block_values), 4)
+        pass_noise = round(stats.relative_range(pass_values), 4)
+        figure = cls(
+            metric=first["metric"], value=_round(stats.median(samples)), unit=first["unit"],
+            better=first["better"], noise=max(repeat_noise, block_noise, pass_noise),
+            ci95=tuple(_round(v) for v in stats.median_ci(samples)),  # type: ignore[arg-type]
+            samples=[_round(v) for v in samples], params=dict(first.get("params") or {}),
+            details=dict(first.get("details") or {}), repeat_noise=repeat_noise, block_noise=block_noise,
+            block_values=[_round(v) for v in block_values], pass_noise=pass_noise,
+            pass_values=[_round(v) for v in pass_values],
+        )
+        if first.get("rated"):
+            figure.rate_against(float(first["rated"]), first.get("rated_source"))
+        return figure
 
     @classmethod
     def throughput(
@@ -340,6 +369,8 @@ class Figure:
         }
         if self.block_noise is not None:
             out.update(block_noise=self.block_noise, block_values=self.block_values)
+        if self.pass_noise is not None:
+            out.update(pass_noise=self.pass_noise, pass_values=self.pass_values)
         if self.rated is not None:
             out.update(rated=self.rated, efficiency=self.efficiency, rated_source=self.rated_source)
         return out

@@ -23,6 +23,7 @@ from chipaudit.checks.base import derive_seed
 from chipaudit.devices import torchdev
 from chipaudit.devices.inventory import collect_isolated
 from chipaudit.evidence.bundle import EVIDENCE_DIR_PARAM
+from chipaudit.perf import passes
 from chipaudit.report.model import (
     Category,
     CheckResult,
@@ -135,10 +136,9 @@ def run_audit(
             events.finished(result, findings)
             on_update(report)
 
-        job = {"device": config.device, "level": config.level.value, "params": config.params}
         try:
             sensors = WorkerSensors(watch, Path(tmp) / "workers", config.params)
-            run_plan(plan(config), job, Events(events.started, events.progress, finished), wrappers, sensors)
+            run_passes(config, Events(events.started, events.progress, finished), wrappers, sensors)
         except KeyboardInterrupt:
             report.limits.append("The audit was interrupted before every check ran.")
             finalize_limits(report)
@@ -149,3 +149,31 @@ def run_audit(
     report.finish(complete=True)
     on_update(report)
     return report
+
+
+def run_passes(config: AuditConfig, events: Events, wrappers: Sequence[Wrapper], sensors: WorkerSensors) -> None:
+    """Every planned check once; where the parameters ask for several passes (perf/passes.py), the
+    performance checks after the others, once per pass in fresh workers with the pass's share of
+    the budget, each check reported once, its passes merged. On Ctrl-C the passes measured so far
+    are reported."""
+    job = {"device": config.device, "level": config.level.value, "params": config.params}
+    planned = plan(config)
+    count = passes.count(config.params)
+    measured = [c for c in planned if c.category is Category.performance] if count > 1 else []
+    others = [c for c in planned if c not in measured]
+    if others:
+        run_plan(others, job, events, wrappers, sensors)
+    held: dict[str, list[tuple[CheckResult, list[Finding]]]] = {}
+
+    def hold(result: CheckResult, findings: list[Finding]) -> None:
+        held.setdefault(result.id, []).append((result, findings))
+        if len(held[result.id]) == count:
+            events.finished(*passes.merge(held.pop(result.id)))
+
+    one_pass = {**job, "params": passes.pass_params(config.params)}
+    try:
+        for _ in range(count if measured else 0):
+            run_plan(measured, one_pass, Events(events.started, events.progress, hold), wrappers, sensors)
+    finally:
+        for check_id in list(held):
+            events.finished(*passes.merge(held.pop(check_id)))

@@ -35,7 +35,10 @@ def run_live(config: AuditConfig, console: Console, on_update: Callable[[Report]
     tasks: dict[str, int] = {}
 
     def started(check_id: str) -> None:
-        tasks[check_id] = progress.add_task(check_id, total=None)
+        if check_id in tasks:  # a performance check's next pass (perf/passes.py)
+            progress.reset(tasks[check_id], total=None)
+        else:
+            tasks[check_id] = progress.add_task(check_id, total=None)
 
     def step(check_id: str, done: int, total: int, note: str) -> None:
         progress.update(tasks[check_id], completed=done, total=total, description=f"{check_id}: {note}"[:70])

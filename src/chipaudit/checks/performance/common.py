@@ -20,7 +20,7 @@ import torch
 from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
 from chipaudit.devices import torchdev
 from chipaudit.perf import specs
-from chipaudit.perf.metrics import figure_key
+from chipaudit.perf.metrics import figure_key, value_name
 from chipaudit.perf.timing import Figure
 from chipaudit.report.model import Category, Finding, Level, Severity
 
@@ -64,9 +64,7 @@ class PerformanceCheck(Check):
         out = Outcome(findings=list(findings or []))
         out.measurements = {
             "figures": [f.to_dict() for f in figures],
-            # Plain numbers as well, for views that show any check's scalar measurements (history,
-            # replay, Prometheus); the parameters go before the unit so that names end in it.
-            "values": {_value_name(f): f.value for f in figures},
+            "values": {value_name(f.to_dict()): f.value for f in figures},
             **extra,
         }
         out.coverage = {"cases": len(figures), "figures": [_key(f) for f in figures], "skipped_cases": skipped}
@@ -75,12 +73,6 @@ class PerformanceCheck(Check):
 
 def _key(f: Figure) -> str:
     return figure_key(f.to_dict())
-
-
-def _value_name(f: Figure) -> str:
-    head, _, unit = f.metric.rpartition(".")
-    params = "".join(f".{k}={v}" for k, v in sorted(f.params.items()))
-    return f"{head}{params}.{unit}"
 
 
 # --- inputs ---------------------------------------------------------------------------------------------
