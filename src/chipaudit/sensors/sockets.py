@@ -9,9 +9,13 @@ strace cannot; it also sees sockets strace would miss if a tracer were evaded.
 Sockets in another network namespace (the sealed world) are placed from that namespace's own
 tables, /proc/PID/net/*, which list the sockets of the namespace PID is in.
 
+Netlink and packet sockets, which psutil does not list, are placed from the same tables
+(/proc/PID/net/netlink and packet): a netlink socket by its protocol, a packet socket by its
+protocol and interface.
+
 Cannot see: a socket or file opened and closed between two samples, and anything done by a
-process that ends between two samples. Packet contents. Addresses of socket families the kernel's
-tables do not list (netlink, packet): those are seen as sockets without an address.
+process that ends between two samples. Packet contents. Addresses of socket families no table
+lists (vsock, bluetooth, ...): those are seen as sockets without an address.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import psutil
 from chipaudit.sensors.events import FILE, NETWORK, Event, SensorStatus
 
 SAMPLE_INTERVAL_S = 0.1
+LISTENING = "listening socket"  # the action of a socket that waits for connections
 O_ACCMODE, O_APPEND = 0o3, 0o2000  # asm-generic/fcntl.h
 CLOCK_TICK_S = 0.01  # resolution of a process's start time in /proc (USER_HZ)
 DELETED = " (deleted)"  # what readlink adds for a file unlinked while open (proc(5))
@@ -38,7 +43,14 @@ PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 _FAMILIES = {2: "AF_INET", 10: "AF_INET6", 1: "AF_UNIX"}
 # A network namespace's socket tables (proc(5)): /proc/PID/net/<table>.
 _NET_TABLES = (("unix", "AF_UNIX"), ("tcp", "AF_INET"), ("udp", "AF_INET"), ("tcp6", "AF_INET6"),
-               ("udp6", "AF_INET6"))
+               ("udp6", "AF_INET6"), ("netlink", "AF_NETLINK"), ("packet", "AF_PACKET"))
+# Netlink protocols by number (linux/netlink.h), as a netlink socket's address.
+NETLINK_PROTOCOLS = {0: "route", 2: "usersock", 4: "sock_diag", 6: "xfrm", 7: "selinux", 9: "audit",
+                     10: "fib_lookup", 11: "connector", 12: "netfilter", 15: "kobject_uevent", 16: "generic",
+                     18: "scsitransport", 19: "ecryptfs", 20: "rdma", 21: "crypto"}
+LISTEN = "LISTEN"  # psutil's status of a listening TCP socket
+TCP_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column (include/net/tcp_states.h)
+UNIX_ACCEPTING, UNIX_UNCONNECTED = 0x10000, "01"  # __SO_ACCEPTCON flag and SS_UNCONNECTED, /proc/net/unix
 
 
 def become_subreaper() -> bool:
@@ -115,15 +127,15 @@ class TreeSampler:
             roots = dict(self.roots)
         out: list[tuple[str, int]] = []
         known: set[int] = set()
-        children = _children_map()
+        children = children_map()
         for pid, label in roots.items():
-            tree = _descendants(pid, children) if os.path.exists(f"/proc/{pid}") else []
+            tree = descendants(pid, children) if os.path.exists(f"/proc/{pid}") else []
             out += [(label, p) for p in tree if p not in known]
             known.update(tree)
         for orphan in children.get(os.getpid(), []):
             if orphan not in known and self._adopted(orphan):
                 label = self._label_of(orphan)
-                out += [(label, p) for p in _descendants(orphan, children)]
+                out += [(label, p) for p in descendants(orphan, children)]
         return out
 
     def _adopted(self, pid: int) -> bool:
@@ -170,51 +182,7 @@ class TreeSampler:
             self.events.append((label, event))
 
     def _descriptors(self, proc: psutil.Process) -> list[tuple[tuple[object, ...], Event]]:
-        """Sockets and files open for writing, from /proc/PID/fd; psutil decodes sockets' addresses."""
-        found: list[tuple[tuple[object, ...], Event]] = []
-        sockets: dict[int, str] = {}
-        base = f"/proc/{proc.pid}/fd"
-        for fd in os.listdir(base):
-            with contextlib.suppress(OSError, ValueError):
-                link = os.readlink(f"{base}/{fd}")
-                if link.startswith("socket:["):
-                    sockets[int(fd)] = link
-                elif link.startswith("/") and _writable_file(proc.pid, int(fd), link, self._checked):
-                    path = link.removesuffix(DELETED)
-                    if path not in self.ignore_paths:
-                        found.append(((proc.pid, "file", path), Event(
-                            "sockets", FILE, "open for writing", path, proc.pid, time.time(),
-                            detail="deleted since it was opened" if path != link else "")))
-        if sockets:
-            found += self._sockets(proc, sockets)
-        return found
-
-    def _sockets(self, proc: psutil.Process, sockets: dict[int, str]) -> list[tuple[tuple[object, ...], Event]]:
-        found: list[tuple[tuple[object, ...], Event]] = []
-        now = time.time()
-        placed: list[tuple[int, str, str, bool, str]] = []  # fd, family, address, connected, detail
-        for c in proc.net_connections(kind="all"):
-            family = _FAMILIES.get(int(c.family), str(c.family))
-            address = c.raddr or c.laddr
-            where = _host_port(family, *address) if isinstance(address, tuple) and address \
-                else str(address or "(unnamed)")
-            sockets.pop(c.fd, None)
-            placed.append((c.fd, family, where, bool(c.raddr), f"{c.type!s} {c.status}".strip()))
-        # Sockets our namespace's tables do not list: the process's own namespace's tables place those
-        # of another namespace; what is left is a family no table decodes (netlink, packet). Either
-        # way it is a socket the workload holds.
-        elsewhere = namespace_sockets(proc.pid) if sockets else {}
-        for fd, link in sockets.items():
-            if link[8:-1] in elsewhere:
-                placed.append((fd, *elsewhere[link[8:-1]], "in the workload's own network namespace"))
-            else:
-                found.append(((proc.pid, "sock", fd, link), Event(
-                    "sockets", NETWORK, "open socket", f"socket {link[7:]} (address not readable)", proc.pid, now)))
-        for fd, family, where, connected, detail in placed:
-            found.append(((proc.pid, "sock", fd, family, where), Event(
-                "sockets", NETWORK, "connected socket" if connected else "open socket", f"{family} {where}",
-                proc.pid, now, family=family, detail=detail)))
-        return found
+        return descriptors(proc, self._checked, self.ignore_paths)
 
     def alive(self) -> list[Seen]:
         """Processes of the watched trees seen at any time that still run now."""
@@ -226,27 +194,96 @@ class TreeSampler:
         return out
 
 
-def namespace_sockets(pid: int) -> dict[str, tuple[str, str, bool]]:
-    """Socket inode -> (family, address, connected) from the tables of PID's network namespace.
+def descriptors(proc: psutil.Process, checked: dict[tuple[int, int, str], bool],
+                ignore_paths: set[str] | frozenset[str] = frozenset()) -> list[tuple[tuple[object, ...], Event]]:
+    """A process's sockets and files open for writing, from /proc/PID/fd, as (key, event): psutil
+    decodes sockets' addresses. `checked` caches which descriptors were opened for writing."""
+    found: list[tuple[tuple[object, ...], Event]] = []
+    sockets: dict[int, str] = {}
+    base = f"/proc/{proc.pid}/fd"
+    for fd in os.listdir(base):
+        with contextlib.suppress(OSError, ValueError):
+            link = os.readlink(f"{base}/{fd}")
+            if link.startswith("socket:["):
+                sockets[int(fd)] = link
+            elif link.startswith("/") and _writable_file(proc.pid, int(fd), link, checked):
+                path = link.removesuffix(DELETED)
+                if path not in ignore_paths:
+                    found.append(((proc.pid, "file", path), Event(
+                        "sockets", FILE, "open for writing", path, proc.pid, time.time(),
+                        detail="deleted since it was opened" if path != link else "")))
+    if sockets:
+        found += _sockets(proc, sockets)
+    return found
+
+
+def _sockets(proc: psutil.Process, sockets: dict[int, str]) -> list[tuple[tuple[object, ...], Event]]:
+    found: list[tuple[tuple[object, ...], Event]] = []
+    now = time.time()
+    placed: list[tuple[int, str, str, str, str]] = []  # fd, family, address, action, detail
+    for c in proc.net_connections(kind="all"):
+        family = _FAMILIES.get(int(c.family), str(c.family))
+        address = c.raddr or c.laddr
+        where = _host_port(family, *address) if isinstance(address, tuple) and address \
+            else str(address or "(unnamed)")
+        sockets.pop(c.fd, None)
+        placed.append((c.fd, family, where, _action(bool(c.raddr), c.status == LISTEN),
+                       f"{c.type!s} {c.status}".strip()))
+    # Sockets our namespace's tables do not list: the process's own namespace's tables place those
+    # of another namespace, and the netlink and packet sockets psutil leaves out; what is left is a
+    # family no table decodes. Either way it is a socket the workload holds.
+    elsewhere = namespace_sockets(proc.pid) if sockets else {}
+    for fd, link in sockets.items():
+        if link[8:-1] in elsewhere:
+            placed.append((fd, *elsewhere[link[8:-1]], f"from /proc/{proc.pid}/net"))
+        else:
+            found.append(((proc.pid, "sock", fd, link), Event(
+                "sockets", NETWORK, "open socket", f"socket {link[7:]} (address not readable)", proc.pid, now)))
+    for fd, family, where, action, detail in placed:
+        found.append(((proc.pid, "sock", fd, family, where), Event(
+            "sockets", NETWORK, action, f"{family} {where}", proc.pid, now, family=family, detail=detail)))
+    return found
+
+
+def _action(connected: bool, listening: bool) -> str:
+    return "connected socket" if connected else LISTENING if listening else "open socket"
+
+
+def namespace_sockets(pid: int) -> dict[str, tuple[str, str, str]]:
+    """Socket inode -> (family, address, action) from the tables of PID's network namespace.
 
     psutil reads /proc/net/*, the tables of the caller's namespace, so it cannot place the sockets of a
-    workload in another one. Addresses are written as psutil writes them: 'host:port', '[host]:port',
-    and UNIX paths with '@' for each NUL byte (abstract names start with one).
+    workload in another one, and it lists no netlink or packet sockets. Addresses are written as psutil
+    writes them: 'host:port', '[host]:port', and UNIX paths with '@' for each NUL byte (abstract names
+    start with one); a netlink socket's is its protocol, a packet socket's its protocol and interface.
     """
-    out: dict[str, tuple[str, str, bool]] = {}
+    out: dict[str, tuple[str, str, str]] = {}
     for table, family in _NET_TABLES:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as f:
             next(f, None)  # the header
             for line in f:
                 fields = line.split()
                 with contextlib.suppress(IndexError, ValueError):
-                    if family == "AF_UNIX":
-                        out[fields[6]] = (family, " ".join(fields[7:]) or "(unnamed)", False)
-                    else:
-                        local, remote = _inet(fields[1]), _inet(fields[2])
-                        connected = not remote.endswith(":0")
-                        out[fields[9]] = (family, remote if connected else local, connected)
+                    inode, entry = _table_entry(family, fields)
+                    out[inode] = (family, *entry)
     return out
+
+
+def _table_entry(family: str, fields: list[str]) -> tuple[str, tuple[str, str]]:
+    """(inode, (address, action)) of one line of a /proc/net table (proc(5), net/netlink/af_netlink.c,
+    net/packet/af_packet.c)."""
+    if family == "AF_UNIX":
+        listening = int(fields[3], 16) & UNIX_ACCEPTING and fields[5] == UNIX_UNCONNECTED
+        return fields[6], (" ".join(fields[7:]) or "(unnamed)", _action(False, bool(listening)))
+    if family == "AF_NETLINK":
+        protocol = int(fields[1])
+        return fields[9], (f"{NETLINK_PROTOCOLS.get(protocol, f'protocol {protocol}')} portid {fields[2]}",
+                           "open socket")
+    if family == "AF_PACKET":
+        return fields[8], (f"protocol 0x{int(fields[3], 16):04x} interface {fields[4]}", "open socket")
+    local, remote = _inet(fields[1]), _inet(fields[2])
+    connected = not remote.endswith(":0")
+    return fields[9], (remote if connected else local, _action(connected, fields[3] == TCP_LISTEN))
 
 
 def _inet(hex_address: str) -> str:
@@ -263,7 +300,7 @@ def _host_port(family: str, host: str, port: int) -> str:
     return f"{host}:{port}" if family == "AF_INET" else f"[{host}]:{port}"
 
 
-def _children_map() -> dict[int, list[int]]:
+def children_map() -> dict[int, list[int]]:
     """Every process's children, from one pass over /proc/*/stat."""
     out: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
@@ -275,7 +312,7 @@ def _children_map() -> dict[int, list[int]]:
     return out
 
 
-def _descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
+def descendants(pid: int, children: dict[int, list[int]]) -> list[int]:
     out, todo = [pid], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

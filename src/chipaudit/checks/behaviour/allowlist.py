@@ -6,10 +6,13 @@ operator extends them with a JSON file named by the audit parameter `behaviour_a
 environment variable CHIPAUDIT_BEHAVIOUR_ALLOWLIST:
 
     {"file_writes": ["~/.cache/myvendor/**"], "programs": ["/usr/bin/ldconfig"],
-     "local_sockets": ["@myvendor-ipc-*"],
+     "local_sockets": ["@myvendor-ipc-*"], "destinations": ["10.0.0.5:443", "[fd00::*]:*"],
      "device_holders": [{"name": "my-scheduler-agent", "exe": "/opt/agent/bin/*"}]}
 
-Globs follow fnmatch (`*` also matches '/'); `~` is the workload user's home.
+Globs follow fnmatch (`*` also matches '/'); `~` is the workload user's home. Destinations are
+internet addresses as the sensors write them, 'host:port' and '[host]:port'; none is allowed by
+default, since a device stack has no documented business with any (an operator whose jobs do, under
+`chipaudit watch`, names their services).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Allowlist:
     programs: list[str] = field(default_factory=lambda: list(DEFAULT_PROGRAMS))
     local_sockets: list[str] = field(default_factory=lambda: list(DEFAULT_LOCAL_SOCKETS))
     device_holders: list[dict[str, str]] = field(default_factory=lambda: list(DEFAULT_DEVICE_HOLDERS))
+    destinations: list[str] = field(default_factory=list)
     source: str = "built-in defaults"
 
     def file_allowed(self, path: str) -> bool:
@@ -76,6 +80,9 @@ class Allowlist:
     def local_socket_rule(self, address: str) -> str:
         return next((g for g in self.local_sockets if fnmatch.fnmatchcase(address, g)), "")
 
+    def destination_allowed(self, address: str) -> bool:
+        return any(fnmatch.fnmatchcase(address, g) for g in self.destinations)
+
     def holder_allowed(self, name: str, exe: str) -> bool:
         return any(entry.get("name") in (None, name) and fnmatch.fnmatchcase(exe or "", entry.get("exe", "*"))
                    for entry in self.device_holders)
@@ -91,7 +98,7 @@ class AllowlistError(InputError):
     """The operator's allow-list cannot be used; the message is one line naming the file and the field."""
 
 
-_LISTS = ("file_writes", "programs", "local_sockets", "device_holders")
+_LISTS = ("file_writes", "programs", "local_sockets", "device_holders", "destinations")
 
 
 def source(params: dict[str, Any]) -> str | None:
@@ -137,5 +144,6 @@ def load(params: dict[str, Any]) -> Allowlist:
     allow.programs += list(data.get("programs", []))
     allow.local_sockets += list(data.get("local_sockets", []))
     allow.device_holders += list(data.get("device_holders", []))
+    allow.destinations += list(data.get("destinations", []))
     allow.source = f"built-in defaults and {path}"
     return allow

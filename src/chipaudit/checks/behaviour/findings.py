@@ -3,8 +3,9 @@
 Severities (issue #3):
 - A network call or a packet (captured by the sinkhole, sensors/watch.py) with a destination off the
   machine: critical. With a destination on it (loopback, a UNIX socket path): high. A socket made without a
-  destination seen (socket(), netlink, a socket the sampler could not place): medium. A UNIX socket
-  the allow-list names (a driver's own): info.
+  destination seen (socket(), netlink, a socket the sampler could not place): medium. A socket listening
+  for connections, or a packet socket (raw frames): high. A UNIX socket the allow-list names (a
+  driver's own), or an internet destination it names (an operator's own service): info.
 - A file created, written, renamed or removed by the workload: high, unless allow-listed (info).
 - A program started by the workload, or a workload process still running after the workload exited:
   medium (info when the program is allow-listed).
@@ -29,7 +30,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from chipaudit.checks.base import Check
 from chipaudit.checks.behaviour import stats
@@ -39,6 +40,7 @@ from chipaudit.checks.refusal import refusal
 from chipaudit.devices import capability
 from chipaudit.report.model import Finding, Severity
 from chipaudit.sensors.events import FILE, NETWORK, Event, Observation
+from chipaudit.sensors.sockets import LISTENING
 from chipaudit.sensors.strace import is_loopback
 
 # Beyond this many distinct sensor findings in one check, the rest are summarised in one.
@@ -154,6 +156,12 @@ def _judge(g: _Group, allow: Allowlist) -> tuple[Severity, str]:
                     f"packets sent to {g.subject} from the workload's network namespace")
         if g.target.startswith("AF_UNIX ") and allow.local_socket_allowed(dest):
             return Severity.info, f"the workload held a driver's local socket ({actions}): {g.subject}"
+        if g.target.startswith(("AF_INET ", "AF_INET6 ")) and allow.destination_allowed(dest):
+            return Severity.info, f"the workload made network calls ({actions}) to an allowed {g.subject}"
+        if g.target.startswith("AF_NETLINK "):
+            return Severity.medium, f"the workload opened a netlink socket to the kernel: {g.subject}"
+        if g.actions == {LISTENING} and dest:
+            return (Severity.high, f"the workload listens on {g.subject}")
         if dest and dest != "(unnamed)":
             inet = g.target.startswith(("AF_INET ", "AF_INET6 "))
             sev = Severity.critical if inet and not is_loopback(dest) and not dest.startswith(("0.0.0.0", "[::]")) \
@@ -191,10 +199,12 @@ def _cause(g: _Group, allow: Allowlist) -> str:
 def _by_cause(groups: list[_Group], allow: Allowlist) -> list[tuple[Severity, _Group]]:
     """Targets of one kind, severity and cause folded into one group; the first seen leads it.
     Severity is part of the key, so folding never hides a worse instance behind a milder one; so is
-    whether packets were captured, so that what was on the wire never reads as a mere system call."""
-    merged: dict[tuple[Severity, str, bool, str], _Group] = {}
+    whether packets were captured, so that what was on the wire never reads as a mere system call, and
+    whether a socket only listens, so that a listener never reads as a connection."""
+    merged: dict[tuple[Severity, str, str, str], _Group] = {}
     for g in groups:
-        key = (_judge(g, allow)[0], g.kind, "packet" in g.actions, _cause(g, allow))
+        mode = "packet" if "packet" in g.actions else "listen" if g.actions == {LISTENING} else ""
+        key = (_judge(g, allow)[0], g.kind, mode, _cause(g, allow))
         if key in merged:
             merged[key].absorb(g)
         else:
@@ -203,7 +213,13 @@ def _by_cause(groups: list[_Group], allow: Allowlist) -> list[tuple[Severity, _G
     return [(key[0], g) for key, g in merged.items()]
 
 
-def sensor_findings(check: Check, observations: dict[str, Observation], allow: Allowlist) -> list[Finding]:
+class Finder(Protocol):
+    """What makes findings in someone's name: a check, or a watcher (sensors/procwatch.py)."""
+
+    def finding(self, severity: Severity, title: str, detail: str = "", **evidence: Any) -> Finding: ...
+
+
+def sensor_findings(check: Finder, observations: dict[str, Observation], allow: Allowlist) -> list[Finding]:
     """One finding per cause of what the workload did besides computing, in any world: 145 files
     written into one hidden folder are one thing for a reader to look at, with 145 instances."""
     judged = sorted(_by_cause(_groups(observations), allow), key=lambda x: -x[0].rank)
