@@ -8,9 +8,10 @@ inventory and judges the device elsewhere by what it computes.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from chipaudit.devices.vendor_reads import Fields, LiveReader, Reader, Unavailable
+from chipaudit.devices.vendor_reads import Fields, LiveReader, Reader, Unavailable, plain
 
 # nvmlDeviceArchitecture_t (nvml.h; pynvml NVML_DEVICE_ARCH_*).
 ARCHITECTURES = {2: "Kepler", 3: "Maxwell", 4: "Pascal", 5: "Volta", 6: "Turing", 7: "Ampere", 8: "Ada",
@@ -28,6 +29,12 @@ ENABLED = {0: "disabled", 1: "enabled"}
 COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
 CLOCKS = {"graphics": "NVML_CLOCK_GRAPHICS", "sm": "NVML_CLOCK_SM", "memory": "NVML_CLOCK_MEM"}
 MILLIWATTS_PER_WATT = 1000
+# nvmlEventType bits watched (nvml.h; pynvml nvmlEventType*): what says the device failed. Clock and
+# P-state changes are read as values instead; single-bit ECC errors are corrected and counted.
+EVENT_TYPES = {0x2: "double_bit_ecc_error", 0x8: "xid_critical_error", 0x400: "dram_retirement",
+               0x800: "dram_retirement_failure", 0x2000: "fatal_poison_error", 0x4000: "gpu_unavailable"}
+# A storm of events is read this many at a time per poll; the rest wait in NVML's queue.
+MAX_EVENTS_PER_POLL = 256
 
 
 def open_live() -> LiveReader:
@@ -110,14 +117,10 @@ def collect(reader: Reader) -> dict[str, Any]:
     return {"source": "nvml", "driver": driver, "devices": devices, "unavailable": system.unavailable}
 
 
-def _device(reader: Reader, index: int, driver: dict[str, Any], cc: dict[str, str] | None) -> dict[str, Any]:
-    f = Fields(reader, index)
-    pci = f.get("pci", "nvmlDeviceGetPciInfo_v3") or {}
-    memory = f.get("memory", "nvmlDeviceGetMemoryInfo") or {}
-    capability = f.get("compute_capability", "nvmlDeviceGetCudaComputeCapability")
-    power_range = f.get("power_limit_range", "nvmlDeviceGetPowerManagementLimitConstraints") or [None, None]
-    ecc_mode = f.get("ecc_mode", "nvmlDeviceGetEccMode")
-    ecc_counts = {
+def ecc_errors(f: Fields) -> dict[str, dict[str, Any]]:
+    """ECC error counts, corrected and uncorrected, since the driver loaded (volatile) and over the
+    device's life (aggregate); None where NVML gives none (ECC off, or not supported)."""
+    return {
         counter: {
             kind: f.get(f"ecc_{kind}_{counter}", "nvmlDeviceGetTotalEccErrors", error_type, counter_type)
             for kind, error_type in (("corrected", "NVML_MEMORY_ERROR_TYPE_CORRECTED"),
@@ -125,13 +128,110 @@ def _device(reader: Reader, index: int, driver: dict[str, Any], cc: dict[str, st
         }
         for counter, counter_type in (("volatile", "NVML_VOLATILE_ECC"), ("aggregate", "NVML_AGGREGATE_ECC"))
     }
+
+
+def retired_pages(f: Fields) -> dict[str, Any] | None:
+    """Pages retired per cause (Kepler to Volta; Ampere and newer remap rows instead: None there)."""
     retired = {
         cause: f.get(f"retired_pages_{cause}", "nvmlDeviceGetRetiredPages", source)
         for cause, source in (("single_bit_ecc", "NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS"),
                               ("double_bit_ecc", "NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR"))
     }
-    pending_retirement = f.get("retired_pages_pending", "nvmlDeviceGetRetiredPagesPendingStatus")
+    pending = f.get("retired_pages_pending", "nvmlDeviceGetRetiredPagesPendingStatus")
+    return None if all(v is None for v in retired.values()) else {
+        **{cause: len(pages) if isinstance(pages, list) else None for cause, pages in retired.items()},
+        "pending": ENABLED.get(pending) if pending is not None else None,
+    }
+
+
+def remapped_rows(f: Fields) -> dict[str, Any] | None:
+    """Rows remapped for correctable and uncorrectable errors, a remap pending, a remap failed (Ampere
+    and newer)."""
     remapped = f.get("remapped_rows", "nvmlDeviceGetRemappedRows")
+    return None if not isinstance(remapped, list) or len(remapped) != 4 else dict(zip(
+        ("correctable", "uncorrectable", "pending", "failure_occurred"),
+        (remapped[0], remapped[1], bool(remapped[2]), bool(remapped[3])), strict=True))
+
+
+def health_reading(reader: Reader, index: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """What `chipaudit watch` reads every interval: a load reading plus the memory-health counters, and
+    for each field NVML would not give, what it answered instead."""
+    f = Fields(reader, index)
+    reading = load_reading(reader, index)
+    reading.update({"ecc_errors": ecc_errors(f), "retired_pages": retired_pages(f), "remapped_rows": remapped_rows(f)})
+    return reading, f.unavailable
+
+
+def running_pids(reader: Reader, index: int) -> tuple[set[int] | None, dict[str, str]]:
+    """The processes NVML says run on the device (compute and graphics contexts), or None when it
+    answered neither list; and what it answered instead where it did not.
+
+    Inside a container NVML may list host PIDs, or none (NVIDIA's documentation of the process queries):
+    the device files' holders are looked for besides."""
+    f = Fields(reader, index)
+    lists = [f.get(kind, f"nvmlDevice{name}RunningProcesses")
+             for kind, name in (("compute_processes", "GetCompute"), ("graphics_processes", "GetGraphics"))]
+    if all(v is None for v in lists):
+        return None, f.unavailable
+    return {int(p["pid"]) for v in lists if isinstance(v, list) for p in v
+            if isinstance(p, dict) and isinstance(p.get("pid"), int)}, f.unavailable
+
+
+class Events:
+    """NVML's events of one device (XID errors, double-bit ECC errors, page retirements, a device that
+    became unavailable), polled without waiting (nvmlEventSetWait_v2 with timeout 0 answers
+    NVML_ERROR_TIMEOUT when none is queued; NVML API reference, Event Handling Methods).
+
+    Registered for the types of EVENT_TYPES the device supports (nvmlDeviceGetSupportedEventTypes);
+    `registered` names them, `unavailable` says why there are none."""
+
+    def __init__(self, reader: LiveReader, index: int):
+        self.module, self.handle = reader.module, reader.handles[index]
+        self.error_type, self.error_code = reader.error_type, reader.error_code
+        self.registered: list[str] = []
+        self.unavailable = ""
+        self._set: Any = None
+        try:
+            supported = int(self.module.nvmlDeviceGetSupportedEventTypes(self.handle))
+            mask = supported & sum(EVENT_TYPES)
+            if not mask:
+                self.unavailable = "the device supports none of the events watched"
+                return
+            self._set = self.module.nvmlEventSetCreate()
+            self.module.nvmlDeviceRegisterEvents(self.handle, mask, self._set)
+            self.registered = [name for bit, name in EVENT_TYPES.items() if mask & bit]
+        except self.error_type as e:
+            self.unavailable = f"NVML events: {self.error_code(e)}"
+            self.close()
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Events queued since the last poll (at most MAX_EVENTS_PER_POLL), as plain data."""
+        out: list[dict[str, Any]] = []
+        while self._set is not None and len(out) < MAX_EVENTS_PER_POLL:
+            try:
+                data = plain(self.module.nvmlEventSetWait_v2(self._set, 0))
+            except self.error_type as e:
+                if self.error_code(e) != "NVML_ERROR_TIMEOUT":
+                    self.unavailable = f"NVML events stopped: {self.error_code(e)}"
+                    self.close()
+                break
+            out.append({k: v for k, v in data.items() if k != "device"})
+        return out
+
+    def close(self) -> None:
+        if self._set is not None:
+            with contextlib.suppress(Exception):
+                self.module.nvmlEventSetFree(self._set)
+            self._set = None
+
+
+def _device(reader: Reader, index: int, driver: dict[str, Any], cc: dict[str, str] | None) -> dict[str, Any]:
+    f = Fields(reader, index)
+    pci = f.get("pci", "nvmlDeviceGetPciInfo_v3") or {}
+    memory = f.get("memory", "nvmlDeviceGetMemoryInfo") or {}
+    capability = f.get("compute_capability", "nvmlDeviceGetCudaComputeCapability")
+    power_range = f.get("power_limit_range", "nvmlDeviceGetPowerManagementLimitConstraints") or [None, None]
+    ecc_mode = f.get("ecc_mode", "nvmlDeviceGetEccMode")
     reasons = f.get("throttle_reasons", "nvmlDeviceGetCurrentClocksEventReasons")
     arch = f.get("architecture", "nvmlDeviceGetArchitecture")
     return {
@@ -173,14 +273,9 @@ def _device(reader: Reader, index: int, driver: dict[str, Any], cc: dict[str, st
                    "max": f.get(f"max_clock_{name}", "nvmlDeviceGetMaxClockInfo", clock)}
             for name, clock in CLOCKS.items()
         },
-        "ecc": {"mode": _pair(ecc_mode, ENABLED), "errors": ecc_counts},
-        "retired_pages": None if all(v is None for v in retired.values()) else {
-            **{cause: len(pages) if isinstance(pages, list) else None for cause, pages in retired.items()},
-            "pending": ENABLED.get(pending_retirement) if pending_retirement is not None else None,
-        },
-        "remapped_rows": None if not isinstance(remapped, list) else dict(zip(
-            ("correctable", "uncorrectable", "pending", "failure_occurred"),
-            (remapped[0], remapped[1], bool(remapped[2]), bool(remapped[3])), strict=True)),
+        "ecc": {"mode": _pair(ecc_mode, ENABLED), "errors": ecc_errors(f)},
+        "retired_pages": retired_pages(f),
+        "remapped_rows": remapped_rows(f),
         "partitioning": {"mig": _pair(f.get("mig_mode", "nvmlDeviceGetMigMode"), ENABLED)},
         "confidential_computing": cc,
         "throttle_reasons": reason_names(reasons),

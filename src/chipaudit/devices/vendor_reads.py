@@ -74,6 +74,8 @@ def plain(value: Any) -> Any:
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
+    if type(value).__name__ == "nvmlFriendlyObject":  # pynvml's process lists: a structure's fields as attributes
+        return plain(vars(value))
     return str(value)
 
 
