@@ -24,6 +24,7 @@ others) it reports no findings, and its metrics and `status` say what was not av
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
 from chipaudit.devices import nvml
@@ -142,8 +143,13 @@ class TelemetrySampler:
         return out
 
     def close(self) -> None:
+        """Ends the events and NVML (the holders' sampler shares it: close both at the end)."""
         if self.events is not None:
             self.events.close()
+        close = getattr(self.reader, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
 
     def _finding(self, severity: Severity, title: str, detail: str, **evidence: Any) -> Finding:
         return Finding(check=CHECK, category=Category.integrity, severity=severity, title=title, detail=detail,
