@@ -127,6 +127,21 @@ def test_netlink_and_packet_sockets_are_placed(workload: Workload) -> None:
     assert found["AF_PACKET"].evidence["target"] == "AF_PACKET protocol 0x0003 interface 0"
 
 
+def test_unix_client_is_named_by_its_peer(workload: Workload, tmp_path: Path) -> None:
+    path = str(tmp_path / "daemon.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+    sampler = HolderSampler("cpu", [workload.pid], [], Allowlist())
+    sampler.sample()
+    workload.do(f"unix {path}")
+    conn, _ = server.accept()
+    [f] = sampler.sample()
+    assert f.severity is Severity.high and f.evidence["target"] == f"AF_UNIX {path}"
+    conn.close()
+    server.close()
+
+
 def test_allowed_destination_is_not_a_failure(workload: Workload, listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     sampler = HolderSampler("cpu", [workload.pid], [], Allowlist(destinations=[f"127.0.0.1:{port}"]))

@@ -9,9 +9,10 @@ strace cannot; it also sees sockets strace would miss if a tracer were evaded.
 Sockets in another network namespace (the sealed world) are placed from that namespace's own
 tables, /proc/PID/net/*, which list the sockets of the namespace PID is in.
 
-Netlink and packet sockets, which psutil does not list, are placed from the same tables
-(/proc/PID/net/netlink and packet): a netlink socket by its protocol, a packet socket by its
-protocol and interface.
+A UNIX socket connected to another (a client's, which has no name of its own) is named by its
+peer, from the kernel's socket diagnostics. Netlink and packet sockets, which psutil does not
+list, are placed from the same tables (/proc/PID/net/netlink and packet): a netlink socket by its
+protocol, a packet socket by its protocol and interface.
 
 Cannot see: a socket or file opened and closed between two samples, and anything done by a
 process that ends between two samples. Packet contents. Addresses of socket families no table
@@ -24,6 +25,8 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import socket
+import struct
 import sys
 import threading
 import time
@@ -40,6 +43,10 @@ O_ACCMODE, O_APPEND = 0o3, 0o2000  # asm-generic/fcntl.h
 CLOCK_TICK_S = 0.01  # resolution of a process's start time in /proc (USER_HZ)
 DELETED = " (deleted)"  # what readlink adds for a file unlinked while open (proc(5))
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+# sock_diag(7) and linux/unix_diag.h, linux/netlink.h.
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+NLM_F_REQUEST, NLM_F_DUMP, NLMSG_ERROR, NLMSG_DONE = 0x1, 0x300, 2, 3
+UDIAG_SHOW_NAME, UDIAG_SHOW_PEER, UNIX_DIAG_NAME, UNIX_DIAG_PEER = 0x1, 0x4, 0, 2
 _FAMILIES = {2: "AF_INET", 10: "AF_INET6", 1: "AF_UNIX"}
 # A network namespace's socket tables (proc(5)): /proc/PID/net/<table>.
 _NET_TABLES = (("unix", "AF_UNIX"), ("tcp", "AF_INET"), ("udp", "AF_INET"), ("tcp6", "AF_INET6"),
@@ -221,13 +228,18 @@ def _sockets(proc: psutil.Process, sockets: dict[int, str]) -> list[tuple[tuple[
     found: list[tuple[tuple[object, ...], Event]] = []
     now = time.time()
     placed: list[tuple[int, str, str, str, str]] = []  # fd, family, address, action, detail
+    peers: dict[str, str] | None = None
     for c in proc.net_connections(kind="all"):
         family = _FAMILIES.get(int(c.family), str(c.family))
         address = c.raddr or c.laddr
         where = _host_port(family, *address) if isinstance(address, tuple) and address \
             else str(address or "(unnamed)")
-        sockets.pop(c.fd, None)
-        placed.append((c.fd, family, where, _action(bool(c.raddr), c.status == LISTEN),
+        inode = sockets.pop(c.fd, "socket:[]")[8:-1]
+        connected = bool(c.raddr)
+        if family == "AF_UNIX" and not address:  # a client: named by the socket it is connected to
+            peers = unix_peers() if peers is None else peers
+            where, connected = peers.get(inode, where), inode in peers
+        placed.append((c.fd, family, where, _action(connected, c.status == LISTEN),
                        f"{c.type!s} {c.status}".strip()))
     # Sockets our namespace's tables do not list: the process's own namespace's tables place those
     # of another namespace, and the netlink and packet sockets psutil leaves out; what is left is a
@@ -243,6 +255,53 @@ def _sockets(proc: psutil.Process, sockets: dict[int, str]) -> list[tuple[tuple[
         found.append(((proc.pid, "sock", fd, family, where), Event(
             "sockets", NETWORK, action, f"{family} {where}", proc.pid, now, family=family, detail=detail)))
     return found
+
+
+def unix_peers() -> dict[str, str]:
+    """UNIX socket inode -> the name of the socket it is connected to, for every connected socket of
+    this network namespace that has no name of its own (a client's), asked of the kernel's socket
+    diagnostics (sock_diag(7): UNIX_DIAG_NAME and UNIX_DIAG_PEER); abstract names are written with
+    '@' as psutil writes them. /proc/net/unix names only a socket's own address, so without this a
+    client of /run/docker.sock would read as an unnamed socket. Empty when the kernel will not answer."""
+    names: dict[int, str] = {}
+    peer_of: dict[int, int] = {}
+    request = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, UDIAG_SHOW_NAME | UDIAG_SHOW_PEER, 0, 0)
+    header = struct.pack("=IHHII", 16 + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as s:
+            s.settimeout(1.0)
+            s.sendall(header + request)
+            done = False
+            while not done:
+                data = s.recv(1 << 16)
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    if kind in (NLMSG_DONE, NLMSG_ERROR) or length < 16:
+                        done = True
+                        break
+                    _unix_diag_message(data[offset + 16:offset + length], names, peer_of)
+                    offset += (length + 3) & ~3
+    except OSError:
+        return {}
+    return {str(ino): names[peer] for ino, peer in peer_of.items() if ino not in names and peer in names}
+
+
+def _unix_diag_message(body: bytes, names: dict[int, str], peer_of: dict[int, int]) -> None:
+    """One unix_diag_msg (linux/unix_diag.h: family, type, state, pad, inode, cookie) and its attributes."""
+    inode = struct.unpack_from("=I", body, 4)[0]
+    offset = 16
+    while offset + 4 <= len(body):
+        length, kind = struct.unpack_from("=HH", body, offset)
+        if length < 4:
+            break
+        value = body[offset + 4:offset + length]
+        if kind == UNIX_DIAG_NAME and value:
+            name = value if value.startswith(b"\0") else value.split(b"\0", 1)[0]  # a path ends at its NUL
+            names[inode] = name.replace(b"\0", b"@").decode(errors="replace")
+        elif kind == UNIX_DIAG_PEER and len(value) >= 4:
+            peer_of[inode] = struct.unpack_from("=I", value)[0]
+        offset += (length + 3) & ~3
 
 
 def _action(connected: bool, listening: bool) -> str:
