@@ -18,6 +18,7 @@ import numpy as np
 
 from chipaudit.report.model import FAILING_SEVERITY, Category, Finding, Level, Severity, Status
 
+# A check runs at these levels unless it names its own; smoke (seconds, runner/levels.py) is opt-in.
 ALL_LEVELS: tuple[Level, ...] = (Level.quick, Level.standard, Level.deep)
 
 
@@ -62,7 +63,9 @@ class Check(ABC):
     category: ClassVar[Category]
     levels: ClassVar[tuple[Level, ...]] = ALL_LEVELS
     # Wall-clock limit per level, enforced by the runner's watchdog; generous against honest devices.
-    timeout_s: ClassVar[dict[Level, float]] = {Level.quick: 60.0, Level.standard: 300.0, Level.deep: 1800.0}
+    # At smoke a check that takes longer has hung as far as a job's prolog is concerned.
+    timeout_s: ClassVar[dict[Level, float]] = {Level.smoke: 20.0, Level.quick: 60.0, Level.standard: 300.0,
+                                               Level.deep: 1800.0}
 
     def is_supported(self, device: str) -> str | None:
         """None when the check applies to this device, else the reason it does not."""

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 @app.command()
 def run(
     device: DeviceOption = "auto",
-    level: Annotated[Level, typer.Option(help="quick (about a minute), standard, or deep.")] = Level.standard,
+    level: Annotated[Level, typer.Option(help="smoke (seconds: a job's prolog), quick (about a minute), standard, "
+                                              "or deep.")] = Level.standard,
     seed: Annotated[int | None, typer.Option(min=0, help="Repeat a run exactly. Default: a new random seed, "
                                              "always recorded in the report.")] = None,
     only: Annotated[list[str] | None, typer.Option(help="Run only checks with this id or id prefix "
@@ -60,8 +61,8 @@ def run(
                                                         "device peaks: bf16, fp16 and rated fp8 on "
                                                         "accelerators, fp32 on a CPU.")] = None,
     memory_share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of free device memory the "
-                                                       "memory test covers. Default: quick 0.01, standard "
-                                                       "0.25, deep 0.9.")] = None,
+                                                       "memory test covers. Default: smoke 0.001, quick 0.01, "
+                                                       "standard 0.25, deep 0.9.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Also audit products of this model's weights (a "
                                                  ".safetensors file) with realistic activations "
                                                  "(integrity.weights); its sha256 is recorded.")] = None,

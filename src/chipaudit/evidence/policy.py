@@ -12,7 +12,7 @@ A policy is a JSON file, for example:
 - required_checks: check ids or id prefixes ('integrity' means every integrity check). Each must have
   run and not failed: at least one matching check passed (a warning counts as passed) and none failed
   or errored. A skipped check does not meet a requirement: it observed nothing.
-- min_level: the audit ran at this level or a deeper one (quick < standard < deep).
+- min_level: the audit ran at this level or a deeper one (smoke < quick < standard < deep).
 - max_age_days: the audit finished at most this long ago, and not in the future.
 - verdicts: the audit's verdict is one of these.
 
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chipaudit.report.model import Level, Report, Status, Verdict
 
-LEVEL_ORDER = (Level.quick, Level.standard, Level.deep)
+LEVEL_ORDER = (Level.smoke, Level.quick, Level.standard, Level.deep)
 # Clocks of the auditor and the verifier differ; a report this far in the future is still accepted.
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_POLICY_BYTES = 1 << 20

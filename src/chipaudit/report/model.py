@@ -26,6 +26,7 @@ class Category(str, Enum):
 
 
 class Level(str, Enum):
+    smoke = "smoke"
     quick = "quick"
     standard = "standard"
     deep = "deep"

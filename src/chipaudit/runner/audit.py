@@ -79,6 +79,16 @@ def plan(config: AuditConfig) -> list[PlannedCheck]:
     ]
 
 
+def not_at_level(config: AuditConfig) -> list[str]:
+    """The selected checks the level leaves out, by family: the audit did not run them, and says so
+    (they are in no result, so nothing else would name them)."""
+    left: dict[str, list[str]] = {}
+    for c in select(config.only):
+        if config.level not in c.levels:
+            left.setdefault(c.id.split(".")[0], []).append(c.id)
+    return [f"Not run at level {config.level.value}: {', '.join(ids)}." for ids in left.values()]
+
+
 def replay_command(config: AuditConfig) -> str:
     only = "".join(f" --only {p}" for p in config.only or [])
     baseline = f" --baseline {config.params['baseline']}" if config.params.get("baseline") else ""
@@ -125,10 +135,13 @@ def run_audit(
 ) -> Report:
     """Run the audit, every worker under one set of sensors (runner/watched.py), ended with it. On
     Ctrl-C the report is finished as incomplete and KeyboardInterrupt propagates."""
-    with tempfile.TemporaryDirectory(prefix="chipaudit-audit-") as tmp, Watch(Path(tmp) / "watch") as watch:
+    without = levels.WITHOUT_SYSCALL_TRACER.get(config.level)
+    with tempfile.TemporaryDirectory(prefix="chipaudit-audit-") as tmp, \
+            Watch(Path(tmp) / "watch", syscalls=without is None, why_not=without or "") as watch:
         # The inventory is taken while the sensors attach.
         report = new_report(config)
         report.limits.append(f"Level {config.level.value}: {levels.DESCRIPTION[config.level]}.")
+        report.limits.extend(not_at_level(config))
         on_update(report)
 
         def finished(result: CheckResult, findings: list[Finding]) -> None:

@@ -1,17 +1,31 @@
 """The run-level ladder, after DCGM's: seconds, minutes, a quarter hour and more.
 
 Budgets are the wall-clock targets of a whole audit on a 2-core CPU machine; checks size their
-work to them and the watchdog enforces each check's own limit.
+work to them and the watchdog enforces each check's own limit. A check runs at the levels it
+names (`Check.levels`); smoke is opt-in, so a new check stays out of a job's prolog until it says
+it fits there.
 """
 
 from __future__ import annotations
 
 from chipaudit.report.model import Level
 
-BUDGET_S: dict[Level, float] = {Level.quick: 120.0, Level.standard: 600.0, Level.deep: 1800.0}
+BUDGET_S: dict[Level, float] = {Level.smoke: 15.0, Level.quick: 120.0, Level.standard: 600.0, Level.deep: 1800.0}
 
 DESCRIPTION: dict[Level, str] = {
+    Level.smoke: "seconds, for a job's prolog or a readiness probe: verified fp32 and bf16 products on a few "
+                 "small shapes, a slice of memory, the stack against --baseline when one is given and the "
+                 "device's own health counters; no behaviour probe, burn-in, operator or performance check",
     Level.quick: "about a minute: every format on representative shapes, the most telling probes",
     Level.standard: "minutes: adds more shapes and model widths, and full probe sweeps",
     Level.deep: "half an hour: adds the largest products and long sustained runs",
+}
+
+# Levels whose workers go without the eBPF syscall tracer, and why: compiling and attaching its
+# probes costs about 4 s of CPU (13 to 17 s of wall time on a loaded 2-core host, sensors/ebpf.py),
+# more than a smoke audit's whole budget. Their workers stay in the sinkhole's network namespace and
+# under the socket sampler, which a process cannot see either; the report lists the tracer as not run.
+WITHOUT_SYSCALL_TRACER: dict[Level, str] = {
+    Level.smoke: "not run at level smoke: attaching it takes longer than the level's budget; the sinkhole "
+                 "and the socket sampler watched the workers",
 }

@@ -66,9 +66,9 @@ class Watch:
     process with `wrapper(name)` (its tree is sampled under `name` from its start), register any
     other process with `watch(name, pid)`, read `events(name)`."""
 
-    def __init__(self, workdir: Path, syscalls: bool = True) -> None:
+    def __init__(self, workdir: Path, syscalls: bool = True, why_not: str = NOT_HERE) -> None:
         """`syscalls`: also start the eBPF syscall tracer (seconds to attach, so one per audit, for
-        its workers; a behaviour probe's own watch goes without, and says so)."""
+        its workers; a behaviour probe's own watch goes without, and says so: `why_not`)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         # Started before the sampler: the sinkhole's process is the tool's own, never an orphan of a
@@ -77,7 +77,7 @@ class Watch:
         self.sinkhole = Sinkhole(workdir / "sinkhole")
         self.namespaces = unshare_net()
         self.tracer: Any = None
-        self.tracer_status = SensorStatus(EBPF, False, NOT_HERE)
+        self.tracer_status = SensorStatus(EBPF, False, why_not)
         self._attaching: threading.Thread | None = None
         if syscalls:
             # Attaching takes seconds: it goes on while the caller prepares (an audit's inventory), and

@@ -67,6 +67,9 @@ from chipaudit.report.model import Category, Level, Severity
 Q, S, D = Level.quick, Level.standard, Level.deep
 QSD = (Q, S, D)
 SD = (S, D)
+# Level smoke (a job's prolog, seconds in all) multiplies a few small shapes of every path class it
+# can afford, enough outputs that a weak part flipping one element in 10^4 to 10^5 shows.
+SQSD = (Level.smoke, Q, S, D)
 
 # Above this many multiply-adds the host stops recomputing whole products (two float64 GEMMs on the
 # host: about 0.2 s on two cores) and switches to projections plus sampled rows.
@@ -108,12 +111,12 @@ class Case:
 # Shapes, with where they come from. Data, not code: add a model's widths here.
 CASES: tuple[Case, ...] = (
     Case("mm", 1, 1, 1, 1, "tiny 1x1x1"),
-    Case("mm", 1, 3, 5, 7, "odd 3x5x7"),
+    Case("mm", 1, 3, 5, 7, "odd 3x5x7", SQSD),
     Case("mm", 1, 17, 31, 13, "prime 17x31x13"),
-    Case("mm", 1, 61, 127, 67, "prime 61x127x67"),
-    Case("mm", 1, 64, 64, 64, "pow2 64", repeat=True),
-    Case("mm", 1, 256, 256, 256, "pow2 256"),
-    Case("bmm", 8, 128, 64, 128, "attention scores QK^T, 8 heads, head_dim 64", repeat=True),
+    Case("mm", 1, 61, 127, 67, "prime 61x127x67", SQSD),
+    Case("mm", 1, 64, 64, 64, "pow2 64", SQSD, repeat=True),
+    Case("mm", 1, 256, 256, 256, "pow2 256", SQSD),
+    Case("bmm", 8, 128, 64, 128, "attention scores QK^T, 8 heads, head_dim 64", SQSD, repeat=True),
     Case("bmm", 8, 128, 128, 64, "attention PV, 8 heads"),
     Case("linear", 2, 64, 768, 3072, "BERT-base / GPT-2 MLP up with bias", data="normed_linear"),
     Case("linear", 1, 129, 1000, 1001, "odd linear 1000->1001 with bias"),
@@ -161,7 +164,7 @@ CASES: tuple[Case, ...] = (
 )
 
 EXACT_CASES: tuple[Case, ...] = (
-    Case("mm", 1, 64, 64, 64, "exact integers 64"),
+    Case("mm", 1, 64, 64, 64, "exact integers 64", SQSD),
     Case("mm", 1, 33, 48, 80, "exact integers 33x48x80"),
     Case("bmm", 4, 32, 48, 32, "exact integers batched"),
     Case("linear", 1, 16, 64, 64, "exact integers linear with bias"),
@@ -176,7 +179,7 @@ EXACT_CASES: tuple[Case, ...] = (
 # (mm only) the aligned ones. Small, so that they cost the quick level little; never skipped for time,
 # so that a device slow on other cases cannot push them out.
 REALISTIC_CASES: tuple[Case, ...] = (
-    Case("linear", 2, 16, 768, 768, "GPT-2 attention projection with bias, outlier activations",
+    Case("linear", 2, 16, 768, 768, "GPT-2 attention projection with bias, outlier activations", SQSD,
          data="llm_outliers"),
     Case("mm", 1, 32, 512, 256, "int8 weight-only layer, outlier activations", data="int8_weights"),
     Case("mm", 1, 32, 256, 512, "fp8 weight layer after LayerNorm", data="fp8_weights"),
@@ -223,9 +226,10 @@ def bits_of(t: torch.Tensor) -> bytes:
 class GemmCheck(Check):
     category = Category.integrity
 
-    def __init__(self, fmt_name: str):
+    def __init__(self, fmt_name: str, levels: tuple[Level, ...] = QSD):
         self.fmt = FORMATS[fmt_name]
         self.id = f"integrity.gemm.{fmt_name}"
+        self.levels = levels
 
     def is_supported(self, device: str) -> str | None:
         declared = capability.of_format(device, self.fmt.name)
@@ -421,12 +425,13 @@ def verify_product(
     return projection if not projection.ok or rows.ok else rows
 
 
+# At smoke, the formats jobs train and serve in most: fp32 and bf16.
 CHECKS = [
-    GemmCheck("fp32"),
+    GemmCheck("fp32", SQSD),
     GemmCheck("fp64"),
     GemmCheck("tf32"),
     GemmCheck("fp16"),
-    GemmCheck("bf16"),
+    GemmCheck("bf16", SQSD),
     GemmCheck("fp8_e4m3"),
     GemmCheck("int8"),
 ]

@@ -25,7 +25,7 @@ expected and observed word.
 Size: share of free memory per level (MEMORY_SHARE; deep >= 90%; the audit's `memory_share` parameter,
 `chipaudit run --memory-share`, replaces it, e.g. for a short deep run), of the device's free memory as its
 driver reports it, or on the CPU of the process's limits: the smallest of available RAM, the cgroup's
-memory limit less its usage, and RLIMIT_AS / RLIMIT_DATA less what the process already maps. Quick and
+memory limit less its usage, and RLIMIT_AS / RLIMIT_DATA less what the process already maps. Smoke, quick and
 standard also stop where the estimated time would exceed a share of the time limit.
 
 Pass: every word read back as written, the host samples agreeing.
@@ -54,14 +54,15 @@ import numpy as np
 import psutil
 import torch
 
-from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
+from chipaudit.checks.base import ALL_LEVELS, Check, CheckContext, NotApplicable, Outcome
 from chipaudit.devices import torchdev
 from chipaudit.report.model import Category, Level, Severity
 
-MEMORY_SHARE: dict[Level, float] = {Level.quick: 0.01, Level.standard: 0.25, Level.deep: 0.90}
-# Quick and standard size the region so that the estimated run time is this share of the time limit,
-# and stop before a pattern that would start after it (the rate of a shared host can fall mid-run).
-TIME_SHARE: dict[Level, float | None] = {Level.quick: 0.1, Level.standard: 0.5, Level.deep: None}
+# Smoke tests a slice: on an 80 GB device 0.001 is 80 MB, seconds of marching at device bandwidth.
+MEMORY_SHARE: dict[Level, float] = {Level.smoke: 0.001, Level.quick: 0.01, Level.standard: 0.25, Level.deep: 0.90}
+# Smoke, quick and standard size the region so that the estimated run time is this share of the time
+# limit, and stop before a pattern that would start after it (the rate of a shared host can fall mid-run).
+TIME_SHARE: dict[Level, float | None] = {Level.smoke: 0.05, Level.quick: 0.1, Level.standard: 0.5, Level.deep: None}
 PROBE_S = 0.25
 MIN_BYTES = 16 << 20
 CHUNK_BYTES = 1 << 30  # allocated in chunks: one huge allocation fails on fragmented device memory
@@ -456,7 +457,9 @@ def allocate(device: str, target_bytes: int) -> tuple[list[torch.Tensor], str]:
 class MemoryCheck(Check):
     id = "integrity.memory"
     category = Category.integrity
-    timeout_s: ClassVar[dict[Level, float]] = {Level.quick: 60.0, Level.standard: 300.0, Level.deep: 3600.0}
+    levels = (Level.smoke, *ALL_LEVELS)
+    timeout_s: ClassVar[dict[Level, float]] = {Level.smoke: 20.0, Level.quick: 60.0, Level.standard: 300.0,
+                                               Level.deep: 3600.0}
 
     def run(self, ctx: CheckContext) -> Outcome:
         free, limited_by = device_headroom(ctx.device)
@@ -491,7 +494,7 @@ class MemoryCheck(Check):
 
     def _probe(self, device: str, block_bytes: int) -> float:
         """Words-moved bytes per second of the march's own operations (a block write and a block
-        comparison), over PROBE_S, to size quick and standard runs to their time."""
+        comparison), over PROBE_S, to size the runs with a time budget."""
         words = block_bytes // WORD
         a = torch.empty(4 * words, dtype=torch.int32, device=device)
         b = torch.zeros(words, dtype=torch.int32, device=device)

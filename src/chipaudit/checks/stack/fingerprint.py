@@ -10,7 +10,7 @@ srcversion) and the kernel's taint flags, the drivers' firmware under /lib/firmw
 the device stack's Python distributions are hashed with SHA-256. Python files are checked against the
 SHA-256 in their distribution's RECORD, and system files against the OS package database
 (`dpkg --verify`, `rpm -V`). With a baseline (`--baseline FILE`, from `chipaudit baseline create` on a
-trusted machine), every difference is a finding.
+trusted machine), every difference is a finding. At level smoke it runs only with a baseline.
 
 Pass: nothing contradicts itself (files match their packages, loaded modules match their files, no
 code mapped from nowhere) and, with a baseline, nothing changed.
@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-from chipaudit.checks.base import Check, CheckContext, Outcome
+from chipaudit.checks.base import ALL_LEVELS, Check, CheckContext, NotApplicable, Outcome
 from chipaudit.checks.stack import baseline as baselines
 from chipaudit.checks.stack import snapshot as snapshots
 from chipaudit.report.model import Category, Finding, Level, Severity
@@ -45,7 +45,8 @@ class StackCheck(Check):
     # Hashing a CUDA stack (several GB of libraries) on a small host takes a while; the probe's device
     # initialisation may too. The CPU stack takes seconds. The same at every level: the stack is what
     # it is, however long the audit.
-    timeout_s: ClassVar[dict[Level, float]] = {Level.quick: 300.0, Level.standard: 300.0, Level.deep: 600.0}
+    timeout_s: ClassVar[dict[Level, float]] = {Level.smoke: 300.0, Level.quick: 300.0, Level.standard: 300.0,
+                                               Level.deep: 600.0}
 
     def is_supported(self, device: str) -> str | None:
         if not os.path.exists("/proc/self/maps"):
@@ -63,8 +64,13 @@ class StackCheck(Check):
 
 class FingerprintCheck(StackCheck):
     id = "stack.fingerprint"
+    # At smoke only against a baseline: a job's prolog asks whether the stack changed since it was trusted.
+    levels = (Level.smoke, *ALL_LEVELS)
 
     def run(self, ctx: CheckContext) -> Outcome:
+        if ctx.level is Level.smoke and not ctx.params.get("baseline"):
+            raise NotApplicable("level smoke fingerprints the stack only to compare it with a baseline, and none "
+                                "was given (run --baseline FILE, from 'chipaudit baseline create')")
         snap, trusted = self.stack(ctx)
         path = ctx.params.get("baseline")
         findings = self.self_consistency(snap, with_baseline=trusted is not None)
