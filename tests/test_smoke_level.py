@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 
 import pytest
+from conftest import chipaudit, load
 
 from chipaudit.checks import by_id
 from chipaudit.checks.base import CheckContext, NotApplicable
@@ -18,7 +19,6 @@ from chipaudit.runner import levels
 from chipaudit.runner.audit import AuditConfig, not_at_level, plan, run_audit
 from chipaudit.runner.watchdog import Events
 from chipaudit.selftest.faults import BitFlip, worker_wrapper
-from conftest import chipaudit, load
 
 SMOKE = ["stack.fingerprint", "integrity.health", "integrity.gemm.fp32", "integrity.gemm.bf16", "integrity.memory"]
 VENDOR = Path(__file__).parent / "fixtures" / "vendor"
