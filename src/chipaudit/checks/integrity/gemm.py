@@ -67,8 +67,8 @@ from chipaudit.report.model import Category, Level, Severity
 Q, S, D = Level.quick, Level.standard, Level.deep
 QSD = (Q, S, D)
 SD = (S, D)
-# Level smoke (a job's prolog, seconds in all) multiplies a few small shapes of every path class it
-# can afford, enough outputs that a weak part flipping one element in 10^4 to 10^5 shows.
+# Level smoke (a job's prolog, seconds in all) multiplies a few small shapes of the main paths, with
+# over a million outputs checked: a weak part flipping one element in 10^5 shows about ten times.
 SQSD = (Level.smoke, Q, S, D)
 
 # Above this many multiply-adds the host stops recomputing whole products (two float64 GEMMs on the
@@ -161,6 +161,9 @@ CASES: tuple[Case, ...] = (
          every_format=False, heads=8),
     Case("baddbmm_bias", 32, 2048, 128, 2048, "BLOOM-7B ALiBi scores by baddbmm, 32 heads, 2k tokens", (D,),
          every_format=False),
+    # Many outputs for few multiply-adds: a million elements checked for a weak part's rare flips at
+    # smoke, which has no room for the training-sized products that check as many at the other levels.
+    Case("mm", 1, 1024, 64, 1024, "LoRA rank-64 update B @ A, 1024x64x1024", (Level.smoke,)),
 )
 
 EXACT_CASES: tuple[Case, ...] = (
