@@ -43,6 +43,8 @@ def bench(
     from chipaudit.perf.compare import ReportInputError, load_report
 
     check_outputs((json_path, "--json", Kind.file))
+    if level is Level.smoke:
+        raise UsageError("--level smoke measures no performance figure: use quick, standard or deep")
     scenario = perf_bench.load_scenario(requirements)
     if from_report is not None:
         if scenario is None:
