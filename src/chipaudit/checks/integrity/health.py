@@ -1,24 +1,26 @@
 """The device's own health counters: what the part already admits about itself before it is given work.
 
 Threat: a part that is failing and knows it (uncorrectable memory errors since the driver loaded, a
-row remapping that failed, pages awaiting retirement, hardware slowdown at rest) handed a job anyway,
-because nothing read its counters between jobs. DCGM's health watches judge these; a job's prolog
-(`run --level smoke`) needs them in the same seconds as the verified products.
+row remap that failed or is pending, a page retirement pending, a hardware slowdown) handed a job
+anyway, because nothing read its counters between jobs. `chipaudit watch` reports what changes in
+them (sensors/devicewatch.py); a job's prolog (`run --level smoke`) needs their state now, in the same
+seconds as the verified products.
 
-Method: one reading, in the worker, through the vendor's management library with the inventory's own
-readers (devices/nvml.py for CUDA, devices/amd.py for ROCm), of the device the audit computes on
-(matched by PCI bus id, else by index): ECC counters since the driver loaded (volatile) and over the
-part's life (aggregate), retired pages and whether a retirement is pending, remapped rows and whether
-remapping is pending or failed, and the reasons clocks are held down now. On a CPU the host memory
-controllers' EDAC counters (/sys/devices/system/edac/mc), where the kernel exposes them.
+Method: one reading in the worker, the one `watch` takes every interval (devices/nvml.py
+`health_reading`: ECC counts since the driver loaded and over the part's life, retired pages and
+remapped rows with their pending and failure flags, the clock-event reasons), of the device as NVML
+numbers it (sensors/telemetry.py `open_nvml`); on a CPU the host memory controllers' EDAC counters
+(/sys/devices/system/edac/mc), where the kernel exposes them.
 
-Pass: no uncorrectable error since the driver loaded, no failed remapping, nothing pending, no
-hardware slowdown. Fail (high): uncorrectable ECC errors since the driver loaded (NVIDIA volatile
-counter; a CPU's EDAC uncorrected count), or a row remapping failure (NVIDIA's guidance: the GPU
-needs service). Warning (low): a page retirement or row remapping pending (the memory is trusted
-again after a reset), hardware slowdown reported at rest, uncorrectable errors over the part's life
-where no counter since the driver loaded exists. Info: corrected errors, retired pages, remapped rows.
-Not run: when the device exposes none of these counters here; the reason names what is missing.
+Pass: no uncorrectable error since the driver loaded, no remap or retirement failed or pending, no
+slowdown the hardware names. Fail (high): uncorrectable ECC errors since the driver loaded (a CPU's
+EDAC uncorrected count since boot), a row remap failed or pending, a page retirement pending (memory
+the device can no longer trust until it is reset); (medium) a hardware slowdown named now, as
+`watch` judges it (devicewatch.SLOWDOWN_SEVERITY). Warning (low): the driver's own thermal slowdown.
+Info: corrected errors, and the part's history: uncorrectable errors over its life, pages retired
+and rows remapped (the inventory shows them too).
+Not run: when the device exposes none of these counters here (no NVML, ROCm's amdsmi not wired up
+for them, a CPU without EDAC); the reason names what is missing.
 
 Cannot see: a driver that reports zeros (the counters are the driver's word; the other checks judge
 the device by what it computes); events between readings (XID errors need an event subscription,
@@ -28,18 +30,20 @@ as `watch` holds); errors that ECC corrected and no counter kept.
 from __future__ import annotations
 
 import contextlib
-import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 from chipaudit.checks.base import ALL_LEVELS, Check, CheckContext, NotApplicable, Outcome
-from chipaudit.devices.vendor_reads import Unavailable
+from chipaudit.devices import nvml
 from chipaudit.report.model import Category, Finding, Level, Severity
+from chipaudit.sensors.devicewatch import SLOWDOWN_SEVERITY
+from chipaudit.sensors.telemetry import open_nvml
 
 EDAC = Path("/sys/devices/system/edac/mc")
-# nvmlClocksEventReasons (devices/nvml.py names) that the hardware itself raised: at rest, before any
-# load, they mean a cooling, power-delivery or board fault (NVIDIA's nvml.h on each reason).
-HARDWARE_SLOWDOWN = frozenset({"hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"})
+# Flags of the health reading that mean memory the device cannot trust until it is reset.
+FLAGS = ((("remapped_rows", "failure_occurred"), "a row remap failed"),
+         (("remapped_rows", "pending"), "a row remap is pending (applied at the next reset)"),
+         (("retired_pages", "pending"), "a page retirement is pending (applied at the next reset)"))
 
 
 class HealthCheck(Check):
@@ -52,71 +56,54 @@ class HealthCheck(Check):
     def run(self, ctx: CheckContext) -> Outcome:
         ctx.progress(0, 1, "reading the device's health counters")
         if ctx.device.startswith("cpu"):
-            counters, source = edac_counters(EDAC), "EDAC (/sys/devices/system/edac/mc)"
+            counters = edac_counters(EDAC)
             if counters is None:
                 raise NotApplicable("the host exposes no memory-controller error counters (no EDAC under "
                                     f"{EDAC}), and a CPU has no device-side health counters to read")
-            findings = self.judge_edac(counters)
+            findings, source, unread = self.judge_edac(counters), "EDAC", []
+            reading: dict[str, Any] = {"edac": counters}
         else:
-            device, source = vendor_device(ctx.device)
-            counters = {k: device.get(k) for k in ("ecc", "retired_pages", "remapped_rows", "throttle_reasons")}
-            findings = self.judge(counters)
+            reading, unavailable = nvml_reading(ctx.device)
+            findings, source, unread = self.judge(reading), "NVML", sorted(unavailable)
         ctx.progress(1, 1, "done")
-        unread = [k for k, v in counters.items() if v is None]
         return Outcome(findings=findings, coverage={
-            "source": source, "counters": sorted(k for k, v in counters.items() if v is not None),
-            "not_reported": unread,
-            "limits": [f"health counters not reported by {source}: {', '.join(unread)}"] if unread else [],
-        }, measurements={"health": counters})
+            "source": source, "not_reported": unread,
+            "limits": [f"health counters {source} did not give: {', '.join(unread)}"] if unread else [],
+        }, measurements={"health": reading})
 
-    def judge(self, counters: dict[str, Any]) -> list[Finding]:
-        """Findings from an accelerator's counters, in the inventory's form (devices/nvml.py, amd.py)."""
+    def judge(self, reading: dict[str, Any]) -> list[Finding]:
+        """Findings from one health reading (devices/nvml.py `health_reading`)."""
         found: list[Finding] = []
-        errors = (counters.get("ecc") or {}).get("errors") or {}
+        errors = reading.get("ecc_errors") or {}
         volatile, aggregate = errors.get("volatile") or {}, errors.get("aggregate") or {}
         if (volatile.get("uncorrected") or 0) > 0:
             found.append(self.finding(
                 Severity.high, f"{volatile['uncorrected']} uncorrectable ECC error(s) since the driver loaded",
                 "The device's memory returned data that ECC could not correct; what it computes now may be "
-                "wrong wherever those bits sit.", ecc=errors))
-        elif not volatile and (aggregate.get("uncorrected") or 0) > 0:
+                "wrong wherever those bits sit.", ecc_errors=errors))
+        for path, what in FLAGS:
+            flag = (reading.get(path[0]) or {}).get(path[1])
+            if flag is True or flag == "enabled":
+                found.append(self.finding(Severity.high, what, "Memory the device cannot trust until it is reset.",
+                                          **{path[0]: reading.get(path[0])}))
+        for reason in sorted(set(reading.get("reasons") or []) & SLOWDOWN_SEVERITY.keys()):
             found.append(self.finding(
-                Severity.low, f"{aggregate['uncorrected']} uncorrectable ECC error(s) reported over the part's life",
-                "The driver keeps no count since it loaded, so whether these are recent is not known.", ecc=errors))
-        corrected = volatile.get("corrected") or aggregate.get("corrected") or 0
-        if corrected > 0:
-            found.append(self.finding(Severity.info, f"{corrected} corrected ECC error(s)", "ECC corrected them.",
-                                      ecc=errors))
-        retired = counters.get("retired_pages") or {}
-        if retired.get("pending") == "enabled":
-            found.append(self.finding(
-                Severity.low, "a page retirement is pending",
-                "Pages with errors are retired only at the next reset of the device; until then they are in use.",
-                retired_pages=retired))
-        count = sum(v for k, v in retired.items() if k != "pending" and isinstance(v, int))
-        if count:
-            found.append(self.finding(Severity.info, f"{count} retired page(s)", "", retired_pages=retired))
-        rows = counters.get("remapped_rows") or {}
-        if rows.get("failure_occurred"):
-            found.append(self.finding(
-                Severity.high, "a row remapping failed",
-                "The device could not remap a row with errors out of use; NVIDIA's guidance is that the GPU "
-                "needs service.", remapped_rows=rows))
-        if rows.get("pending"):
-            found.append(self.finding(
-                Severity.low, "a row remapping is pending", "Rows are remapped at the next reset of the device.",
-                remapped_rows=rows))
-        if (rows.get("correctable") or 0) + (rows.get("uncorrectable") or 0) > 0:
-            found.append(self.finding(Severity.info, "rows remapped", "", remapped_rows=rows))
-        slowdown = sorted(set(counters.get("throttle_reasons") or []) & HARDWARE_SLOWDOWN)
-        if slowdown:
-            found.append(self.finding(
-                Severity.low, f"hardware slowdown reported at rest: {', '.join(slowdown)}",
-                "The hardware holds its clocks down before any load: a cooling, power-delivery or board "
-                "fault.", reasons=slowdown))
+                SLOWDOWN_SEVERITY[reason], f"the device names a slowdown: {reason}",
+                f"Clocks are held down for {reason.replace('_', ' ')} (NVML clock-event reasons).",
+                reasons=reading.get("reasons"), temperature_c=reading.get("temperature_c")))
+        history = {"corrected ECC errors": (volatile.get("corrected") or 0) + (aggregate.get("corrected") or 0),
+                   "uncorrectable ECC errors over the part's life": aggregate.get("uncorrected") or 0,
+                   "retired pages": sum(v for k, v in (reading.get("retired_pages") or {}).items()
+                                        if k != "pending" and isinstance(v, int)),
+                   "remapped rows": sum(v for k, v in (reading.get("remapped_rows") or {}).items()
+                                        if k in ("correctable", "uncorrectable") and isinstance(v, int))}
+        for what, count in history.items():
+            if count:
+                found.append(self.finding(Severity.info, f"{what}: {count}", "The part's history, counted by its "
+                                          "driver.", ecc_errors=errors))
         return found
 
-    def judge_edac(self, counters: dict[str, Any]) -> list[Finding]:
+    def judge_edac(self, counters: dict[str, dict[str, int]]) -> list[Finding]:
         found: list[Finding] = []
         uncorrected = sum(c["ue_count"] for c in counters.values())
         corrected = sum(c["ce_count"] for c in counters.values())
@@ -139,54 +126,22 @@ def edac_counters(root: Path) -> dict[str, dict[str, int]] | None:
     return out or None
 
 
-def vendor_device(device: str) -> tuple[dict[str, Any], str]:
-    """The vendor library's view of `device` (the inventory's form) and the library's name."""
+def nvml_reading(device: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """`watch`'s health reading of `device`, and what NVML would not give."""
     import torch
 
-    from chipaudit.devices import amd, nvml
-
-    if not device.startswith("cuda"):
-        raise NotApplicable(f"no health counters are read for {device.split(':')[0]} devices: only NVML "
-                            "(CUDA) and amdsmi (ROCm) are wired up")
-    module = amd if torch.version.hip else nvml
+    if not device.startswith("cuda") or not torch.version.cuda:
+        raise NotApplicable(f"no health counters are read for {device} here: only NVML (CUDA) is wired up")
+    reader, index, why = open_nvml(device)
+    if reader is None:
+        raise NotApplicable(f"the device's health counters cannot be read: {why}")
     try:
-        reader = module.open_live()
-    except Unavailable as e:
-        raise NotApplicable(f"the device's health counters cannot be read: {e}") from None
-    try:
-        devices = module.collect(reader)["devices"]
+        return nvml.health_reading(reader, index)
     finally:
-        with contextlib.suppress(Exception):
-            reader.close()
-    index = torch.device(device).index or 0
-    return matching(devices, index, pci_bus_id(index)), reader.source
-
-
-def pci_bus_id(index: int) -> tuple[int, int, int] | None:
-    """(domain, bus, device) of torch's device `index`, which the vendor library may number otherwise."""
-    import torch
-
-    props = torch.cuda.get_device_properties(index)
-    parts = [getattr(props, f"pci_{name}_id", None) for name in ("domain", "bus", "device")]
-    return tuple(parts) if all(isinstance(p, int) for p in parts) else None  # type: ignore[return-value]
-
-
-def address(bus_id: object) -> tuple[int, int, int] | None:
-    """(domain, bus, device) of a PCI address as NVML ("00000000:18:00.0") or amdsmi ("0000:26:00.0") write it."""
-    found = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.[0-7]", str(bus_id))
-    return None if found is None else (int(found[1], 16), int(found[2], 16), int(found[3], 16))
-
-
-def matching(devices: list[dict[str, Any]], index: int, bus: tuple[int, int, int] | None) -> dict[str, Any]:
-    """The vendor library's entry for torch's device `index`: by PCI address, else (no address known) by index."""
-    if bus is None:
-        if index < len(devices):
-            return devices[index]
-    else:
-        for d in devices:
-            if address((d.get("pcie") or {}).get("bus_id")) == bus:
-                return d
-    raise NotApplicable(f"the vendor library lists no device matching device {index} (PCI address {bus})")
+        close = getattr(reader, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
 
 
 CHECKS = [HealthCheck()]
