@@ -29,14 +29,15 @@ T = TypeVar("T")
 
 fleet_app = typer.Typer(
     help="Audit every accelerator of a Ray cluster, keep every result in one store, and find the outliers.\n\n"
-    "Start with:  chipaudit fleet run --address auto --level quick",
+    "Start with:  chipaudit fleet run --level quick  (this machine alone; --address auto joins a running Ray "
+    "cluster)",
     short_help="Audit every accelerator of a Ray cluster and find the outliers.",
     no_args_is_help=True,
 )
 Db = Annotated[str | None, typer.Option("--db", help="Store: a SQLite file or a postgresql:// URL. Default: the "
                                         "history database.")]
-Address = Annotated[str | None, typer.Option(help="Ray cluster address (host:port or auto). Default: a local Ray "
-                                             "instance.")]
+Address = Annotated[str | None, typer.Option(help="Ray cluster to join (host:port, auto, ray://...). Default: a "
+                                             "Ray instance of this machine alone, on loopback, stopped afterwards.")]
 
 
 @contextmanager
@@ -97,7 +98,7 @@ def fleet_run(
     One audit per GPU, NPU or HPU, one per CPU-only node; with --resource, one per unit of that Ray
     resource instead.
 
-    Example: chipaudit fleet run --address auto --level quick
+    Example: chipaudit fleet run --level quick   (or --address auto to join a running cluster)
     """
     from chipaudit.devices.torchdev import DeviceError, parse
     from chipaudit.fleet import FleetOptions, start
