@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from chipaudit.errors import InputError
+from chipaudit.fleet import consensus
 from chipaudit.fleet.cluster import FleetProblem, FleetRun, Progress, Slot, discover, session
 from chipaudit.fleet.store import Audit, FleetStore
 from chipaudit.report.model import Level
@@ -39,9 +40,10 @@ class FleetOptions:
     burn_in_seconds: float | None = None
 
     def audit_argv(self, seed: int) -> list[str]:
+        """Every audit alike, with one seed; the consensus check joins the checks asked for."""
         burn = ["--burn-in-seconds", f"{self.burn_in_seconds:g}"] if self.burn_in_seconds else []
-        return ["--level", self.level.value, "--seed", str(seed), *(x for p in self.only for x in ("--only", p)),
-                *burn]
+        only = [*self.only, consensus.CHECK_ID] if self.only else []
+        return ["--level", self.level.value, "--seed", str(seed), *(x for p in only for x in ("--only", p)), *burn]
 
 
 def open_store(db: str | None) -> tuple[FleetStore, Path | None]:

@@ -297,8 +297,13 @@ _audit_here = _remote(audit_here)
 
 def audit_env(slot_env: dict[str, str]) -> dict[str, str]:
     """The audit's environment: the task's, less the cluster's token, which the audited stack has no
-    business holding."""
-    return {**{k: v for k, v in os.environ.items() if k != AUTH_ENV[1]}, **slot_env}
+    business holding, with the fleet's consensus check among the audit's checks."""
+    from chipaudit.checks import PLUGIN_ENV
+    from chipaudit.fleet.consensus import MODULE
+
+    env = {k: v for k, v in os.environ.items() if k != AUTH_ENV[1]}
+    plugins = [m for m in env.get(PLUGIN_ENV, "").split(",") if m.strip()]
+    return {**env, PLUGIN_ENV: ",".join([*plugins, MODULE] if MODULE not in plugins else plugins), **slot_env}
 
 
 def pack_bundle(bundle: Path, keep_as: str) -> tuple[bytes | None, str | None]:
