@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,12 +101,15 @@ def fleet_run(
 
     Example: chipaudit fleet run --level quick   (or --address auto to join a running cluster)
     """
+    from chipaudit.checks import PLUGIN_ENV
     from chipaudit.devices.torchdev import DeviceError, parse
     from chipaudit.fleet import FleetOptions, start
+    from chipaudit.fleet.consensus import with_this_check
 
     check_outputs((db, "--db", Kind.file))
     with usage_errors(DeviceError, prefix=f"--device {device}: "):
         parse(device)
+    os.environ[PLUGIN_ENV] = with_this_check(os.environ.get(PLUGIN_ENV, ""))  # every audit's registry, checked here
     ready_to_audit(only)
     options = FleetOptions(address, level, seed, only or [], resource, device, max_attempts, node_wait, max_parallel,
                            burn_in_seconds)

@@ -42,7 +42,7 @@ class FleetOptions:
     def audit_argv(self, seed: int) -> list[str]:
         """Every audit alike, with one seed; the consensus check joins the checks asked for."""
         burn = ["--burn-in-seconds", f"{self.burn_in_seconds:g}"] if self.burn_in_seconds else []
-        only = [*self.only, consensus.CHECK_ID] if self.only else []
+        only = [*self.only, consensus.CHECK_ID] if self.only and consensus.CHECK_ID not in self.only else self.only
         return ["--level", self.level.value, "--seed", str(seed), *(x for p in only for x in ("--only", p)), *burn]
 
 

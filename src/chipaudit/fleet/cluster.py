@@ -299,11 +299,10 @@ def audit_env(slot_env: dict[str, str]) -> dict[str, str]:
     """The audit's environment: the task's, less the cluster's token, which the audited stack has no
     business holding, with the fleet's consensus check among the audit's checks."""
     from chipaudit.checks import PLUGIN_ENV
-    from chipaudit.fleet.consensus import MODULE
+    from chipaudit.fleet.consensus import with_this_check
 
     env = {k: v for k, v in os.environ.items() if k != AUTH_ENV[1]}
-    plugins = [m for m in env.get(PLUGIN_ENV, "").split(",") if m.strip()]
-    return {**env, PLUGIN_ENV: ",".join([*plugins, MODULE] if MODULE not in plugins else plugins), **slot_env}
+    return {**env, PLUGIN_ENV: with_this_check(env.get(PLUGIN_ENV, "")), **slot_env}
 
 
 def pack_bundle(bundle: Path, keep_as: str) -> tuple[bytes | None, str | None]:

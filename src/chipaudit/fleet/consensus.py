@@ -133,6 +133,12 @@ class ConsensusCheck(Check):
 CHECKS = [ConsensusCheck()]
 
 
+def with_this_check(modules: str) -> str:
+    """A CHIPAUDIT_CHECK_MODULES value (checks/__init__.py) with this module among its plugins."""
+    names = [m.strip() for m in modules.split(",") if m.strip()]
+    return ",".join(names if MODULE in names else [*names, MODULE])
+
+
 def compare(devices: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """One model's consensus from its devices' measurements (device label, the check's "consensus"):
     per product, how determinism was established, the majority, and the devices unlike it."""
