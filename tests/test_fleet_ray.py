@@ -198,7 +198,8 @@ def test_a_killed_node_is_retried_or_lost_never_missing(workdir: Path) -> None:
     try:
         start_node(ns, env, "head", head=True)
         start_node(ns, env, "victim")
-        args = [*AUDIT, "--node-wait", "3"]
+        # A third try: the second may still be sent to the dying node before Ray has marked it dead.
+        args = [*AUDIT, "--node-wait", "3", "--max-attempts", "3"]
         proc = subprocess.Popen(ns.argv("chipaudit", "fleet", "run", *args, "--db", db), env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 240
