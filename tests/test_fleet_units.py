@@ -145,7 +145,9 @@ def test_modified_z_falls_back_to_the_mean_deviation_when_most_values_agree() ->
 def test_every_audit_gets_the_same_options() -> None:
     options = FleetOptions(None, Level.standard, 7, ["integrity.gemm"], None, "cpu", 2, 60.0, 0, burn_in_seconds=5)
     assert options.audit_argv(7) == ["--level", "standard", "--seed", "7", "--only", "integrity.gemm",
-                                     "--burn-in-seconds", "5"]
+                                     "--only", "fleet.consensus", "--burn-in-seconds", "5"]
+    every = FleetOptions(None, Level.quick, 7, [], None, "cpu", 2, 60.0, 0)
+    assert every.audit_argv(7) == ["--level", "quick", "--seed", "7"]  # every check, the consensus included
 
 
 @pytest.mark.parametrize(("resources", "asked", "unit"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,14 +30,15 @@ T = TypeVar("T")
 
 fleet_app = typer.Typer(
     help="Audit every accelerator of a Ray cluster, keep every result in one store, and find the outliers.\n\n"
-    "Start with:  chipaudit fleet run --address auto --level quick",
+    "Start with:  chipaudit fleet run --level quick  (this machine alone; --address auto joins a running Ray "
+    "cluster)",
     short_help="Audit every accelerator of a Ray cluster and find the outliers.",
     no_args_is_help=True,
 )
 Db = Annotated[str | None, typer.Option("--db", help="Store: a SQLite file or a postgresql:// URL. Default: the "
                                         "history database.")]
-Address = Annotated[str | None, typer.Option(help="Ray cluster address (host:port or auto). Default: a local Ray "
-                                             "instance.")]
+Address = Annotated[str | None, typer.Option(help="Ray cluster to join (host:port, auto, ray://...). Default: a "
+                                             "Ray instance of this machine alone, on loopback, stopped afterwards.")]
 
 
 @contextmanager
@@ -97,14 +99,17 @@ def fleet_run(
     One audit per GPU, NPU or HPU, one per CPU-only node; with --resource, one per unit of that Ray
     resource instead.
 
-    Example: chipaudit fleet run --address auto --level quick
+    Example: chipaudit fleet run --level quick   (or --address auto to join a running cluster)
     """
+    from chipaudit.checks import PLUGIN_ENV
     from chipaudit.devices.torchdev import DeviceError, parse
     from chipaudit.fleet import FleetOptions, start
+    from chipaudit.fleet.consensus import with_this_check
 
     check_outputs((db, "--db", Kind.file))
     with usage_errors(DeviceError, prefix=f"--device {device}: "):
         parse(device)
+    os.environ[PLUGIN_ENV] = with_this_check(os.environ.get(PLUGIN_ENV, ""))  # every audit's registry, checked here
     ready_to_audit(only)
     options = FleetOptions(address, level, seed, only or [], resource, device, max_attempts, node_wait, max_parallel,
                            burn_in_seconds)

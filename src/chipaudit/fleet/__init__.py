@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from chipaudit.errors import InputError
-from chipaudit.fleet.cluster import FleetProblem, FleetRun, Progress, Slot, connect, discover
+from chipaudit.fleet import consensus
+from chipaudit.fleet.cluster import FleetProblem, FleetRun, Progress, Slot, discover, session
 from chipaudit.fleet.store import Audit, FleetStore
 from chipaudit.report.model import Level
 from chipaudit.runner import levels
@@ -39,9 +40,10 @@ class FleetOptions:
     burn_in_seconds: float | None = None
 
     def audit_argv(self, seed: int) -> list[str]:
+        """Every audit alike, with one seed; the consensus check joins the checks asked for."""
         burn = ["--burn-in-seconds", f"{self.burn_in_seconds:g}"] if self.burn_in_seconds else []
-        return ["--level", self.level.value, "--seed", str(seed), *(x for p in self.only for x in ("--only", p)),
-                *burn]
+        only = [*self.only, consensus.CHECK_ID] if self.only and consensus.CHECK_ID not in self.only else self.only
+        return ["--level", self.level.value, "--seed", str(seed), *(x for p in only for x in ("--only", p)), *burn]
 
 
 def open_store(db: str | None) -> tuple[FleetStore, Path | None]:
@@ -83,19 +85,20 @@ def _drive(store: FleetStore, history_db: Path | None, run_id: str, config: dict
 def start(options: FleetOptions, db: str | None, on_progress: Callable[[Progress], None],
           on_created: Callable[[str], None] = lambda run_id: None) -> str:
     store, history_db = open_store(db)
-    connect(options.address)
-    slots = discover(options.resource, options.device)
-    if not slots:
-        raise FleetProblem("the cluster has no devices to audit")
-    seed = secrets.randbits(32) if options.seed is None else options.seed
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    config = {"address": options.address, "level": options.level.value, "seed": seed, "only": options.only,
-              "resource": options.resource, "device": options.device, "max_attempts": options.max_attempts,
-              "node_wait_s": options.node_wait_s, "max_parallel": options.max_parallel,
-              "argv": options.audit_argv(seed)}
-    store.create_run(run_id, config, [Audit(run_id, s.node, s.device_uuid, s.device, "pending", 0) for s in slots])
-    on_created(run_id)
-    _drive(store, history_db, run_id, config, slots, on_progress)
+    with session(options.address, options.resource, options.device):
+        slots = discover(options.resource, options.device)
+        if not slots:
+            raise FleetProblem("the cluster has no devices to audit")
+        seed = secrets.randbits(32) if options.seed is None else options.seed
+        run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        config = {"address": options.address, "level": options.level.value, "seed": seed, "only": options.only,
+                  "resource": options.resource, "device": options.device, "max_attempts": options.max_attempts,
+                  "node_wait_s": options.node_wait_s, "max_parallel": options.max_parallel,
+                  "argv": options.audit_argv(seed)}
+        store.create_run(run_id, config, [Audit(run_id, s.node, s.device_uuid, s.device, "pending", 0)
+                                          for s in slots])
+        on_created(run_id)
+        _drive(store, history_db, run_id, config, slots, on_progress)
     return run_id
 
 
@@ -105,7 +108,7 @@ def resume(run_id: str, address: str | None, db: str | None, on_progress: Callab
     if run is None:
         raise InputError(f"no fleet run {run_id} in this store")
     config = run["config"]
-    connect(address if address is not None else config["address"])
-    slots = discover(config["resource"], config["device"])
-    store.requeue(run_id)
-    _drive(store, history_db, run_id, config, slots, on_progress)
+    with session(address if address is not None else config["address"], config["resource"], config["device"]):
+        slots = discover(config["resource"], config["device"])
+        store.requeue(run_id)
+        _drive(store, history_db, run_id, config, slots, on_progress)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -46,6 +47,11 @@ POLL_S = 0.5
 # device a task holding one unit sees: Ray sets the vendor's visible-devices variable
 # (ASCEND_RT_VISIBLE_DEVICES, HABANA_VISIBLE_MODULES) to the unit it granted, which is then device 0.
 VENDOR_RESOURCES = {"NPU": "npu:0", "HPU": "hpu:0"}
+# Ray reports usage statistics to its makers unless this is 0 (docs.ray.io, "Usage Stats Collection").
+USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
+LOOPBACK = "127.0.0.1"
+# Ray's token authentication (docs.ray.io, "Token authentication"): the mode and the token itself.
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 
 
 class FleetProblem(Exception):
@@ -76,33 +82,115 @@ def _ray() -> Any:
     return ray
 
 
-def connect(address: str | None) -> None:
-    """Connect to the cluster at `address` ('auto', host:port), or start a local Ray without one."""
-    ray = _ray()
-    if address and address != "auto" and not address.startswith("ray://"):
+@contextlib.contextmanager
+def session(address: str | None, resource: str | None, device: str) -> Iterator[None]:
+    """Join the cluster at `address` ('auto', host:port, ray://...) or, without one, start a Ray instance
+    of this machine alone; a started instance is stopped when the block ends, on an error or Ctrl-C too."""
+    saved = {k: os.environ.get(k) for k in (USAGE_STATS_ENV, *AUTH_ENV)}
+    os.environ[USAGE_STATS_ENV] = "0"  # before Ray starts anything, so that every Ray process inherits it
+    try:
+        if address:
+            _connect(address)
+        else:
+            _start_local(resource, device)
+        yield
+    finally:
+        with _quiet_stderr():
+            _ray().shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _connect(address: str) -> None:
+    if address != "auto" and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
         try:
             socket.create_connection((host, int(port)), timeout=5).close()
         except (OSError, ValueError) as e:
             raise FleetProblem(f"--address {address}: no Ray cluster answers there ({e})") from e
+    _init(f"--address {address}", address=address)
+
+
+def local_resources(resource: str | None, device: str) -> dict[str, float]:
+    """The custom resource whose units are this machine's devices when --resource names one: as many
+    units as torch counts devices of --device's type (one CPU). GPUs and Ray's other accelerator
+    resources Ray counts by itself."""
+    if not resource:
+        return {}
+    from chipaudit.devices import torchdev
+
+    kind = torchdev.parse(device).type
+    if not torchdev.available(kind):
+        raise FleetProblem(f"--device {device}: this machine has no {kind} device for a local fleet")
+    return {resource: float(torchdev._count(kind))}
+
+
+def _start_local(resource: str | None, device: str) -> None:
+    """A Ray instance of this machine alone, reachable from nowhere else: no dashboard, no usage report,
+    and every server bound to loopback.
+
+    Ray turns a node address of 127.0.0.1 into the machine's routable address (services.
+    resolve_ip_for_localhost) and then listens there or on every interface; only a node whose address
+    is the loopback one listens on loopback alone. So Ray's own lookup of the node address answers
+    loopback while the instance starts, and the started node is checked: one that is not on loopback
+    is stopped before any work reaches it."""
+    # A token of this instance's own, handed to its processes by the environment (Ray's default writes
+    # one to ~/.ray/auth_token, which every later `ray start` on this machine would then pick up). Ray
+    # reads both when it is first imported, so they are set before, and an imported Ray re-reads them.
+    os.environ.update(dict(zip(AUTH_ENV, ("token", secrets.token_hex(32)), strict=True)))
+    ray = _ray()
+    import ray._private.services as services
+
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray older than its token authentication
+        pass
+    else:
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+    lookup = services.get_node_ip_address
+    services.get_node_ip_address = lambda address=None: LOOPBACK
+    try:
+        _init("a local Ray instance", address="local", include_dashboard=False, resources=local_resources(
+            resource, device), _node_ip_address=LOOPBACK)
+    finally:
+        services.get_node_ip_address = lookup
+    nodes = [n.get("NodeManagerAddress") for n in ray.nodes()]
+    if nodes != [LOOPBACK]:
+        ray.shutdown()
+        raise FleetProblem(f"the local Ray instance came up on {nodes}, not on loopback alone; stopped it")
+
+
+def _init(what: str, **kw: Any) -> None:
+    """ray.init, its failure as one line. Joining a cluster must answer within CONNECT_TIMEOUT_S, so it
+    runs on a thread of its own; a local start runs on this thread, since the processes it starts die
+    with the thread that started them (Ray sets their parent-death signal, which follows the thread)."""
+    ray = _ray()
     outcome: dict[str, BaseException | None] = {}
 
     def init() -> None:
         try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+            ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=False, **kw)
             outcome["error"] = None
         except BaseException as e:  # handed to the caller's thread below
             outcome["error"] = e
 
-    thread = threading.Thread(target=init, daemon=True)
     with _quiet_stderr():  # Ray's own start-up chatter; failures come back as exceptions
-        thread.start()
-        thread.join(CONNECT_TIMEOUT_S)
-    if thread.is_alive():
-        raise FleetProblem(f"--address {address}: the Ray cluster did not answer within {CONNECT_TIMEOUT_S:.0f} s")
+        if kw["address"] == "local":
+            init()
+        else:
+            thread = threading.Thread(target=init, daemon=True)
+            thread.start()
+            thread.join(CONNECT_TIMEOUT_S)
+            if thread.is_alive():
+                raise FleetProblem(f"{what}: Ray did not answer within {CONNECT_TIMEOUT_S:.0f} s")
     if outcome["error"] is not None:
         message = str(outcome["error"]).strip().splitlines()
-        raise FleetProblem(f"--address {address or '(local)'}: {message[0] if message else outcome['error']!r}")
+        raise FleetProblem(f"{what}: {message[0] if message else outcome['error']!r}")
 
 
 @contextlib.contextmanager
@@ -195,7 +283,7 @@ def audit_here(argv: list[str], env: dict[str, str], timeout_s: float, keep_as: 
         report, bundle = Path(tmp) / "report.json", Path(tmp) / "bundle"
         cmd = [sys.executable, "-m", "chipaudit", "run", *argv, "--json", str(report), "--bundle", str(bundle)]
         try:
-            p = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout_s)
+            p = subprocess.run(cmd, env=audit_env(env), capture_output=True, text=True, timeout=timeout_s)
             code, tail = p.returncode, (p.stderr or p.stdout).strip().splitlines()[-1:]
         except subprocess.TimeoutExpired:
             code, tail = -1, [f"the audit did not finish within {timeout_s:.0f} s"]
@@ -205,6 +293,16 @@ def audit_here(argv: list[str], env: dict[str, str], timeout_s: float, keep_as: 
 
 
 _audit_here = _remote(audit_here)
+
+
+def audit_env(slot_env: dict[str, str]) -> dict[str, str]:
+    """The audit's environment: the task's, less the cluster's token, which the audited stack has no
+    business holding, with the fleet's consensus check among the audit's checks."""
+    from chipaudit.checks import PLUGIN_ENV
+    from chipaudit.fleet.consensus import with_this_check
+
+    env = {k: v for k, v in os.environ.items() if k != AUTH_ENV[1]}
+    return {**env, PLUGIN_ENV: with_this_check(env.get(PLUGIN_ENV, "")), **slot_env}
 
 
 def pack_bundle(bundle: Path, keep_as: str) -> tuple[bytes | None, str | None]:

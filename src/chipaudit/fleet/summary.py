@@ -121,6 +121,27 @@ def _stack_deviants(done: list[tuple[Audit, Report]]) -> list[dict[str, Any]]:
     return deviants
 
 
+def _consensus(done: list[tuple[Audit, Report]]) -> list[dict[str, Any]]:
+    """Each model's consensus (fleet/consensus.py) from the consensus check of its devices' audits."""
+    from chipaudit.fleet.consensus import CHECK_ID, compare
+
+    by_model: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for audit, report in done:
+        for check in report.checks:
+            if check.id == CHECK_ID and "consensus" in check.measurements:
+                by_model[report.device.name].append((f"{audit.node}/{audit.device_uuid}",
+                                                     check.measurements["consensus"]))
+    return [{"model": model, **compare(entries)} for model, entries in sorted(by_model.items())]
+
+
+def _consensus_findings(consensus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from chipaudit.fleet.consensus import CHECK_ID
+
+    devices = [d["device"] for model in consensus for d in model["deviants"]]
+    return [{"category": "integrity", "check": CHECK_ID, "title": "products unlike the majority of the device's model",
+             "severity": "high", "devices": devices}] if devices else []
+
+
 def summarize(run: dict[str, Any], audits: list[Audit]) -> dict[str, Any]:
     done = [(a, Report.model_validate_json(a.report)) for a in audits if a.state == DONE and a.report]
     verdicts = Counter(r.verdict.value for _, r in done)
@@ -135,6 +156,7 @@ def summarize(run: dict[str, Any], audits: list[Audit]) -> dict[str, Any]:
             device = f"{audit.node}/{audit.device_uuid}"
             if device not in entry["devices"]:
                 entry["devices"].append(device)
+    consensus = _consensus(done)
     ends = [datetime.fromisoformat(a.finished) for a in audits if a.finished]
     wall = (max(ends) - datetime.fromisoformat(run["created"])).total_seconds() if ends else None
     return {
@@ -150,7 +172,10 @@ def summarize(run: dict[str, Any], audits: list[Audit]) -> dict[str, Any]:
         "could_not_run": sum(a.state == FAILED for a in audits),
         "not_finished": sum(a.state not in (DONE, LOST, FAILED) for a in audits),
         "wall_time_s": wall,
-        "findings": sorted(findings.values(), key=lambda e: (e["category"], e["check"], e["title"])),
+        "findings": sorted([*findings.values(), *_consensus_findings(consensus)],
+                           key=lambda e: (e["category"], e["check"], e["title"])),
+        "consensus": consensus,
+        "consensus_deviants": [{"model": m["model"], **d} for m in consensus for d in m["deviants"]],
         "outliers": [asdict(o) for o in _outliers(done)],
         "stack_deviants": _stack_deviants(done),
         "audits": [{"node": a.node, "device_uuid": a.device_uuid, "device": a.device, "state": a.state,

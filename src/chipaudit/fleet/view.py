@@ -20,9 +20,13 @@ _COUNTS = ("audited", "devices", "passed", "failed", "lost")
 _TABLES = (
     ("performance outliers", "outliers", ["node", "device_uuid", "figure", "value", "peer_median", "z", "kind"]),
     ("stacks unlike their model's majority", "stack_deviants", ["node", "device_uuid", "digest", "majority_digest"]),
+    ("products unlike their model's majority (consensus)", "consensus_deviants", ["model", "device", "why"]),
     ("findings by kind", "findings", ["severity", "check", "title", "devices"]),
     ("audits", "audits", ["node", "device_uuid", "state", "attempts", "verdict", "reason"]),
 )
+
+
+_CONSENSUS = ["model", "format", "devices", "deterministic", "established", "majority", "judged"]
 
 
 @contextmanager
@@ -45,7 +49,10 @@ def outcome(run_id: str, summary: dict[str, Any]) -> tuple[str, Verdict]:
     counts = {k: summary.get(k, 0) for k in _COUNTS}
     line = ("fleet run {}: {audited} of {devices} devices audited, {passed} passed, {failed} failed, "
             "{lost} lost".format(run_id, **counts))
-    if summary.get("failed"):
+    deviants = len({d["device"] for d in summary.get("consensus_deviants", [])})
+    if deviants:
+        line += f", {deviants} unlike their model's majority"
+    if summary.get("failed") or deviants:
         return line, Verdict.fail
     unfinished = summary.get("lost", 0) + summary.get("could_not_run", 0) + summary.get("inconclusive", 0)
     return line, Verdict.inconclusive if unfinished or not summary else Verdict.pass_
@@ -57,11 +64,20 @@ def headline(run_id: str, summary: dict[str, Any]) -> str:
             f"{summary['could_not_run']} could not run")
 
 
+def consensus_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model and product: how its determinism was established and what was judged."""
+    return [{"model": m["model"], **p} for m in summary.get("consensus", []) for p in m["products"]]
+
+
 def tables(summary: dict[str, Any]) -> list[Table]:
     out = []
+    consensus = Table(*_CONSENSUS, title="consensus per model")
+    for row in consensus_rows(summary):
+        consensus.add_row(*(str(row.get(c, "")) for c in _CONSENSUS))
+    out.append(consensus)
     for title, key, columns in _TABLES:
         table = Table(*columns, title=title)
-        for row in summary[key]:
+        for row in summary.get(key, []):
             table.add_row(*(str(row.get(c)) for c in columns))
         out.append(table)
     return out

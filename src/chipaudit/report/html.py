@@ -160,12 +160,16 @@ def _fleet_attention(summary: dict[str, Any]) -> list[str]:
         notes.append(f"{len(summary['outliers'])} performance outlier(s)")
     if summary["stack_deviants"]:
         notes.append(f"{len(summary['stack_deviants'])} stack(s) unlike their model's majority")
+    if summary.get("consensus_deviants"):
+        notes.append(f"{len({d['device'] for d in summary['consensus_deviants']})} device(s) whose products are "
+                     "unlike their model's majority")
     return notes
 
 
 def _fleet_banner(summary: dict[str, Any]) -> dict[str, Any]:
     attention = _fleet_attention(summary)
-    verdict = "fail" if any(summary[c] for c in _FLEET_BAD) else "inconclusive" if attention else "pass"
+    bad = any(summary[c] for c in _FLEET_BAD) or summary.get("consensus_deviants")
+    verdict = "fail" if bad else "inconclusive" if attention else "pass"
     wall = summary["wall_time_s"]
     return {"verdict": verdict, "word": FLEET_WORD[verdict], "what": f"Fleet run {summary['run_id']}",
             "lines": [f"{summary['audited']} of {summary['devices']} device(s) audited · state: {summary['state']} · "
@@ -198,7 +202,8 @@ def fleet_html(summary: dict[str, Any]) -> str:
     banner = _fleet_banner(summary)
     return render_page(
         "fleet.html.j2", title=f"chipaudit fleet {summary['run_id']}: {banner['word']}", banner=banner,
-        sections=[("outcomes", "Outcomes"), ("outliers", "Outliers"), ("stacks", "Stacks"), ("findings", "Findings"),
+        sections=[("outcomes", "Outcomes"), ("outliers", "Outliers"), ("stacks", "Stacks"), ("consensus", "Consensus"),
+                  ("findings", "Findings"),
                   ("plots", "Plots"), ("audits", "Audits")],
         counts=[(c.replace("_", " "), summary[c], zero_mark.get(c, "") if summary[c] else "") for c in FLEET_COUNTS],
         config=[(k, v, "") for k, v in sorted(summary["config"].items())],
