@@ -11,9 +11,10 @@ the same fault (`worker_wrapper`), and other tools (a fleet test's throttled nod
 
 Trigger classes the built-in models cover: none (a weak part: random bit flips), values (integer-valued
 operands, special values), structure (zero rows), shape (an inner dimension), precision (fp32 computed in
-bf16), cumulative use (after a number of multiply-adds), time under load (a throttle after seconds of
-continuous use), format (every product in one format refused: a kill switch), data (a real model's
-outlier channels), being unwatched (a report home made only while no tracer is attached).
+bf16), time (a part that fails after a while in production), cumulative use (after a number of
+multiply-adds), time under load (a throttle after seconds of continuous use), format (every product
+in one format refused: a kill switch), data (a real model's outlier channels), being unwatched (a
+report home made only while no tracer is attached).
 """
 
 from __future__ import annotations
@@ -147,6 +148,19 @@ class BitFlip(Fault, name="bitflip", trigger="none (random)",
         flip_bits(out, torch.randint(0, out.numel(), (count,)), self.bit)
         return out
 
+
+
+@dataclass
+class LateBitFlip(BitFlip, name="late_bitflip", trigger="time (seconds after the device process started)",
+                  description="bit flips as `bitflip`, from `after_s` seconds after the process installed it"):
+    """A part that fails in production: healthy for `after_s` seconds of the process's life, then
+    flipping bits as BitFlip does. A watch meets it at a moment no audit chose."""
+
+    after_s: float = 60.0
+    _installed: float = dataclasses.field(default_factory=time.monotonic, repr=False)
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        return super().after(kind, args, out, seconds) if time.monotonic() - self._installed >= self.after_s else out
 
 @dataclass
 class IntegerTrigger(Fault, name="integer_trigger", trigger="values (integer-valued operands)",
@@ -363,8 +377,8 @@ class HiddenBeacon(Fault, name="hidden_beacon", trigger="being unwatched (no tra
 
 
 FAULTS: dict[str, type[Fault]] = {f.name: f for f in (
-    Fault, BitFlip, IntegerTrigger, ZeroRowTrigger, NanSuppression, ShapeTrigger, PrecisionDowngrade, AfterUse,
-    Throttle, ExpCorruption, Refusal, RealDataTrigger, HiddenBeacon)}
+    Fault, BitFlip, LateBitFlip, IntegerTrigger, ZeroRowTrigger, NanSuppression, ShapeTrigger, PrecisionDowngrade,
+    AfterUse, Throttle, ExpCorruption, Refusal, RealDataTrigger, HiddenBeacon)}
 
 
 def from_spec(spec: dict[str, Any]) -> Fault:
