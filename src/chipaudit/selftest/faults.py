@@ -151,16 +151,16 @@ class BitFlip(Fault, name="bitflip", trigger="none (random)",
 
 
 @dataclass
-class LateBitFlip(BitFlip, name="late_bitflip", trigger="time (seconds after the device process started)",
-                  description="bit flips as `bitflip`, from `after_s` seconds after the process installed it"):
-    """A part that fails in production: healthy for `after_s` seconds of the process's life, then
-    flipping bits as BitFlip does. A watch meets it at a moment no audit chose."""
+class LateBitFlip(BitFlip, name="late_bitflip", trigger="time (a moment in production)",
+                  description="bit flips as `bitflip`, from the Unix time `at` on"):
+    """A part that fails in production: healthy until the moment `at` (Unix time), then flipping bits
+    as BitFlip does. A watch meets it at a moment no audit chose."""
 
-    after_s: float = 60.0
-    _installed: float = dataclasses.field(default_factory=time.monotonic, repr=False)
+    at: float = 0.0
 
     def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
-        return super().after(kind, args, out, seconds) if time.monotonic() - self._installed >= self.after_s else out
+        return super().after(kind, args, out, seconds) if time.time() >= self.at else out
+
 
 @dataclass
 class IntegerTrigger(Fault, name="integer_trigger", trigger="values (integer-valued operands)",

@@ -69,6 +69,9 @@ DEVICE_SLICE_BLOCK_BYTES = 16 << 20
 MAX_PRODUCTS = 64
 # The level whose cases a burst draws: the small ones.
 LEVEL = Level.quick
+# Seconds each case took last, verified (device and host together), by format and case, in this worker:
+# a product that would end past the deadline waits for the next burst, which starts with it.
+_SECONDS: dict[tuple[str, str], float] = {}
 
 
 def formats(device: str) -> list[str]:
@@ -125,12 +128,15 @@ class BurstCheck(Check):
         done = 0
         while done < least or (time.perf_counter() < deadline and done < MAX_PRODUCTS):
             position = rotation + done
-            done += 1
             name = names[position % len(names)]
             cases = product_cases(name)
-            if not cases:
+            case = cases[(position // len(names)) % len(cases)] if cases else None
+            estimate = _SECONDS.get((name, case.label), 0.0) if case else 0.0
+            if done >= least and time.perf_counter() + estimate > deadline:
+                break
+            done += 1
+            if case is None:
                 continue
-            case = cases[(position // len(names)) % len(cases)]
             exact = case in EXACT_CASES
             fmt = as_computed_on(FORMATS[name], ctx.device)
             dist = "exact integers" if exact else case.data or OPERAND_KINDS[position % len(OPERAND_KINDS)]
@@ -141,9 +147,11 @@ class BurstCheck(Check):
             precision = torchdev.tf32_allowed() if name == "tf32" else torchdev.strict_precision()
             ops = draw_operands(case, fmt, np.random.default_rng([ctx.seed, position]), dist, exact)
             before = len(out.findings)
+            t0 = time.perf_counter()
             try:
                 with precision:
                     gemm._verify_case(ctx, ops, exact, evidence, out, tally)
+                _SECONDS[(name, case.label)] = time.perf_counter() - t0
             except _OUT_OF_MEMORY:
                 tally["skipped"] += 1  # the workload holds the memory: not the device's fault
                 continue
