@@ -178,6 +178,9 @@ def test_once_exits_0_on_the_clean_cpu_and_2_on_bad_input(tmp_path: Path) -> Non
     assert p.returncode == 0, p.stderr
     (burst,) = [e for e in events(tmp_path / "watch-events.jsonl") if e["event"] == "burst"]
     assert burst["status"] == "passed" and burst["products"] >= 1
+    with sqlite3.connect(tmp_path / "db.sqlite3") as conn:  # its hour is kept; a watch's place is not its
+        assert conn.execute("SELECT bursts FROM watch_hours").fetchall() == [(1,)]
+        assert conn.execute("SELECT count(*) FROM watch_state").fetchone() == (0,)
     p = chipaudit("watch", "--device", "cpu", "--seed", "1", "--db", str(tmp_path / "db.sqlite3"))
     assert p.returncode == 2 and "--once" in p.stderr and "Traceback" not in p.stderr
 

@@ -225,7 +225,7 @@ class Watcher:
             self._account(burst, hour)
             findings = self._sample() + (self._stack(hour) if self._stack_due(first) else [])
             self._judge(burst, findings, hour)
-            store.save(self.state, hour, when)
+            store.save(self.state, hour, when, keep_state=not self.config.once)
             self._publish()
             first = False
             done += 1

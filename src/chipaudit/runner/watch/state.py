@@ -84,11 +84,14 @@ class WatchStore:
             row = conn.execute(select(watch_state).where(watch_state.c.device_id == device_id)).first()
         return None if row is None else WatchState(**row._asdict())
 
-    def save(self, state: WatchState, hour: Hour, when: datetime) -> None:
+    def save(self, state: WatchState, hour: Hour, when: datetime, keep_state: bool = True) -> None:
+        """The state (unless `keep_state` is False: a single burst's, which a watch must not lose its
+        place to) and the hour's row with `hour` added."""
         state.updated = now()
         values = dataclasses.asdict(state)
         with self.store.write() as conn:
-            _upsert(conn, watch_state, watch_state.c.device_id == state.device_id, values)
+            if keep_state:
+                _upsert(conn, watch_state, watch_state.c.device_id == state.device_id, values)
             key = (watch_hours.c.device_id == state.device_id) & (watch_hours.c.hour == hour_of(when))
             old = conn.execute(select(watch_hours).where(key)).first()
             row = dataclasses.asdict(hour)
