@@ -5,7 +5,9 @@ them) runs on the CPU for the whole benchmark, beside `chipaudit watch --duty 0.
 INTERVAL_S, its sensors included). The watcher is paused (SIGSTOP to its whole process tree) and
 resumed in alternating periods of PERIOD_S, PAIRS times, so that the host's other load falls on both
 sides alike; the workload's products per second in the periods without the watcher over those with it
-is the slowdown.
+is the slowdown: the median over adjacent pairs of periods (one with, one without) of their ratio, so
+that other tenants' load, which moves the workload's rate by far more than a watch does on a shared
+host, cancels within each pair.
 
 usage: PYTHONPATH=src python benchmarks/watch_overhead.py [--pairs 8]
 Last line: watch_slowdown: X (must be at most 1.03 on the CPU).
@@ -18,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,18 +89,18 @@ def main() -> None:
             workload.kill()
             workload.wait()
         lines = [json.loads(line) for line in events.read_text().splitlines()]
-    rates = {True: [0.0, 0.0], False: [0.0, 0.0]}
+    rates = []
     for on, t0, t1 in periods:
         products = sum(n for t, n in done if t0 + 1.0 < t <= t1)  # a second to settle after each switch
-        rates[on][0] += products
-        rates[on][1] += t1 - t0 - 1.0
-        print(f"{'with' if on else 'without'} the watcher: {products / (t1 - t0 - 1.0):.1f} products/s", flush=True)
-    with_watch, without = rates[True][0] / rates[True][1], rates[False][0] / rates[False][1]
+        rates.append((on, products / (t1 - t0 - 1.0)))
+        print(f"{'with' if on else 'without'} the watcher: {rates[-1][1]:.1f} products/s", flush=True)
+    ratios = sorted(dict(pair)[False] / dict(pair)[True] for pair in zip(rates[::2], rates[1::2], strict=True))
+    print("pairs (without / with): " + ", ".join(f"{r:.3f}" for r in ratios))
     bursts = [e for e in lines if e["event"] == "burst"]
     busy = sum(e["busy_s"] for e in bursts)
     print(f"watcher: {len(bursts)} bursts, {sum(e['products'] for e in bursts)} products verified, "
           f"{busy:.2f} s busy; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"watch_slowdown: {without / with_watch:.4f}")
+    print(f"watch_slowdown: {statistics.median(ratios):.4f}")
 
 
 if __name__ == "__main__":

@@ -202,3 +202,15 @@ def test_once_exits_1_on_a_device_that_flips_bits_with_a_signed_bundle(tmp_path:
     checked = verify(Path(burst["bundle"]), [keys.load_public(public)])
     assert checked.ok, [s.problems for s in checked.steps]
     assert checked.report is not None and checked.report.replay == burst["replay"]
+
+
+def test_a_late_bit_flip_is_healthy_until_its_moment() -> None:
+    import torch
+
+    from chipaudit.selftest.faults import LateBitFlip
+
+    out = torch.ones(100, 100)
+    LateBitFlip(rate=0.01, at=time.time() + 3600).after("mm", (out, out), out, 0.0)
+    assert (out == 1.0).all()
+    LateBitFlip(rate=0.01, at=time.time() - 1).after("mm", (out, out), out, 0.0)
+    assert (out != 1.0).any()
