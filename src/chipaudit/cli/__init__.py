@@ -9,12 +9,12 @@ import sys
 
 import typer
 
-from chipaudit.cli import audit, evidence, fleet, performance, stack
+from chipaudit.cli import audit, evidence, fleet, performance, stack, watch
 from chipaudit.cli.common import INCONCLUSIVE, app, fail
 from chipaudit.errors import InputError, Unavailable, crash_log, one_line
 from chipaudit.report.model import EXIT_USAGE
 
-__all__ = ["app", "audit", "evidence", "fleet", "main", "performance", "stack"]
+__all__ = ["app", "audit", "evidence", "fleet", "main", "performance", "stack", "watch"]
 
 # typer >= 0.26 vendors its own copy of click; reach its exceptions through a public typer class.
 _click = sys.modules[next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException").__module__]

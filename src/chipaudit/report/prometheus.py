@@ -30,7 +30,7 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
 
 
-class _Writer:
+class Writer:
     def __init__(self, base: dict[str, str]):
         self.base, self.lines = base, []
 
@@ -42,7 +42,7 @@ class _Writer:
 
 
 def to_text(report: Report) -> str:
-    w = _Writer({"device": report.device.spec, "level": report.level.value})
+    w = Writer({"device": report.device.spec, "level": report.level.value})
     when = (report.finished or report.started).timestamp()
     w.family("verdict", "gauge", "The audit's verdict: 1 for the current one.",
              [({"verdict": v.value}, float(report.verdict is v)) for v in Verdict])

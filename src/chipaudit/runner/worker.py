@@ -19,15 +19,45 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from chipaudit.checks import by_id
-from chipaudit.checks.base import CheckContext, NotApplicable, status_for
-from chipaudit.report.model import CheckResult, Level, Status
+from chipaudit.checks.base import Check, CheckContext, NotApplicable, status_for
+from chipaudit.report.model import CheckResult, Finding, Level, Status
 from chipaudit.runner.child import Channel, child_main
 
 # The job's key naming the tool's scratch folder for this worker.
 SCRATCH = "scratch"
+
+
+def run_check(check: Check, check_id: str, seed: int, device: str, level: Level, params: dict[str, Any],
+              progress: Callable[[int, int, str], None]) -> tuple[CheckResult, list[Finding]]:
+    """One check, as the runner reports it: skipped with its reason, an exception as an error with its
+    traceback in the measurements, or its status from its findings. The watcher's bursts
+    (runner/watch) run through here too."""
+    t0 = time.perf_counter()
+    result = CheckResult(id=check_id, category=check.category, status=Status.skipped, seed=seed)
+    findings: list[Finding] = []
+    reason = check.is_supported(device)
+    if reason is not None:
+        result.reason = reason
+    else:
+        ctx = CheckContext(device=device, level=level, seed=seed, params=params, report_progress=progress)
+        try:
+            outcome = check.run(ctx)
+        except NotApplicable as e:
+            result.reason = str(e)
+        except Exception as e:
+            result.status = Status.error
+            result.reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            result.measurements["traceback"] = traceback.format_exc()[-4000:]
+        else:
+            findings = outcome.findings
+            result.status = status_for(findings)
+            result.coverage, result.measurements = outcome.coverage, outcome.measurements
+    result.duration_s = round(time.perf_counter() - t0, 3)
+    return result, findings
 
 
 def run_job(job: dict[str, Any], channel: Channel) -> None:
@@ -36,33 +66,11 @@ def run_job(job: dict[str, Any], channel: Channel) -> None:
     registry = by_id()
     level = Level(job["level"])
     for check_id, seed in job["checks"]:
-        check = registry[check_id]
         channel.send({"type": "start", "check": check_id, "time": time.time()})
-        t0 = time.perf_counter()
-        result = CheckResult(id=check_id, category=check.category, status=Status.skipped, seed=seed)
-        findings = []
-        reason = check.is_supported(job["device"])
-        if reason is not None:
-            result.reason = reason
-        else:
-            ctx = CheckContext(
-                device=job["device"], level=level, seed=seed, params=job.get("params", {}),
-                report_progress=lambda done, total, note, cid=check_id: channel.send(
-                    {"type": "progress", "check": cid, "done": done, "total": total, "note": note}),
-            )
-            try:
-                outcome = check.run(ctx)
-            except NotApplicable as e:
-                result.reason = str(e)
-            except Exception as e:
-                result.status = Status.error
-                result.reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-                result.measurements["traceback"] = traceback.format_exc()[-4000:]
-            else:
-                findings = outcome.findings
-                result.status = status_for(findings)
-                result.coverage, result.measurements = outcome.coverage, outcome.measurements
-        result.duration_s = round(time.perf_counter() - t0, 3)
+        result, findings = run_check(
+            registry[check_id], check_id, seed, job["device"], level, job.get("params", {}),
+            lambda done, total, note, cid=check_id: channel.send(
+                {"type": "progress", "check": cid, "done": done, "total": total, "note": note}))
         channel.send({
             "type": "result", "check": check_id, "time": time.time(), "result": result.model_dump(mode="json"),
             "findings": [f.model_dump(mode="json") for f in findings],
@@ -71,7 +79,6 @@ def run_job(job: dict[str, Any], channel: Channel) -> None:
             # The device may be left unusable (a sticky driver error): hand back to the parent, which
             # starts a fresh worker for what is left.
             return
-
 
 if __name__ == "__main__":
     sys.exit(child_main(run_job))

@@ -11,9 +11,10 @@ the same fault (`worker_wrapper`), and other tools (a fleet test's throttled nod
 
 Trigger classes the built-in models cover: none (a weak part: random bit flips), values (integer-valued
 operands, special values), structure (zero rows), shape (an inner dimension), precision (fp32 computed in
-bf16), cumulative use (after a number of multiply-adds), time under load (a throttle after seconds of
-continuous use), format (every product in one format refused: a kill switch), data (a real model's
-outlier channels), being unwatched (a report home made only while no tracer is attached).
+bf16), time (a part that fails after a while in production), cumulative use (after a number of
+multiply-adds), time under load (a throttle after seconds of continuous use), format (every product
+in one format refused: a kill switch), data (a real model's outlier channels), being unwatched (a
+report home made only while no tracer is attached).
 """
 
 from __future__ import annotations
@@ -146,6 +147,19 @@ class BitFlip(Fault, name="bitflip", trigger="none (random)",
         count = max(1, round(out.numel() * self.rate))
         flip_bits(out, torch.randint(0, out.numel(), (count,)), self.bit)
         return out
+
+
+
+@dataclass
+class LateBitFlip(BitFlip, name="late_bitflip", trigger="time (a moment in production)",
+                  description="bit flips as `bitflip`, from the Unix time `at` on"):
+    """A part that fails in production: healthy until the moment `at` (Unix time), then flipping bits
+    as BitFlip does. A watch meets it at a moment no audit chose."""
+
+    at: float = 0.0
+
+    def after(self, kind: str, args: tuple[Any, ...], out: torch.Tensor, seconds: float) -> torch.Tensor:
+        return super().after(kind, args, out, seconds) if time.time() >= self.at else out
 
 
 @dataclass
@@ -363,8 +377,8 @@ class HiddenBeacon(Fault, name="hidden_beacon", trigger="being unwatched (no tra
 
 
 FAULTS: dict[str, type[Fault]] = {f.name: f for f in (
-    Fault, BitFlip, IntegerTrigger, ZeroRowTrigger, NanSuppression, ShapeTrigger, PrecisionDowngrade, AfterUse,
-    Throttle, ExpCorruption, Refusal, RealDataTrigger, HiddenBeacon)}
+    Fault, BitFlip, LateBitFlip, IntegerTrigger, ZeroRowTrigger, NanSuppression, ShapeTrigger, PrecisionDowngrade,
+    AfterUse, Throttle, ExpCorruption, Refusal, RealDataTrigger, HiddenBeacon)}
 
 
 def from_spec(spec: dict[str, Any]) -> Fault:

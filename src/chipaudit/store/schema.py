@@ -7,6 +7,8 @@ Version history:
      fleet tables beside it when a fleet run had used the file
   2  the one store: every table in every database, and fleet_audits.note (why an audit's evidence
      bundle is not in the store, and where it stays)
+  3  the watcher's tables: watch_state (where each device's watch stands, so that a restart goes on)
+     and watch_hours (one compact row per device and hour)
 
 Timestamps stay ISO 8601 text, as version 1 wrote them: they sort correctly and read the same everywhere.
 """
@@ -33,7 +35,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -98,6 +100,37 @@ fleet_audits = Table(
     Column("note", Text),
 )
 
+# Where each device's watch stands (runner/watch): written after every burst, in one transaction, so
+# that a watcher killed at any moment loses at most the burst it was running, and a restart goes on.
+watch_state = Table(
+    "watch_state", metadata,
+    Column("device_id", Text, primary_key=True),
+    Column("device_spec", Text, nullable=False),
+    Column("hostname", Text, nullable=False),
+    Column("started", Text, nullable=False),  # when this device was first watched
+    Column("updated", Text, nullable=False),
+    Column("seed", BigInteger, nullable=False),  # the next burst's seed
+    Column("rotation", BigInteger, nullable=False),  # the next burst's rotation position
+    *(Column(count, BigInteger, nullable=False) for count in ("bursts", "products", "failures", "errors",
+                                                               "restarts", "stack_checks")),
+    Column("busy_s", Double, nullable=False),
+    Column("wall_s", Double, nullable=False),
+    Column("last_burst", Text),
+    Column("last_good", Text),
+)
+
+# One row per device and hour (UTC, ISO 8601 to the hour): a long watch's history, compact.
+watch_hours = Table(
+    "watch_hours", metadata,
+    Column("device_id", Text, primary_key=True),
+    Column("hour", Text, primary_key=True),
+    *(Column(count, BigInteger, nullable=False) for count in ("bursts", "products", "failures", "errors",
+                                                               "findings")),
+    Column("busy_s", Double, nullable=False),
+    Column("wall_s", Double, nullable=False),
+    Column("worst", Text),  # the worst finding's severity in the hour, if any
+)
+
 
 def _one_store(conn: Connection) -> None:
     """Version 2 from 0 or 1: whichever tables a database lacks, and the columns version 1 did not have.
@@ -111,4 +144,9 @@ def _one_store(conn: Connection) -> None:
 
 
 # (version reached, step), in order; a database at version v runs every step past v.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(2, _one_store)]
+def _watch_tables(conn: Connection) -> None:
+    """Version 3 from 2: the watcher's tables, new and empty."""
+    metadata.create_all(conn, tables=[watch_state, watch_hours], checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(2, _one_store), (3, _watch_tables)]

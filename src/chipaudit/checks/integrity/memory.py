@@ -56,7 +56,7 @@ import torch
 
 from chipaudit.checks.base import ALL_LEVELS, Check, CheckContext, NotApplicable, Outcome
 from chipaudit.devices import torchdev
-from chipaudit.report.model import Category, Level, Severity
+from chipaudit.report.model import Category, Finding, Level, Severity
 
 # Smoke tests a slice: on an 80 GB device 0.001 is 80 MB, seconds of marching at device bandwidth.
 MEMORY_SHARE: dict[Level, float] = {Level.smoke: 0.001, Level.quick: 0.01, Level.standard: 0.25, Level.deep: 0.90}
@@ -375,6 +375,29 @@ def _host_check(
                                        int(observed[index]), "host"))
 
 
+def march_findings(check: Check, result: MarchResult, seed: int, bytes_tested: int) -> list[Finding]:
+    """What a march found: wrong words (with their addresses and bits), and blocks the device called
+    right that the host read back wrong. The memory check's, and a watcher burst's slice's."""
+    found = []
+    errors = sum(result.error_count.values())
+    if errors:
+        first = result.errors[0].as_dict()
+        found.append(check.finding(
+            Severity.high, f"memory errors: {errors} wrong words",
+            f"Words read back differently from what was written, in {len(result.error_count)} pattern(s) "
+            f"({', '.join(sorted(result.error_count))}); bits that differed: 0x{result.differing_bits:08x}. "
+            f"First at {first['address']}: expected {first['expected']}, observed {first['observed']}.",
+            errors=[e.as_dict() for e in result.errors], errors_by_pattern=dict(result.error_count),
+            differing_bits=f"0x{result.differing_bits:08x}", seed=seed, bytes_tested=bytes_tested))
+    if result.host_disagreements:
+        found.append(check.finding(
+            Severity.high, "the device's own memory comparison disagrees with the host",
+            f"{result.host_disagreements} block(s) that the device reported as correct read back wrong on "
+            "the host: the device misreports its own comparisons, or corrupts data on the way out.",
+            seed=seed))
+    return found
+
+
 # ----- sizing -----
 
 def cgroup_headroom(membership: Path = Path("/proc/self/cgroup"), sysfs: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -545,21 +568,7 @@ class MemoryCheck(Check):
                 f"{', '.join(skipped) or 'none'}{partly}. Run at level deep for every pattern without a time "
                 "budget.", patterns_not_run=skipped, pattern_cut_short=cut_short))
         errors = sum(result.error_count.values())
-        if errors:
-            out.findings.append(self.finding(
-                Severity.high, f"memory errors: {errors} wrong words",
-                f"Words read back differently from what was written, in {len(result.error_count)} pattern(s) "
-                f"({', '.join(sorted(result.error_count))}); bits that differed: 0x{result.differing_bits:08x}. "
-                f"First at {result.errors[0].as_dict()['address']}: expected {result.errors[0].as_dict()['expected']}, "
-                f"observed {result.errors[0].as_dict()['observed']}.",
-                errors=[e.as_dict() for e in result.errors], errors_by_pattern=dict(result.error_count),
-                differing_bits=f"0x{result.differing_bits:08x}", seed=ctx.seed, bytes_tested=region.bytes))
-        if result.host_disagreements:
-            out.findings.append(self.finding(
-                Severity.high, "the device's own memory comparison disagrees with the host",
-                f"{result.host_disagreements} block(s) that the device reported as correct read back wrong on "
-                "the host: the device misreports its own comparisons, or corrupts data on the way out.",
-                seed=ctx.seed))
+        out.findings += march_findings(self, result, ctx.seed, region.bytes)
         out.coverage = {
             "bytes_tested": region.bytes, "share_of_free": round(region.bytes / free, 4) if free else None,
             "free_bytes": free, "free_limited_by": limited_by, "target_share": share,

@@ -1,0 +1,113 @@
+"""Where a device's watch stands, and its hours, in the one store (store/schema.py: watch_state,
+watch_hours). Every save is one transaction: the state after a burst and that burst's share of its
+hour's row are written together or not at all, so that a watcher killed at any moment loses at most
+the burst it was running, and its restart goes on from the last one saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import Connection, Table, insert, select, update
+
+from chipaudit.report.model import Severity
+from chipaudit.store import Store
+from chipaudit.store.dialects import is_postgres
+from chipaudit.store.schema import watch_hours, watch_state
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass
+class WatchState:
+    device_id: str
+    device_spec: str
+    hostname: str
+    seed: int
+    started: str = dataclasses.field(default_factory=now)
+    rotation: int = 0
+    bursts: int = 0
+    products: int = 0
+    failures: int = 0
+    errors: int = 0
+    restarts: int = 0
+    stack_checks: int = 0
+    busy_s: float = 0.0
+    wall_s: float = 0.0
+    last_burst: str | None = None
+    last_good: str | None = None
+    updated: str = ""
+
+
+@dataclass
+class Hour:
+    """What one burst (or stack check) adds to its hour's row."""
+
+    bursts: int = 0
+    products: int = 0
+    failures: int = 0
+    errors: int = 0
+    findings: int = 0
+    busy_s: float = 0.0
+    wall_s: float = 0.0
+    worst: str | None = None
+
+
+def hour_of(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:00Z")
+
+
+def _worse(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    return a if Severity(a).rank >= Severity(b).rank else b
+
+
+class WatchStore:
+    """The watcher's queries over one Store (a SQLite file, made with its folder, or a PostgreSQL URL)."""
+
+    def __init__(self, target: Path | str) -> None:
+        if not is_postgres(target):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        self.store = Store.open(target)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def load(self, device_id: str) -> WatchState | None:
+        with self.store.read() as conn:
+            row = conn.execute(select(watch_state).where(watch_state.c.device_id == device_id)).first()
+        return None if row is None else WatchState(**row._asdict())
+
+    def save(self, state: WatchState, hour: Hour, when: datetime, keep_state: bool = True) -> None:
+        """The state (unless `keep_state` is False: a single burst's, which a watch must not lose its
+        place to) and the hour's row with `hour` added."""
+        state.updated = now()
+        values = dataclasses.asdict(state)
+        with self.store.write() as conn:
+            if keep_state:
+                _upsert(conn, watch_state, watch_state.c.device_id == state.device_id, values)
+            key = (watch_hours.c.device_id == state.device_id) & (watch_hours.c.hour == hour_of(when))
+            old = conn.execute(select(watch_hours).where(key)).first()
+            row = dataclasses.asdict(hour)
+            if old is not None:
+                row = {k: (_worse(old.worst, v) if k == "worst" else getattr(old, k) + v) for k, v in row.items()}
+            _upsert(conn, watch_hours, key, {"device_id": state.device_id, "hour": hour_of(when), **row})
+
+    def hours(self, device_id: str) -> list[dict[str, object]]:
+        with self.store.read() as conn:
+            rows = conn.execute(select(watch_hours).where(watch_hours.c.device_id == device_id)
+                                .order_by(watch_hours.c.hour)).all()
+        return [row._asdict() for row in rows]
+
+
+def _upsert(conn: Connection, table: Table, key: object, values: dict[str, object]) -> None:
+    """Update the keyed row, or insert it: inside the write transaction, which holds the lock (one
+    watcher per device writes its rows)."""
+    if not conn.execute(update(table).where(key).values(**values)).rowcount:  # type: ignore[arg-type]
+        conn.execute(insert(table), values)

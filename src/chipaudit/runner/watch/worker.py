@@ -1,0 +1,38 @@
+"""The watcher's worker: one long-lived child process that runs its bursts, so that the device is
+initialised once, and a burst that hangs or crashes in a driver call costs that worker, never the
+watcher, which starts a fresh one (runner/watch/loop.py).
+
+Protocol (runner/child.py): the first message is the job (device, scratch folder); each later
+message is one burst (seed and parameters), answered with start and result messages as an audit
+worker's checks are (runner/worker.py), so that the sensors around it attribute what it does to the
+burst that was running.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from typing import Any
+
+from chipaudit.runner.child import Channel, child_main
+from chipaudit.runner.watch.burst import BURST_ID, LEVEL, BurstCheck
+from chipaudit.runner.worker import SCRATCH, run_check
+
+
+def serve(job: dict[str, Any], channel: Channel) -> None:
+    if job.get(SCRATCH):
+        tempfile.tempdir = job[SCRATCH]
+    check = BurstCheck()
+    channel.send({"type": "ready", "time": time.time()})
+    for burst in channel:
+        channel.send({"type": "start", "check": BURST_ID, "time": time.time()})
+        result, findings = run_check(check, BURST_ID, int(burst["seed"]), job["device"], LEVEL, burst["params"],
+                                     lambda done, total, note: None)
+        channel.send({"type": "result", "check": BURST_ID, "time": time.time(),
+                      "result": result.model_dump(mode="json"),
+                      "findings": [f.model_dump(mode="json") for f in findings]})
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(serve))
