@@ -6,9 +6,9 @@ is the median number of intervals from that moment to the burst event that repor
 delay over the interval; a trial that never reports counts as infinite). A clean watch as long as all
 trials together follows, and must report nothing.
 
-Reporting home (a connection from a process that holds the device) needs the process sampler
-(sensors/procwatch.py, `runner.watch.samplers_for`); where this build has none, that part says so and
-is not counted.
+Reporting home: as many trials again, where a process named with --watch-pid (as a job holding the
+device would be) connects to a listener on loopback at a random moment; the holders' sampler
+(sensors/procwatch.py) must report it. The clean watch watches a quiet process the same way.
 
 usage: PYTHONPATH=src python benchmarks/watch_detection.py [--trials 10]
 Last line: watch_detection_intervals: X (must be at most 2).
@@ -21,7 +21,6 @@ import json
 import math
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,9 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chipaudit.checks.behaviour.allowlist import Allowlist
 from chipaudit.runner.child import Wrapper
-from chipaudit.runner.watch import Sampler, WatchConfig, Watcher, samplers_for
+from chipaudit.runner.watch import WatchConfig, Watcher
 from chipaudit.selftest.faults import LateBitFlip, worker_wrapper
+from chipaudit.sensors.samplers import Sampler, samplers_for
+from chipaudit.stats import median
 
 INTERVAL_S = 2.0
 DUTY = 0.05  # 0.1 s per burst at 2 s: room for a burst's least (a product, an operator case, a memory block)
@@ -80,24 +82,24 @@ def corruption_trial(folder: Path, rng: random.Random) -> tuple[float, int]:
     return max(1.0, math.ceil((_unix(hit["time"]) - onset) / INTERVAL_S)), len(bursts)
 
 
-def beacon_trial(folder: Path, rng: random.Random) -> float | None:
-    """A device-holding process that connects to a collector at a random moment; None where this build
-    has no process sampler. The hook for sensors/procwatch.py."""
+def beacon_trial(folder: Path, rng: random.Random) -> float:
+    """Intervals until a watched process's connection to a collector, made at a random moment after
+    the watcher's start-up, is reported by the holders' sampler."""
     collector = socket.socket()
     collector.bind(("127.0.0.1", 0))
     collector.listen()
     port = collector.getsockname()[1]
-    delay = rng.uniform(*ONSET_INTERVALS) * INTERVAL_S + 3.0
+    delay = STARTUP_S + rng.uniform(*ONSET_INTERVALS) * INTERVAL_S
     holder = subprocess.Popen([sys.executable, "-c", f"import socket, time; time.sleep({delay}); "
                                f"s = socket.create_connection(('127.0.0.1', {port})); time.sleep(60)"])
     try:
-        samplers = samplers_for("cpu", [holder.pid], [], {})
-        if not samplers:
-            return None
+        samplers = samplers_for("cpu", [holder.pid], [], Allowlist())
         onset = time.time() + delay
         bursts = watch(folder, [], samplers, lambda b: reported(b) is not None or time.time() > onset + 20)
         hit = reported(bursts)
-        return math.inf if hit is None else max(1.0, math.ceil((_unix(hit["time"]) - onset) / INTERVAL_S))
+        if hit is None or _unix(hit["time"]) < onset:  # never reported, or an alarm before the connection
+            return math.inf
+        return max(1.0, math.ceil((_unix(hit["time"]) - onset) / INTERVAL_S))
     finally:
         holder.kill()
         collector.close()
@@ -129,19 +131,20 @@ def main() -> None:
             folder = Path(tmp) / f"beacon-{i}"
             folder.mkdir()
             beacon = beacon_trial(folder, rng)
-            if beacon is None:
-                print("reporting home: not measured (no process sampler in this build: sensors/procwatch.py)")
-                break
             delays.append(beacon)
             print(f"reporting-home trial {i + 1}: reported after {beacon} interval(s)", flush=True)
         clean = Path(tmp) / "clean"
         clean.mkdir()
-        bursts = watch(clean, [], [], lambda b: len(b) >= watched)
+        quiet = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        try:
+            bursts = watch(clean, [], samplers_for("cpu", [quiet.pid], [], Allowlist()), lambda b: len(b) >= watched)
+        finally:
+            quiet.kill()
         alarms = sum(1 for b in bursts if reported([b]) is not None)
         print(f"clean watch: {len(bursts)} bursts, {alarms} false alarm(s)")
-    median = statistics.median(delays)
-    print(f"median intervals until reported: {median} over {len(delays)} trial(s); false alarms: {alarms}")
-    print(f"watch_detection_intervals: {median:g}")
+    middle = median(delays)
+    print(f"median intervals until reported: {middle} over {len(delays)} trial(s); false alarms: {alarms}")
+    print(f"watch_detection_intervals: {middle:g}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from chipaudit.stats import median
 
 INTERVAL_S = 5.0
 DUTY = 0.01
@@ -100,7 +101,7 @@ def main() -> None:
     busy = sum(e["busy_s"] for e in bursts)
     print(f"watcher: {len(bursts)} bursts, {sum(e['products'] for e in bursts)} products verified, "
           f"{busy:.2f} s busy; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"watch_slowdown: {statistics.median(ratios):.4f}")
+    print(f"watch_slowdown: {median(ratios):.4f}")
 
 
 if __name__ == "__main__":

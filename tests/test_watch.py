@@ -26,6 +26,7 @@ from chipaudit.runner.watch import WatchConfig, Watcher
 from chipaudit.runner.watch.loop import DutyBucket
 from chipaudit.runner.watch.outputs import METRICS, metric_names, metrics_text
 from chipaudit.runner.watch.state import Hour, WatchState, WatchStore
+from chipaudit.sensors.events import SensorStatus
 from chipaudit.store import SCHEMA_VERSION, Store
 
 DASHBOARD = Path(__file__).parents[1] / "contrib" / "grafana" / "chipaudit-watch.json"
@@ -112,6 +113,7 @@ class Holder:
 
     def __init__(self) -> None:
         self.samples = 0
+        self.closed = False
 
     def sample(self) -> list[Finding]:
         self.samples += 1
@@ -123,6 +125,12 @@ class Holder:
     def metrics(self) -> dict[str, float]:
         return {"power_w": 100.0 + self.samples}
 
+    def status(self) -> SensorStatus:
+        return SensorStatus("test holder", True, "a process that connects once")
+
+    def close(self) -> None:
+        self.closed = True
+
 
 def test_a_samplers_finding_fails_its_interval_and_its_gauges_are_exported(tmp_path: Path) -> None:
     config = WatchConfig(device="cpu", db=tmp_path / "db.sqlite3", events=tmp_path / "events.jsonl",
@@ -131,6 +139,7 @@ def test_a_samplers_finding_fails_its_interval_and_its_gauges_are_exported(tmp_p
     (tmp_path / "bundles").mkdir()
     holder = Holder()
     assert Watcher(config, [holder]).run() == 0
+    assert holder.closed
     bursts = [e for e in events(config.events) if e["event"] == "burst"]
     assert [bool(e["findings"]) for e in bursts] == [False, True, False]
     assert bursts[1]["findings"][0]["title"].endswith("203.0.113.5:443") and bursts[1]["bundle"]

@@ -82,8 +82,10 @@ def watch(
 
     Example: chipaudit watch --device cuda:0 --once   (one burst, e.g. as a readiness probe)
     """
+    from chipaudit.checks.behaviour import allowlist as allowlists
     from chipaudit.evidence import history, keys
-    from chipaudit.runner.watch import WatchConfig, Watcher, samplers_for
+    from chipaudit.runner.watch import WatchConfig, Watcher
+    from chipaudit.sensors.samplers import samplers_for
     from chipaudit.store.dialects import is_postgres
 
     if prometheus is not None and metrics_port is not None:
@@ -119,6 +121,7 @@ def watch(
         baseline=Path(baseline_params(baseline, resolved)["baseline"]) if baseline else None,
         stack_every=stack_every, prometheus=prometheus, metrics_port=metrics_port, bundle_dir=bundle_dir,
         key=private, params=params, syscalls=syscall_tracer)
-    samplers = samplers_for(resolved, watch_pid or [], watch_cgroup or [], params)
+    samplers = samplers_for(resolved, watch_pid or [], [Path(c) for c in watch_cgroup or []],
+                            allowlists.load(params))
     say(f"chipaudit: watching {resolved} every {interval:g} s at duty {duty:g}; events in {events}")
     raise typer.Exit(Watcher(config, samplers).run())

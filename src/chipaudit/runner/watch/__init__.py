@@ -4,6 +4,6 @@ the bursts, loop.py the watcher (duty, lifecycle, samplers, stack drift), state.
 store, outputs.py its metrics, event log and failure bundles.
 """
 
-from chipaudit.runner.watch.loop import Sampler, WatchConfig, Watcher, samplers_for
+from chipaudit.runner.watch.loop import WatchConfig, Watcher
 
-__all__ = ["Sampler", "WatchConfig", "Watcher", "samplers_for"]
+__all__ = ["WatchConfig", "Watcher"]

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -42,6 +42,7 @@ from chipaudit.runner.watch.burst import BURST_ID, LEVEL
 from chipaudit.runner.watch.state import Hour, WatchState, WatchStore, now
 from chipaudit.runner.watchdog import HOST_BLAS, STARTUP_TIMEOUT_S, Events, PlannedCheck, run_plan
 from chipaudit.runner.watched import WatchedWorker, WorkerSensors
+from chipaudit.sensors.samplers import Sampler
 from chipaudit.sensors.watch import Watch
 
 WORKER = (sys.executable, "-m", "chipaudit.runner.watch.worker")
@@ -56,28 +57,6 @@ STOP_GRACE_S = 5.0
 POLL_S = 0.5
 STACK_CHECK = "stack.fingerprint"
 STACK_TIMEOUT_S = 600.0
-
-
-class Sampler(Protocol):
-    """What the watch samples every interval besides its bursts (sensors/procwatch.py)."""
-
-    def sample(self) -> list[Finding]:
-        """What is new since the last sample, as findings."""
-        ...
-
-    def metrics(self) -> dict[str, float]:
-        """Gauges for Prometheus: power, temperature, clocks, counts."""
-        ...
-
-
-def samplers_for(device: str, pids: Sequence[int], cgroups: Sequence[str], params: dict[str, Any]) -> list[Sampler]:
-    """The samplers of the device-holding processes and of the device's telemetry, with the behaviour
-    probes' allow-list (in `params`); none where this build has no such sensors."""
-    try:
-        from chipaudit.sensors import procwatch  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    return list(procwatch.samplers(device=device, pids=list(pids), cgroups=list(cgroups), params=params))
 
 
 @dataclass
@@ -179,7 +158,8 @@ class Watcher:
                 self.log.write("start", device=self.config.device, device_id=self.state.device_id,
                                continuing=self.state.bursts > 0, seed=self.state.seed, rotation=self.state.rotation,
                                duty=self.config.duty, interval_s=self.config.interval_s,
-                               sensors=[s.as_dict() for s in watch.statuses()], samplers=len(self.samplers))
+                               sensors=[s.as_dict() for s in watch.statuses()],
+                               samplers={st.name: st.as_dict() for st in (s.status() for s in self.samplers)})
                 self._publish()
                 self._loop(store)
         finally:
@@ -189,6 +169,8 @@ class Watcher:
                 self._publish()
             if server is not None:
                 server.close()
+            for sampler in self.samplers:
+                sampler.close()
             store.close()
         return EXIT_CODES[self.verdict] if self.config.once else 0
 
