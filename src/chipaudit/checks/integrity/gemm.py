@@ -306,7 +306,7 @@ class GemmCheck(Check):
             }
             ops = draw_operands(case, fmt, rng, dist, exact)
             try:
-                ratio = self._verify_case(ctx, ops, exact, evidence, out, tally)
+                ratio = self.verify_case(ctx, ops, exact, evidence, out, tally)
             except _OUT_OF_MEMORY:
                 skipped.append(f"{case.label} (device out of memory)")
                 continue
@@ -337,7 +337,7 @@ class GemmCheck(Check):
         }
         return out
 
-    def _verify_case(
+    def verify_case(
         self, ctx: CheckContext, ops: Operands, exact: bool, evidence: dict[str, Any], out: Outcome,
         tally: Counter[str],
     ) -> float:

@@ -95,7 +95,7 @@ class OperatorCheck(Check):
             evidence = {"case": case.label, "op": case.op, "dtype": key[1], "seed": ctx.seed, "case_index": i,
                         **case.evidence}
             try:
-                v = self._verify(ctx.device, case)
+                v = self.verify(ctx.device, case)
             except REFUSALS as e:
                 refused.setdefault(key, []).append(Refused(case.label, evidence, one_line(e), declared))
                 continue
@@ -108,7 +108,7 @@ class OperatorCheck(Check):
             if v.ok:
                 worst_ratio = max(worst_ratio, v.max_ratio)
                 continue
-            reproduced = 1 + sum(not self._verify(ctx.device, case).ok for _ in range(RETESTS))
+            reproduced = 1 + sum(not self.verify(ctx.device, case).ok for _ in range(RETESTS))
             out.findings.append(self.finding(
                 Severity.high, f"wrong {key[1]} {case.op} results",
                 f"{case.label}: {v.bad} of {v.checked} elements break their rule; worst: expected "
@@ -145,7 +145,7 @@ class OperatorCheck(Check):
                 out.append(refusal(self, f"{op} in {dtype}", first.error, first.declared, where=first.label, **named))
         return out
 
-    def _verify(self, device: str, case: OpCase) -> Verification:
+    def verify(self, device: str, case: OpCase) -> Verification:
         result = case.run(device)
         torchdev.synchronize(device)
         observed = to_host(result).astype(np.float64).reshape(case.expectation.value.shape)

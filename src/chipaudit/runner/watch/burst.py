@@ -150,7 +150,7 @@ class BurstCheck(Check):
             t0 = time.perf_counter()
             try:
                 with precision:
-                    gemm._verify_case(ctx, ops, exact, evidence, out, tally)
+                    gemm.verify_case(ctx, ops, exact, evidence, out, tally)
                 _SECONDS[(name, case.label)] = time.perf_counter() - t0
             except _OUT_OF_MEMORY:
                 tally["skipped"] += 1  # the workload holds the memory: not the device's fault
@@ -182,7 +182,7 @@ class BurstCheck(Check):
                         "rotation": position - 1, "check": check.id, **case.evidence}
             try:
                 with torchdev.strict_precision():
-                    v = check._verify(ctx.device, case)
+                    v = check.verify(ctx.device, case)
             except REFUSALS as e:
                 out.findings.append(refusal(self, f"{case.op} in {dtype}", e, where=case.label, **evidence))
                 continue
