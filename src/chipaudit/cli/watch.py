@@ -70,11 +70,13 @@ def watch(
 ) -> None:
     """Audit a device continuously while it works: a short verified burst every interval.
 
-    Each burst verifies matrix products against the host oracle, in the device's formats with
-    realistic operands, a sample of operators and a slice of memory; the formats, shapes and
-    operands rotate from burst to burst. Bursts are sized so that the device spends at most --duty
-    of its time on them. SIGTERM or Ctrl-C stops after the running burst; a restart goes on from
-    the store. Every failure is a JSON line in the event log, with the command that replays it.
+    Each burst verifies matrix products against the host oracle, in the device's
+    formats with realistic operands, a sample of operators and a slice of memory;
+    formats, shapes and operands rotate from burst to burst. Bursts are sized so
+    that the device spends at most --duty of its time on them. The processes that
+    hold the device are watched without a tracer, and its health telemetry read.
+    SIGTERM or Ctrl-C stops after the running burst; a restart goes on from the
+    store. Every failure is a JSON line in the event log, with its replay command.
 
     Example: chipaudit watch --device cuda:0 --prometheus /var/lib/node_exporter/chipaudit.prom --bundle-dir fails/
 
