@@ -296,13 +296,20 @@ _audit_here = _remote(audit_here)
 
 
 def audit_env(slot_env: dict[str, str]) -> dict[str, str]:
-    """The audit's environment: the task's, less the cluster's token, which the audited stack has no
-    business holding, with the fleet's consensus check among the audit's checks."""
+    """The audit's environment: the task's, with `device_env`'s changes."""
+    from chipaudit.runner.child import Wrapper, environment
+
+    return environment([Wrapper(env=device_env(slot_env))])
+
+
+def device_env(slot_env: dict[str, str]) -> dict[str, str | None]:
+    """What the processes that use a device change in this process's environment: the cluster's token
+    removed, which the audited stack has no business holding, the fleet's consensus check among the
+    checks, and the slot's own variables."""
     from chipaudit.checks import PLUGIN_ENV
     from chipaudit.fleet.consensus import with_this_check
 
-    env = {k: v for k, v in os.environ.items() if k != AUTH_ENV[1]}
-    return {**env, PLUGIN_ENV: with_this_check(env.get(PLUGIN_ENV, "")), **slot_env}
+    return {AUTH_ENV[1]: None, PLUGIN_ENV: with_this_check(os.environ.get(PLUGIN_ENV, "")), **slot_env}
 
 
 def pack_bundle(bundle: Path, keep_as: str) -> tuple[bytes | None, str | None]:
