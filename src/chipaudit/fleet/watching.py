@@ -179,7 +179,8 @@ class FleetWatch:
     """Drive one fleet watch until stopped (or until every device has done `count` bursts)."""
 
     def __init__(self, store: FleetStore, run_id: str, seed: int, options: WatchOptions, slots: list[Slot],
-                 resource: str | None, device: str, on_progress: Callable[[dict[str, int]], None]) -> None:
+                 resource: str | None, device: str, on_progress: Callable[[dict[str, int]], None],
+                 stop: threading.Event | None = None) -> None:
         self.store, self.run_id, self.seed, self.options = store, run_id, seed, options
         self.watch_store = WatchStore(store.store)
         self.resource, self.device = resource, device
@@ -187,7 +188,7 @@ class FleetWatch:
         self.lost: set[tuple[str, str]] = set()
         self.rounds: dict[int, Round] = {}
         self.on_progress = on_progress
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._rejoin_at = 0.0
 
     def stop(self) -> None:
