@@ -65,13 +65,12 @@ def _drive(action: Callable[[Callable[[Progress], None]], T]) -> T:
 
 def _exit(run_id: str, db: str | None) -> None:
     from chipaudit.fleet import open_store
-    from chipaudit.fleet.summary import summarize
+    from chipaudit.fleet.summary import load
     from chipaudit.fleet.view import outcome
 
     with _cluster_errors():
         store, _ = open_store(db)
-        run = store.run(run_id)
-        summary = summarize(run, store.audits(run_id)) if run else {}
+        summary = load(store, run_id) or {}
     line, verdict = outcome(run_id, summary)
     console.print(line)
     console.print(f"report: chipaudit fleet report {run_id}" + (f" --db {db}" if db else ""), markup=False)
@@ -219,14 +218,15 @@ def fleet_report(
     html_path: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
 ) -> None:
-    """Summarise a fleet run: outcomes, findings, outliers, odd stacks.
+    """Summarise a fleet run or a fleet watch: outcomes, findings, outliers, odd stacks, consensus.
 
-    Slow or erratic devices are judged against the devices of the same model; so are stacks.
+    Slow or erratic devices are judged against the devices of the same model; so are stacks. A fleet
+    watch's report shows each device's watch: bursts, failures, last good burst, hours, losses.
 
     Example: chipaudit fleet report 20260101-120000-abc123 --html fleet.html
     """
     from chipaudit.fleet import open_store
-    from chipaudit.fleet.summary import summarize
+    from chipaudit.fleet.summary import load
     from chipaudit.fleet.view import headline, tables
     from chipaudit.report.html import write_fleet
     from chipaudit.report.model import write_atomic
@@ -234,10 +234,9 @@ def fleet_report(
     check_outputs((html_path, "--html", Kind.file), (json_path, "--json", Kind.file))
     with _cluster_errors():
         store, _ = open_store(db)
-        run = store.run(run_id)
-        if run is None:
+        summary = load(store, run_id)
+        if summary is None:
             raise UsageError(f"no fleet run {run_id} in this store")
-        summary = summarize(run, store.audits(run_id))
     console.print(headline(run_id, summary))
     for table in tables(summary):
         console.print(table)
