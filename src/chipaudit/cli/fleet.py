@@ -173,9 +173,6 @@ def fleet_watch(
 
     Example: chipaudit fleet watch --interval 2 --duty 0.1 --count 5   (a local try: this machine alone)
     """
-    import signal
-    import threading
-
     from chipaudit.checks import PLUGIN_ENV
     from chipaudit.checks.stack.baseline import BaselineError
     from chipaudit.checks.stack.baseline import load as load_baseline
@@ -195,15 +192,9 @@ def fleet_watch(
     ready_to_audit(None, params)
     options = WatchOptions(interval, duty, stack_every, syscall_tracer, params, consensus_every, count,
                            baseline.read_text() if baseline is not None else None)
-    stopping = threading.Event()
-    previous = {s: signal.signal(s, lambda signum, frame: stopping.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     run_ids: list[str] = []
-    try:
-        with _cluster_errors():
-            watch(address, resource, device, seed, options, db, lambda counts: None, stopping, run_ids.append)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    with _cluster_errors():
+        watch(address, resource, device, seed, options, db, lambda counts: None, run_ids.append)
     if count is None:
         console.print(f"fleet watch {run_ids[0]} stopped", markup=False)
         console.print(f"report: chipaudit fleet report {run_ids[0]}" + (f" --db {db}" if db else ""), markup=False)

@@ -122,10 +122,10 @@ def resume(run_id: str, address: str | None, db: str | None, on_progress: Callab
 
 
 def watch(address: str | None, resource: str | None, device: str, seed: int | None, options: WatchOptions,
-          db: str | None, on_progress: Callable[[dict[str, int]], None], stop: threading.Event,
-          on_created: Callable[[str], None] = lambda run_id: None) -> str:
-    """Watch every device of the cluster until `stop` is set (or every device has done options.count
-    bursts); the watch is a fleet run of kind `watch` in the store."""
+          db: str | None, on_progress: Callable[[dict[str, int]], None],
+          on_created: Callable[[str], None] = lambda run_id: None, stop: threading.Event | None = None) -> str:
+    """Watch every device of the cluster until `stop` is set, SIGTERM or SIGINT comes (or every device
+    has done options.count bursts); the watch is a fleet run of kind `watch` in the store."""
     from chipaudit.fleet.watching import FleetWatch
 
     store, _ = open_store(db)

@@ -42,6 +42,7 @@ from chipaudit.fleet.cluster import Slot, _last_line, _pinned, _ray, _remote, al
 from chipaudit.fleet.store import LOST, FleetStore
 from chipaudit.report.model import FAILING_SEVERITY, Severity
 from chipaudit.runner.watch.burst import LEVEL
+from chipaudit.runner.watch.loop import stop_on_signals
 from chipaudit.runner.watch.state import WatchState, WatchStore
 
 POLL_S = 1.0
@@ -195,19 +196,21 @@ class FleetWatch:
         self._stop.set()
 
     def execute(self) -> None:
-        try:
-            for key in self.devices:
-                self._start(key)
-            while not self._stop.is_set():
-                self._poll()
-                self._rejoin()
-                self._consensus()
-                self.on_progress(self.counts())
-                if self._count_reached():
-                    break
-                self._stop.wait(POLL_S)
-        finally:
-            self._stop_all()
+        """Until stopped: SIGTERM and SIGINT stop it here (set after Ray's start, which sets its own)."""
+        with stop_on_signals(self.stop):
+            try:
+                for key in self.devices:
+                    self._start(key)
+                while not self._stop.is_set():
+                    self._poll()
+                    self._rejoin()
+                    self._consensus()
+                    self.on_progress(self.counts())
+                    if self._count_reached():
+                        break
+                    self._stop.wait(POLL_S)
+            finally:
+                self._stop_all()
 
     def counts(self) -> dict[str, int]:
         devices = self.devices.values()

@@ -155,7 +155,7 @@ class Watcher:
         store = WatchStore(self.config.db)
         server = None
         try:
-            with _signals(self.stop), tempfile.TemporaryDirectory(prefix="chipaudit-watch-") as tmp, \
+            with stop_on_signals(self.stop), tempfile.TemporaryDirectory(prefix="chipaudit-watch-") as tmp, \
                     Watch(Path(tmp) / "watch", syscalls=self.config.syscalls) as watch:
                 self.state = self._initial_state(store)
                 self.sensors = WorkerSensors(watch, Path(tmp) / "workers", self.config.params)
@@ -495,7 +495,7 @@ def _brief(f: Finding) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _signals(stop: Callable[[], None]) -> Iterator[None]:
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """SIGTERM and SIGINT ask the loop to stop, in the main thread (elsewhere the caller stops it)."""
     if threading.current_thread() is not threading.main_thread():
         yield
