@@ -227,8 +227,9 @@ def device_resource(node_resources: dict[str, float], resource: str | None) -> s
     return next((r for r in ("GPU", *VENDOR_RESOURCES) if node_resources.get(r, 0) >= 1), None)
 
 
-def discover(resource: str | None, device: str) -> list[Slot]:
-    """Every device in the cluster. With `resource`, each unit of that custom resource is one device
+def discover(resource: str | None, device: str, only: set[str] | None = None) -> list[Slot]:
+    """Every device in the cluster (on the nodes named in `only`, when given: asking a node for its GPUs
+    waits for all of them to be free). With `resource`, each unit of that custom resource is one device
     (`device` names it inside the task); else GPUs by UUID, else the units of Ray's other accelerator
     resources (VENDOR_RESOURCES), else one CPU audit per node."""
     ray = _ray()
@@ -237,6 +238,8 @@ def discover(resource: str | None, device: str) -> list[Slot]:
     slots: list[Slot] = []
     for n in nodes:
         nid, name, res = n["NodeID"], names[n["NodeID"]], n.get("Resources", {})
+        if only is not None and name not in only:
+            continue
         unit = device_resource(res, resource)
         if unit is None:
             slots.append(Slot(name, nid, "cpu", "cpu", {"CPU": 1}))

@@ -23,6 +23,7 @@ summary compares them, and a device unlike its model's majority gets a high `con
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -283,7 +284,11 @@ class FleetWatch:
             self.watch_store.mirror(state, polled["hours"])
 
     def _lose(self, key: tuple[str, str], why: str) -> None:
+        """Mark the device lost; an actor still alive (its watcher ended) is ended, freeing its unit."""
         device = self.devices[key]
+        if device.actor is not None:
+            with contextlib.suppress(Exception):
+                _ray().kill(device.actor)
         device.actor, device.pending_poll = None, None
         self.lost.add(key)
         self.store.fail(self.run_id, key, LOST, why)
@@ -294,10 +299,10 @@ class FleetWatch:
         if not self.lost or time.monotonic() < self._rejoin_at:
             return
         self._rejoin_at = time.monotonic() + REJOIN_EVERY_S
-        alive = alive_nodes()
-        if not any(key[0] in alive for key in self.lost):
+        back = set(alive_nodes()) & {key[0] for key in self.lost}
+        if not back:
             return
-        slots = {s.key: s for s in discover(self.resource, self.device)}
+        slots = {s.key: s for s in discover(self.resource, self.device, back)}
         for key in sorted(self.lost):
             if key in slots:
                 self.devices[key].slot = slots[key]
