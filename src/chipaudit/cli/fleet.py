@@ -1,4 +1,4 @@
-"""Fleet commands: fleet run, fleet resume, fleet report."""
+"""Fleet commands: fleet run, fleet resume, fleet watch, fleet report."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from chipaudit.cli.common import (
     stop,
     usage_errors,
 )
+from chipaudit.cli.watch import Allowlist, Baseline, Count, Duty, Interval, StackEvery, SyscallTracer
 from chipaudit.report.model import EXIT_CODES, Level
 
 if TYPE_CHECKING:
@@ -64,13 +65,12 @@ def _drive(action: Callable[[Callable[[Progress], None]], T]) -> T:
 
 def _exit(run_id: str, db: str | None) -> None:
     from chipaudit.fleet import open_store
-    from chipaudit.fleet.summary import summarize
+    from chipaudit.fleet.summary import load
     from chipaudit.fleet.view import outcome
 
     with _cluster_errors():
         store, _ = open_store(db)
-        run = store.run(run_id)
-        summary = summarize(run, store.audits(run_id)) if run else {}
+        summary = load(store, run_id) or {}
     line, verdict = outcome(run_id, summary)
     console.print(line)
     console.print(f"report: chipaudit fleet report {run_id}" + (f" --db {db}" if db else ""), markup=False)
@@ -142,6 +142,66 @@ def fleet_resume(
     _exit(run_id, db)
 
 
+@fleet_app.command("watch")
+def fleet_watch(
+    address: Address = None,
+    db: Db = None,
+    interval: Interval = 60.0,
+    duty: Duty = 0.01,
+    baseline: Baseline = None,
+    stack_every: StackEvery = 60,
+    consensus_every: Annotated[int, typer.Option(min=1, help="Bursts between consensus rounds: every device of a "
+                                                 "model computes the same seeded products, compared per model.")]
+    = 10,
+    seed: Annotated[int | None, typer.Option(min=0, help="The consensus rounds' seed. Default: random, "
+                                             "recorded.")] = None,
+    allowlist: Allowlist = None,
+    count: Count = None,
+    syscall_tracer: SyscallTracer = True,
+    resource: Annotated[str | None, typer.Option(help="Watch one device per unit of this Ray resource (MLU, "
+                                                 "...). Default: GPU, else Ray's NPU or HPU, else the CPU.")] = None,
+    device: Annotated[str, typer.Option(help="Torch device inside each watcher when --resource is given.")] = "cpu",
+) -> None:
+    """Watch every device in a Ray cluster continuously, each where it sits, into the fleet store.
+
+    One long-lived watcher per device, as 'chipaudit watch' runs on one (verified bursts at --duty,
+    the device's holders and telemetry, the stack against --baseline), and every --consensus-every
+    bursts the same seeded products on every device, compared per model. A node that leaves is
+    marked lost; when it is back, its watchers go on from the store. SIGTERM or Ctrl-C stops them all.
+
+    Example: chipaudit fleet watch --address auto --interval 60 --duty 0.01
+
+    Example: chipaudit fleet watch --interval 2 --duty 0.1 --count 5   (a local try: this machine alone)
+    """
+    from chipaudit.checks import PLUGIN_ENV
+    from chipaudit.checks.stack.baseline import BaselineError
+    from chipaudit.checks.stack.baseline import load as load_baseline
+    from chipaudit.devices.torchdev import DeviceError, parse
+    from chipaudit.fleet import watch
+    from chipaudit.fleet.consensus import with_this_check
+    from chipaudit.fleet.watching import WatchOptions
+
+    check_outputs((db, "--db", Kind.file))
+    with usage_errors(DeviceError, prefix=f"--device {device}: "):
+        parse(device)
+    if baseline is not None:
+        with usage_errors(BaselineError, OSError):
+            load_baseline(baseline)
+    params = {"behaviour_allowlist": str(allowlist.resolve())} if allowlist is not None else {}
+    os.environ[PLUGIN_ENV] = with_this_check(os.environ.get(PLUGIN_ENV, ""))
+    ready_to_audit(None, params)
+    options = WatchOptions(interval, duty, stack_every, syscall_tracer, params, consensus_every, count,
+                           baseline.read_text() if baseline is not None else None)
+    run_ids: list[str] = []
+    with _cluster_errors():
+        watch(address, resource, device, seed, options, db, lambda counts: None, run_ids.append)
+    if count is None:
+        console.print(f"fleet watch {run_ids[0]} stopped", markup=False)
+        console.print(f"report: chipaudit fleet report {run_ids[0]}" + (f" --db {db}" if db else ""), markup=False)
+        raise typer.Exit(0)
+    _exit(run_ids[0], db)
+
+
 @fleet_app.command("report")
 def fleet_report(
     run_id: Annotated[str, typer.Argument(help="The fleet run to summarise.")],
@@ -149,14 +209,15 @@ def fleet_report(
     html_path: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
 ) -> None:
-    """Summarise a fleet run: outcomes, findings, outliers, odd stacks.
+    """Summarise a fleet run or a fleet watch: outcomes, findings, outliers, odd stacks, consensus.
 
-    Slow or erratic devices are judged against the devices of the same model; so are stacks.
+    Slow or erratic devices are judged against the devices of the same model; so are stacks. A fleet
+    watch's report shows each device's watch: bursts, failures, last good burst, hours, losses.
 
     Example: chipaudit fleet report 20260101-120000-abc123 --html fleet.html
     """
     from chipaudit.fleet import open_store
-    from chipaudit.fleet.summary import summarize
+    from chipaudit.fleet.summary import load
     from chipaudit.fleet.view import headline, tables
     from chipaudit.report.html import write_fleet
     from chipaudit.report.model import write_atomic
@@ -164,10 +225,9 @@ def fleet_report(
     check_outputs((html_path, "--html", Kind.file), (json_path, "--json", Kind.file))
     with _cluster_errors():
         store, _ = open_store(db)
-        run = store.run(run_id)
-        if run is None:
+        summary = load(store, run_id)
+        if summary is None:
             raise UsageError(f"no fleet run {run_id} in this store")
-        summary = summarize(run, store.audits(run_id))
     console.print(headline(run_id, summary))
     for table in tables(summary):
         console.print(table)

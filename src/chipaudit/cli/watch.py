@@ -24,18 +24,28 @@ from chipaudit.cli.common import (
 
 EVENTS_NAME = "watch-events.jsonl"
 
+# The options a watch of one device and a fleet's watch share (cli/fleet.py).
+Interval = Annotated[float, typer.Option(min=0.1, help="Seconds between bursts.")]
+Duty = Annotated[float, typer.Option(min=1e-5, max=1.0, help="Share of the device's time the bursts may take, on "
+                                     "average (their own measured busy time, host verification included).")]
+Baseline = Annotated[Path | None, typer.Option(help="Compare the stack with this baseline (from 'chipaudit baseline "
+                                               "create') at the start and every --stack-every intervals; a "
+                                               "changed driver library is a high finding.")]
+StackEvery = Annotated[int, typer.Option(min=1, help="Intervals between stack comparisons.")]
+Allowlist = Annotated[Path | None, typer.Option(help="What honest processes may do (the behaviour probes' "
+                                                "allow-list). Default: the built-in one.")]
+Count = Annotated[int | None, typer.Option(min=1, help="Stop after this many bursts.")]
+SyscallTracer = Annotated[bool, typer.Option(help="Watch the worker's system calls with the eBPF tracer where the "
+                                             "machine allows it (root, bpftrace; about 15 s to attach).")]
+
 
 @app.command()
 def watch(
     device: DeviceOption = "auto",
-    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between bursts.")] = 60.0,
-    duty: Annotated[float, typer.Option(min=1e-5, max=1.0, help="Share of the device's time the bursts may take, "
-                                        "on average (their own measured busy time, host verification "
-                                        "included).")] = 0.01,
-    baseline: Annotated[Path | None, typer.Option(help="Compare the stack with this baseline (from 'chipaudit "
-                                                  "baseline create') at the start and every --stack-every "
-                                                  "intervals; a changed driver library is a high finding.")] = None,
-    stack_every: Annotated[int, typer.Option(min=1, help="Intervals between stack comparisons.")] = 60,
+    interval: Interval = 60.0,
+    duty: Duty = 0.01,
+    baseline: Baseline = None,
+    stack_every: StackEvery = 60,
     prometheus: Annotated[Path | None, typer.Option(help="Keep a node-exporter textfile (.prom) current, "
                                                     "replaced atomically after every burst.")] = None,
     metrics_port: Annotated[int | None, typer.Option(min=1, max=65535, help="Serve the metrics on "
@@ -55,18 +65,15 @@ def watch(
     = None,
     watch_cgroup: Annotated[list[str] | None, typer.Option(help="Also watch every process of this cgroup "
                                                            "(repeatable), e.g. a job's slice.")] = None,
-    allowlist: Annotated[Path | None, typer.Option(help="What honest processes may do (the behaviour probes' "
-                                                   "allow-list). Default: the built-in one.")] = None,
+    allowlist: Allowlist = None,
     once: Annotated[bool, typer.Option("--once", help="Run one burst and exit with run's exit codes (0 pass, "
                                        "1 fail, 3 inconclusive).")] = False,
-    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many bursts.")] = None,
+    count: Count = None,
     seed: Annotated[int | None, typer.Option(min=0, help="With --once: the burst's seed, from a failure's replay "
                                              "command.")] = None,
     rotation: Annotated[int | None, typer.Option(min=0, help="With --once: the burst's rotation position, from "
                                                  "a failure's replay command.")] = None,
-    syscall_tracer: Annotated[bool, typer.Option(help="Watch the worker's system calls with the eBPF tracer "
-                                                 "where the machine allows it (root, bpftrace; about 15 s to "
-                                                 "attach).")] = True,
+    syscall_tracer: SyscallTracer = True,
 ) -> None:
     """Audit a device continuously while it works: a short verified burst every interval.
 

@@ -1,14 +1,16 @@
 """Fleet audits: every accelerator of a Ray cluster audited where it sits, every result kept centrally.
 
 `start` plans and runs a new fleet run, `resume` finishes an interrupted one without redoing finished
-audits, and `summary.summarize` turns a run into its fleet report.
+audits, `watch` watches every device until stopped (watching.py), and `summary.summarize` turns a run
+or a watch into its fleet report.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,10 +19,11 @@ from chipaudit.errors import InputError
 from chipaudit.fleet import consensus
 from chipaudit.fleet.cluster import FleetProblem, FleetRun, Progress, Slot, discover, session
 from chipaudit.fleet.store import Audit, FleetStore
+from chipaudit.fleet.watching import WatchOptions
 from chipaudit.report.model import Level
 from chipaudit.runner import levels
 
-__all__ = ["FleetOptions", "FleetProblem", "open_store", "resume", "start"]
+__all__ = ["FleetOptions", "FleetProblem", "open_store", "resume", "start", "watch"]
 
 # An audit that takes this many times its level's budget is stuck, not slow.
 AUDIT_TIMEOUT_FACTOR = 3.0
@@ -82,6 +85,10 @@ def _drive(store: FleetStore, history_db: Path | None, run_id: str, config: dict
     store.set_run_state(run_id, "finished")
 
 
+def _run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
 def start(options: FleetOptions, db: str | None, on_progress: Callable[[Progress], None],
           on_created: Callable[[str], None] = lambda run_id: None) -> str:
     store, history_db = open_store(db)
@@ -90,7 +97,7 @@ def start(options: FleetOptions, db: str | None, on_progress: Callable[[Progress
         if not slots:
             raise FleetProblem("the cluster has no devices to audit")
         seed = secrets.randbits(32) if options.seed is None else options.seed
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        run_id = _run_id()
         config = {"address": options.address, "level": options.level.value, "seed": seed, "only": options.only,
                   "resource": options.resource, "device": options.device, "max_attempts": options.max_attempts,
                   "node_wait_s": options.node_wait_s, "max_parallel": options.max_parallel,
@@ -112,3 +119,28 @@ def resume(run_id: str, address: str | None, db: str | None, on_progress: Callab
         slots = discover(config["resource"], config["device"])
         store.requeue(run_id)
         _drive(store, history_db, run_id, config, slots, on_progress)
+
+
+def watch(address: str | None, resource: str | None, device: str, seed: int | None, options: WatchOptions,
+          db: str | None, on_progress: Callable[[dict[str, int]], None],
+          on_created: Callable[[str], None] = lambda run_id: None, stop: threading.Event | None = None) -> str:
+    """Watch every device of the cluster until `stop` is set, SIGTERM or SIGINT comes (or every device
+    has done options.count bursts); the watch is a fleet run of kind `watch` in the store."""
+    from chipaudit.fleet.watching import FleetWatch
+
+    store, _ = open_store(db)
+    with session(address, resource, device):
+        slots = discover(resource, device)
+        if not slots:
+            raise FleetProblem("the cluster has no devices to watch")
+        seed = secrets.randbits(32) if seed is None else seed
+        run_id = _run_id()
+        config = {"kind": "watch", "address": address, "resource": resource, "device": device, "seed": seed,
+                  **{k: v for k, v in asdict(options).items() if k not in ("params", "baseline")},
+                  "baseline": options.baseline is not None}
+        store.create_run(run_id, config, [Audit(run_id, s.node, s.device_uuid, s.device, "pending", 0)
+                                          for s in slots])
+        on_created(run_id)
+        FleetWatch(store, run_id, seed, options, slots, resource, device, on_progress, stop).execute()
+        store.set_run_state(run_id, "finished")
+    return run_id

@@ -227,8 +227,9 @@ def device_resource(node_resources: dict[str, float], resource: str | None) -> s
     return next((r for r in ("GPU", *VENDOR_RESOURCES) if node_resources.get(r, 0) >= 1), None)
 
 
-def discover(resource: str | None, device: str) -> list[Slot]:
-    """Every device in the cluster. With `resource`, each unit of that custom resource is one device
+def discover(resource: str | None, device: str, only: set[str] | None = None) -> list[Slot]:
+    """Every device in the cluster (on the nodes named in `only`, when given: asking a node for its GPUs
+    waits for all of them to be free). With `resource`, each unit of that custom resource is one device
     (`device` names it inside the task); else GPUs by UUID, else the units of Ray's other accelerator
     resources (VENDOR_RESOURCES), else one CPU audit per node."""
     ray = _ray()
@@ -237,6 +238,8 @@ def discover(resource: str | None, device: str) -> list[Slot]:
     slots: list[Slot] = []
     for n in nodes:
         nid, name, res = n["NodeID"], names[n["NodeID"]], n.get("Resources", {})
+        if only is not None and name not in only:
+            continue
         unit = device_resource(res, resource)
         if unit is None:
             slots.append(Slot(name, nid, "cpu", "cpu", {"CPU": 1}))
@@ -296,13 +299,20 @@ _audit_here = _remote(audit_here)
 
 
 def audit_env(slot_env: dict[str, str]) -> dict[str, str]:
-    """The audit's environment: the task's, less the cluster's token, which the audited stack has no
-    business holding, with the fleet's consensus check among the audit's checks."""
+    """The audit's environment: the task's, with `device_env`'s changes."""
+    from chipaudit.runner.child import Wrapper, environment
+
+    return environment([Wrapper(env=device_env(slot_env))])
+
+
+def device_env(slot_env: dict[str, str]) -> dict[str, str | None]:
+    """What the processes that use a device change in this process's environment: the cluster's token
+    removed, which the audited stack has no business holding, the fleet's consensus check among the
+    checks, and the slot's own variables."""
     from chipaudit.checks import PLUGIN_ENV
     from chipaudit.fleet.consensus import with_this_check
 
-    env = {k: v for k, v in os.environ.items() if k != AUTH_ENV[1]}
-    return {**env, PLUGIN_ENV: with_this_check(env.get(PLUGIN_ENV, "")), **slot_env}
+    return {AUTH_ENV[1]: None, PLUGIN_ENV: with_this_check(os.environ.get(PLUGIN_ENV, "")), **slot_env}
 
 
 def pack_bundle(bundle: Path, keep_as: str) -> tuple[bytes | None, str | None]:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, insert, select, update
 
 from chipaudit.store import Store
-from chipaudit.store.schema import fleet_audits, fleet_runs
+from chipaudit.store.schema import fleet_audits, fleet_runs, fleet_watch_events
 
 # Audit states. Only `pending` audits are (re)scheduled by resume; `done`, `failed` and `lost` are final
 # for a run, though resume retries `lost` and `failed` ones too.
@@ -136,6 +136,28 @@ class FleetStore:
                          .values(state=PENDING))
             conn.execute(update(fleet_runs).where(fleet_runs.c.run_id == run_id)
                          .values(state="running", finished=None))
+
+
+    # ----- a fleet watch (fleet/watching.py): its devices' rows say watching (RUNNING), LOST or DONE -----
+
+    def end_watch(self, run_id: str, key: tuple[str, str], verdict: str, model: str | None) -> None:
+        self._unless_done(run_id, key, state=DONE, verdict=verdict, model=model, finished=now(), reason=None)
+
+    def add_events(self, run_id: str, key: tuple[str, str], events: list[dict[str, Any]]) -> None:
+        """Events of one device (key ("", "") for the whole fleet), in order, in one transaction."""
+        if not events:
+            return
+        rows = [{"run_id": run_id, "node": key[0], "device_uuid": key[1], "time": e.get("time") or now(),
+                 "event": e["event"], "severity": e.get("severity"), "body": json.dumps(e, default=str)}
+                for e in events]
+        with self.store.write() as conn:
+            conn.execute(insert(fleet_watch_events), rows)
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        t = fleet_watch_events.c
+        with self.store.read() as conn:
+            rows = conn.execute(select(t.node, t.device_uuid, t.body).where(t.run_id == run_id).order_by(t.id)).all()
+        return [{**json.loads(r.body), "node": r.node, "device_uuid": r.device_uuid} for r in rows]
 
 
 def _one(run_id: str, key: tuple[str, str]) -> ColumnElement[bool]:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from chipaudit.fleet.store import DONE, FAILED, LOST, Audit
+from chipaudit.fleet.store import DONE, FAILED, LOST, Audit, FleetStore
 from chipaudit.perf.metrics import figure_key, figures_of
 from chipaudit.perf.stats import MIN_EFFECT
 from chipaudit.report.figures import scalar_figures
@@ -140,6 +140,18 @@ def _consensus_findings(consensus: list[dict[str, Any]]) -> list[dict[str, Any]]
     devices = [d["device"] for model in consensus for d in model["deviants"]]
     return [{"category": "integrity", "check": CHECK_ID, "title": "products unlike the majority of the device's model",
              "severity": "high", "devices": devices}] if devices else []
+
+
+def load(store: FleetStore, run_id: str) -> dict[str, Any] | None:
+    """The summary of a fleet run or a fleet watch (watchsummary.py), None when the store has neither."""
+    run = store.run(run_id)
+    if run is None:
+        return None
+    if run["config"].get("kind") == "watch":
+        from chipaudit.fleet.watchsummary import summarize_watch
+
+        return summarize_watch(store, run, store.audits(run_id))
+    return summarize(run, store.audits(run_id))
 
 
 def summarize(run: dict[str, Any], audits: list[Audit]) -> dict[str, Any]:

@@ -27,6 +27,13 @@ _TABLES = (
 
 
 _CONSENSUS = ["model", "format", "devices", "deterministic", "established", "majority", "judged"]
+# A fleet watch's own tables (watchsummary.py).
+WATCH_TABLES = (
+    ("each device's watch", "watch", ["node", "device_uuid", "state", "verdict", "bursts", "failures", "errors",
+                                      "last_good", "duty", "losses", "watchers_started"]),
+    ("the watch's findings", "watch_findings", ["device", "time", "event", "severity", "title"]),
+    ("what happened to the watchers", "watch_events", ["device", "time", "event", "what"]),
+)
 
 
 @contextmanager
@@ -45,10 +52,15 @@ def live(console: Console) -> Iterator[Callable[[Progress], None]]:
         yield update
 
 
+def _kind(summary: dict[str, Any]) -> str:
+    return summary.get("kind", "run")
+
+
 def outcome(run_id: str, summary: dict[str, Any]) -> tuple[str, Verdict]:
     counts = {k: summary.get(k, 0) for k in _COUNTS}
-    line = ("fleet run {}: {audited} of {devices} devices audited, {passed} passed, {failed} failed, "
-            "{lost} lost".format(run_id, **counts))
+    line = ("fleet {} {}: {audited} of {devices} devices {}, {passed} passed, {failed} failed, "
+            "{lost} lost".format(_kind(summary), run_id, "watched" if _kind(summary) == "watch" else "audited",
+                                 **counts))
     deviants = len({d["device"] for d in summary.get("consensus_deviants", [])})
     if deviants:
         line += f", {deviants} unlike their model's majority"
@@ -59,6 +71,10 @@ def outcome(run_id: str, summary: dict[str, Any]) -> tuple[str, Verdict]:
 
 
 def headline(run_id: str, summary: dict[str, Any]) -> str:
+    if _kind(summary) == "watch":
+        return (f"fleet watch {run_id} ({summary['state']}): {summary['devices']} devices, {summary['audited']} "
+                f"watched, {summary['passed']} passed, {summary['failed']} failed, {summary['lost']} lost now, "
+                f"{summary['consensus_rounds']} consensus round(s)")
     return (f"fleet run {run_id} ({summary['state']}): {summary['devices']} devices, {summary['audited']} "
             f"audited, {summary['passed']} passed, {summary['failed']} failed, {summary['lost']} lost, "
             f"{summary['could_not_run']} could not run")
@@ -75,7 +91,7 @@ def tables(summary: dict[str, Any]) -> list[Table]:
     for row in consensus_rows(summary):
         consensus.add_row(*(str(row.get(c, "")) for c in _CONSENSUS))
     out.append(consensus)
-    for title, key, columns in _TABLES:
+    for title, key, columns in (WATCH_TABLES if _kind(summary) == "watch" else ()) + _TABLES:
         table = Table(*columns, title=title)
         for row in summary.get(key, []):
             table.add_row(*(str(row.get(c)) for c in columns))

@@ -171,7 +171,8 @@ def _fleet_banner(summary: dict[str, Any]) -> dict[str, Any]:
     bad = any(summary[c] for c in _FLEET_BAD) or summary.get("consensus_deviants")
     verdict = "fail" if bad else "inconclusive" if attention else "pass"
     wall = summary["wall_time_s"]
-    return {"verdict": verdict, "word": FLEET_WORD[verdict], "what": f"Fleet run {summary['run_id']}",
+    what = f"Fleet {summary.get('kind', 'run')} {summary['run_id']}"
+    return {"verdict": verdict, "word": FLEET_WORD[verdict], "what": what,
             "lines": [f"{summary['audited']} of {summary['devices']} device(s) audited · state: {summary['state']} · "
                       f"wall time: {'-' if wall is None else f'{wall:.0f} s'}",
                       "needs attention: " + ", ".join(attention) if attention else "nothing needs attention"],
@@ -202,7 +203,8 @@ def fleet_html(summary: dict[str, Any]) -> str:
     banner = _fleet_banner(summary)
     return render_page(
         "fleet.html.j2", title=f"chipaudit fleet {summary['run_id']}: {banner['word']}", banner=banner,
-        sections=[("outcomes", "Outcomes"), ("outliers", "Outliers"), ("stacks", "Stacks"), ("consensus", "Consensus"),
+        sections=[("outcomes", "Outcomes"), *([("watch", "Watch")] if "watch" in summary else []),
+                  ("outliers", "Outliers"), ("stacks", "Stacks"), ("consensus", "Consensus"),
                   ("findings", "Findings"),
                   ("plots", "Plots"), ("audits", "Audits")],
         counts=[(c.replace("_", " "), summary[c], zero_mark.get(c, "") if summary[c] else "") for c in FLEET_COUNTS],

@@ -9,6 +9,8 @@ Version history:
      bundle is not in the store, and where it stays)
   3  the watcher's tables: watch_state (where each device's watch stands, so that a restart goes on)
      and watch_hours (one compact row per device and hour)
+  4  fleet_watch_events: what a fleet watch's devices reported (failures, consensus answers, a node
+     lost and back), one row per event
 
 Timestamps stay ISO 8601 text, as version 1 wrote them: they sort correctly and read the same everywhere.
 """
@@ -35,7 +37,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -132,6 +134,24 @@ watch_hours = Table(
 )
 
 
+# What a fleet watch's devices reported (fleet/watching.py), in the order the driver wrote it: a burst
+# with findings, a consensus answer, a watcher started, a node lost and back. node and device_uuid are
+# empty for an event of the whole fleet (a consensus round's judgement).
+fleet_watch_events = Table(
+    "fleet_watch_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Text, ForeignKey("fleet_runs.run_id"), nullable=False),
+    Column("node", Text, nullable=False),
+    Column("device_uuid", Text, nullable=False),
+    Column("time", Text, nullable=False),
+    Column("event", Text, nullable=False),
+    Column("severity", Text),  # the worst finding's, if any
+    Column("body", Text, nullable=False),  # the event as JSON
+    Index("fleet_watch_events_by_run", "run_id", "id"),
+    sqlite_autoincrement=True,
+)
+
+
 def _one_store(conn: Connection) -> None:
     """Version 2 from 0 or 1: whichever tables a database lacks, and the columns version 1 did not have.
     Idempotent, so that a half-used version 1 file (history only, or fleet only) comes out whole."""
@@ -149,4 +169,10 @@ def _watch_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=[watch_state, watch_hours], checkfirst=True)
 
 
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(2, _one_store), (3, _watch_tables)]
+def _fleet_watch_events(conn: Connection) -> None:
+    """Version 4 from 3: the fleet watch's events, new and empty."""
+    metadata.create_all(conn, tables=[fleet_watch_events], checkfirst=True)
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(2, _one_store), (3, _watch_tables),
+                                                              (4, _fleet_watch_events)]

@@ -78,6 +78,7 @@ class WatchConfig:
     key: Ed25519PrivateKey | None = None
     params: dict[str, Any] = field(default_factory=dict)  # the allow-list, as the audit's
     syscalls: bool = True  # the eBPF syscall tracer around the worker, where the machine allows it
+    device_id: str | None = None  # the device's name in the store (a fleet's node/device); default: its UUID
 
     def replay(self, seed: int, rotation: int) -> str:
         return (f"chipaudit watch --device {self.device} --once --seed {seed} --rotation {rotation} "
@@ -136,12 +137,17 @@ class Watcher:
         self._saved = time.monotonic()
         self._floor = 0.0  # the least a burst has cost
         self._telemetry: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._requests: list[tuple[str, int, float, Any]] = []
+        self._wake = threading.Event()
         self.state: WatchState | None = None
+        self.model = ""
         self.verdict = Verdict.inconclusive
 
     def stop(self) -> None:
         """Ask the loop to end after the running burst (from a signal handler or another thread)."""
         self._stop.set()
+        self._wake.set()
 
     def run(self) -> int:
         """Watch until stopped (or `count` bursts, or one with `once`); `run`'s exit code for the last
@@ -149,13 +155,13 @@ class Watcher:
         store = WatchStore(self.config.db)
         server = None
         try:
-            with _signals(self.stop), tempfile.TemporaryDirectory(prefix="chipaudit-watch-") as tmp, \
+            with stop_on_signals(self.stop), tempfile.TemporaryDirectory(prefix="chipaudit-watch-") as tmp, \
                     Watch(Path(tmp) / "watch", syscalls=self.config.syscalls) as watch:
                 self.state = self._initial_state(store)
                 self.sensors = WorkerSensors(watch, Path(tmp) / "workers", self.config.params)
                 if self.config.metrics_port is not None:
                     server = outputs.MetricsServer(self.config.metrics_port, self.metrics_text)
-                self.log.write("start", device=self.config.device, device_id=self.state.device_id,
+                self.log.write("start", device=self.config.device, device_id=self.state.device_id, model=self.model,
                                continuing=self.state.bursts > 0, seed=self.state.seed, rotation=self.state.rotation,
                                duty=self.config.duty, interval_s=self.config.interval_s,
                                sensors=[s.as_dict() for s in watch.statuses()],
@@ -180,8 +186,10 @@ class Watcher:
 
         hostname = environment().hostname
         info = describe(self.config.device)
-        key = next((str(info.properties[k]) for k in ("uuid", "serial", "device_uuid", "serial_number")
-                    if info.properties.get(k)), f"{hostname or 'localhost'}:{info.spec}")
+        self.model = info.name or info.spec
+        key = self.config.device_id or next((str(info.properties[k]) for k in ("uuid", "serial", "device_uuid",
+                                                                              "serial_number")
+                                             if info.properties.get(k)), f"{hostname or 'localhost'}:{info.spec}")
         seed = self.config.seed if self.config.seed is not None else derive_seed(time.time_ns(), key)
         fresh = WatchState(device_id=key, device_spec=self.config.device, hostname=hostname, seed=seed,
                            rotation=self.config.rotation)
@@ -195,7 +203,7 @@ class Watcher:
         first = True
         done = 0
         while not self._stop.is_set():
-            self._sleep(max(next_at - time.monotonic(), self.bucket.wait_s(self._floor)))
+            self._sleep(max(next_at - time.monotonic(), self.bucket.wait_s(self._floor)), store)
             if self._stop.is_set():
                 break
             started = time.monotonic()
@@ -209,14 +217,19 @@ class Watcher:
             self._judge(burst, findings, hour)
             store.save(self.state, hour, when, keep_state=not self.config.once)
             self._publish()
+            self._requested(store)
             first = False
             done += 1
             if self.config.once or (self.config.count is not None and done >= self.config.count):
                 break
             next_at = max(started + self.config.interval_s, time.monotonic())
 
-    def _sleep(self, seconds: float) -> None:
-        self._stop.wait(max(0.0, seconds))
+    def _sleep(self, seconds: float, store: WatchStore) -> None:
+        """Wait, serving what is asked for meanwhile."""
+        until = time.monotonic() + max(0.0, seconds)
+        while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
+            if self._wake.wait(left) and not self._stop.is_set():
+                self._requested(store)
 
     # ----- the worker and its bursts -----
 
@@ -271,7 +284,12 @@ class Watcher:
         assert self.state is not None
         budget = self.bucket.take()
         params = {"budget_s": budget, "rotation": self.state.rotation, "formats": None}
-        base = CheckResult(id=BURST_ID, category=Category.integrity, status=Status.error, seed=self.state.seed)
+        return self._in_worker(BURST_ID, self.state.seed, params, budget * BURST_TIMEOUT_FACTOR + BURST_GRACE_S)
+
+    def _in_worker(self, check_id: str, seed: int, params: dict[str, Any], timeout_s: float) -> Outcome | None:
+        """One check in the long-lived worker: its result, an error result when the worker could not run
+        it, or None when stopped before it began."""
+        base = CheckResult(id=check_id, category=Category.integrity, status=Status.error, seed=seed)
         child = self._worker()
         if child is None:
             if self._stop.is_set():
@@ -279,13 +297,13 @@ class Watcher:
             base.reason = "the watch's worker could not be started"
             return Outcome(base, [], 0.0, 0)
         assert self._watched is not None
-        child.send({"seed": self.state.seed, "params": params})
-        deadline = time.monotonic() + budget * BURST_TIMEOUT_FACTOR + BURST_GRACE_S
+        child.send({"check": check_id, "seed": seed, "params": params})
+        deadline = time.monotonic() + timeout_s
         t0 = time.monotonic()
         start = self._receive(deadline)
         message = self._receive(deadline) if start is not None else None
         if start is not None:
-            self._watched.started(BURST_ID, min(float(start.get("time", time.time())), time.time()))
+            self._watched.started(check_id, min(float(start.get("time", time.time())), time.time()))
         if message is None or message.get("type") != "result":
             lost = "abandoned on stop" if self._stop.is_set() else (
                 "the worker died" if child.eof else f"no answer within {deadline - t0:.0f} s")
@@ -296,9 +314,50 @@ class Watcher:
         findings = [Finding.model_validate(f) for f in message["findings"]]
         sent = min(float(message.get("time", time.time())), time.time())
         result, findings = self._watched.settle(result, findings, sent, last=False)
-        del self._watched.windows[:-1]  # only the last burst's window can still take events
+        del self._watched.windows[:-1]  # only the last check's window can still take events
         busy = float(result.measurements.get("busy_s", result.duration_s))
         return Outcome(result, findings, busy, int(result.measurements.get("products", 0)))
+
+    # ----- checks asked for from outside (a fleet's consensus) -----
+
+    def request(self, check_id: str, seed: int, timeout_s: float, tag: Any = None) -> None:
+        """Run `check_id` with `seed` in the worker as soon as the running burst ends (thread-safe); its
+        result is the event log's `check` event, with `tag`, its measurements and its findings."""
+        with self._lock:
+            self._requests.append((check_id, seed, timeout_s, tag))
+        self._wake.set()
+
+    def _requested(self, store: WatchStore) -> None:
+        """Every pending request, each saved as its own share of the hour; its device time is paid from
+        the duty bucket like a burst's."""
+        assert self.state is not None
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._requests:
+                    self._wake.clear()
+                    return
+                check_id, seed, timeout_s, tag = self._requests.pop(0)
+            when, hour = datetime.now(timezone.utc), Hour()
+            outcome = self._in_worker(check_id, seed, {}, timeout_s)
+            if outcome is None:
+                return
+            self.bucket.spend(outcome.busy_s)
+            self._busy += outcome.busy_s
+            result, findings = outcome.result, outcome.findings
+            failing = [f for f in findings if f.severity.rank >= FAILING_SEVERITY.rank]
+            hour.findings, hour.busy_s = len(findings), outcome.busy_s
+            hour.worst = max((f.severity for f in findings), key=lambda s: s.rank).value if findings else None
+            if result.status is Status.error:
+                self.state.errors += 1
+                hour.errors = 1
+            if failing:
+                self.state.failures += 1
+                hour.failures = 1
+            self.log.write("check", check=check_id, tag=tag, seed=seed, status=result.status.value,
+                           reason=result.reason, busy_s=round(outcome.busy_s, 4),
+                           measurements=result.measurements, findings=[_brief(f) for f in findings])
+            store.save(self.state, hour, when, keep_state=not self.config.once)
+            self._publish()
 
     def _account(self, burst: Outcome, hour: Hour) -> None:
         assert self.state is not None
@@ -436,7 +495,7 @@ def _brief(f: Finding) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _signals(stop: Callable[[], None]) -> Iterator[None]:
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
     """SIGTERM and SIGINT ask the loop to stop, in the main thread (elsewhere the caller stops it)."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -69,9 +69,13 @@ def _worse(a: str | None, b: str | None) -> str | None:
 
 
 class WatchStore:
-    """The watcher's queries over one Store (a SQLite file, made with its folder, or a PostgreSQL URL)."""
+    """The watcher's queries over one Store (a SQLite file, made with its folder, or a PostgreSQL URL, or
+    a store already open: a fleet's, which its driver writes)."""
 
-    def __init__(self, target: Path | str) -> None:
+    def __init__(self, target: Path | str | Store) -> None:
+        if isinstance(target, Store):
+            self.store = target
+            return
         if not is_postgres(target):
             Path(target).parent.mkdir(parents=True, exist_ok=True)
         self.store = Store.open(target)
@@ -98,6 +102,16 @@ class WatchStore:
             if old is not None:
                 row = {k: (_worse(old.worst, v) if k == "worst" else getattr(old, k) + v) for k, v in row.items()}
             _upsert(conn, watch_hours, key, {"device_id": state.device_id, "hour": hour_of(when), **row})
+
+    def mirror(self, state: WatchState, hours: list[dict[str, object]]) -> None:
+        """A device's state and hour rows as another store holds them (a fleet's node reports them to
+        its driver, and a restarted node's watcher starts from the driver's), replacing ours, at once."""
+        with self.store.write() as conn:
+            _upsert(conn, watch_state, watch_state.c.device_id == state.device_id, dataclasses.asdict(state))
+            for row in hours:
+                values = {**row, "device_id": state.device_id}
+                _upsert(conn, watch_hours, (watch_hours.c.device_id == state.device_id)
+                        & (watch_hours.c.hour == row["hour"]), values)
 
     def hours(self, device_id: str) -> list[dict[str, object]]:
         with self.store.read() as conn:

@@ -5,7 +5,8 @@ watcher, which starts a fresh one (runner/watch/loop.py).
 Protocol (runner/child.py): the first message is the job (device, scratch folder); each later
 message is one burst (seed and parameters), answered with start and result messages as an audit
 worker's checks are (runner/worker.py), so that the sensors around it attribute what it does to the
-burst that was running.
+burst that was running. A message may name another check of the registry instead (a fleet's consensus
+products, fleet/consensus.py), run the same way on the same initialised device.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import tempfile
 import time
 from typing import Any
 
+from chipaudit.checks import by_id
+from chipaudit.checks.base import Check
 from chipaudit.runner.child import Channel, child_main
 from chipaudit.runner.watch.burst import BURST_ID, LEVEL, BurstCheck
 from chipaudit.runner.worker import SCRATCH, run_check
@@ -23,13 +26,16 @@ from chipaudit.runner.worker import SCRATCH, run_check
 def serve(job: dict[str, Any], channel: Channel) -> None:
     if job.get(SCRATCH):
         tempfile.tempdir = job[SCRATCH]
-    check = BurstCheck()
+    checks: dict[str, Check] = {BURST_ID: BurstCheck()}
     channel.send({"type": "ready", "time": time.time()})
     for burst in channel:
-        channel.send({"type": "start", "check": BURST_ID, "time": time.time()})
-        result, findings = run_check(check, BURST_ID, int(burst["seed"]), job["device"], LEVEL, burst["params"],
-                                     lambda done, total, note: None)
-        channel.send({"type": "result", "check": BURST_ID, "time": time.time(),
+        check_id = str(burst.get("check", BURST_ID))
+        if check_id not in checks:
+            checks.update(by_id())
+        channel.send({"type": "start", "check": check_id, "time": time.time()})
+        result, findings = run_check(checks[check_id], check_id, int(burst["seed"]), job["device"], LEVEL,
+                                     burst["params"], lambda done, total, note: None)
+        channel.send({"type": "result", "check": check_id, "time": time.time(),
                       "result": result.model_dump(mode="json"),
                       "findings": [f.model_dump(mode="json") for f in findings]})
 
