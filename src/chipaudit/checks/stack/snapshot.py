@@ -202,17 +202,20 @@ def collect(device: str | None, include: list[str] | None = None, inventory: dic
             why = "mapped from a deleted file" if m.deleted else "mapped from an anonymous memory file"
             snapshot.items.append(Item(kind="library", name=os.path.basename(m.path), path=m.path, reason=why,
                                        details={**details, "deleted": m.deleted}))
-    for path, dist in sorted(owning.items()):
-        if owner[path] not in python:
-            python[owner[path]] = packages.fingerprint_distribution(dist, hasher)
-    for package in python.values():
-        snapshot.package_files[package.name] = package.files
-        snapshot.items.append(_package_item(package))
-    timings["libraries"] = time.perf_counter() - t
-
-    t = time.perf_counter()
+    # The package manager verifies the system files in its own processes while the distributions
+    # owning mapped files are hashed here.
     system_files = [i.path for i in snapshot.items if i.kind in CODE_KINDS and i.sha256 and i.path not in owner]
-    verdicts, why_not = packages.os_package_verdicts(system_files)
+    with ThreadPoolExecutor(1) as pool:
+        verifying = pool.submit(packages.os_package_verdicts, system_files)
+        for path, dist in sorted(owning.items()):
+            if owner[path] not in python:
+                python[owner[path]] = packages.fingerprint_distribution(dist, hasher)
+        for package in python.values():
+            snapshot.package_files[package.name] = package.files
+            snapshot.items.append(_package_item(package))
+        timings["libraries"] = time.perf_counter() - t
+        t = time.perf_counter()
+        verdicts, why_not = verifying.result()
     snapshot.os_packages = [OsPackage(manager=v.manager, package=v.package, version=v.version, files=v.files,
                                       problems=v.problems) for v in verdicts]
     if why_not:
