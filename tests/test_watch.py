@@ -1,12 +1,15 @@
 """chipaudit watch: its metrics parse and are what the dashboard queries; its duty holds; its state and
 hours live in the store; and, as real processes, SIGTERM flushes and exits 0, SIGKILL loses at most the
 running burst and a restart goes on, --once exits with run's codes (1 on a device that flips bits, with
-a signed bundle that replays), and a sampler's findings fail a burst."""
+a signed bundle that replays), a sampler's findings fail a burst, and a driver library replaced in the
+middle of a watch is a high finding at the next stack comparison."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +22,7 @@ import pytest
 from conftest import chipaudit, chipaudit_argv, cli_env
 from prometheus_client.parser import text_string_to_metric_families
 
+from chipaudit.checks.stack import baseline, snapshot
 from chipaudit.evidence import keys
 from chipaudit.evidence.verify import verify
 from chipaudit.report.model import Category, Finding, Severity
@@ -223,3 +227,66 @@ def test_a_late_bit_flip_is_healthy_until_its_moment() -> None:
     assert (out == 1.0).all()
     LateBitFlip(rate=0.01, at=time.time() - 1).after("mm", (out, out), out, 0.0)
     assert (out != 1.0).any()
+
+
+# A vendor's driver library, as the device process maps it; a later build differs in one constant.
+DRIVER = "int vendor_driver_version(void) {{ return {version}; }}\n"
+
+
+class Upgrade:
+    """Replaces the driver library with another build at its `at`-th sample, as a package upgrade does
+    (a new file renamed over the old), between one interval's burst and its stack comparison."""
+
+    def __init__(self, library: Path, build: Path, at: int) -> None:
+        self.library, self.build, self.at, self.samples = library, build, at, 0
+
+    def sample(self) -> list[Finding]:
+        self.samples += 1
+        if self.samples == self.at:
+            os.replace(self.build, self.library)
+        return []
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def status(self) -> SensorStatus:
+        return SensorStatus("test upgrade", True, "replaces the driver library once")
+
+    def close(self) -> None:
+        pass
+
+
+def _driver(tmp_path: Path, version: int) -> Path:
+    source, built = tmp_path / f"driver{version}.c", tmp_path / f"libvendordrv.so.{version}"
+    source.write_text(DRIVER.format(version=version))
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(built), str(source)], check=True)
+    return built
+
+
+def test_a_driver_library_replaced_mid_watch_is_high_at_the_next_stack_comparison(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every comparison is a fresh worker's fresh probe and hashing: nothing from an earlier one (the
+    snapshot cache of checks/stack/snapshot.py is per worker) hides the change."""
+    assert shutil.which("gcc"), "gcc builds the driver library"
+    library = tmp_path / "vendor" / "libvendordrv.so"
+    library.parent.mkdir()
+    shutil.copy(_driver(tmp_path, 1), library)
+    # Every process the watch starts maps the library, as a device process maps its driver.
+    monkeypatch.setenv("LD_PRELOAD", str(library))
+    trusted = tmp_path / "baseline.json"
+    baseline.save(trusted, snapshot.with_inventory("cpu"))
+    assert any(i.kind == "library" and i.path == str(library) for i in baseline.load(trusted).items)
+    config = WatchConfig(device="cpu", db=tmp_path / "db.sqlite3", events=tmp_path / "events.jsonl",
+                         interval_s=0.5, duty=0.5, count=2, syscalls=False, baseline=trusted, stack_every=1)
+    watcher = Watcher(config, [Upgrade(library, _driver(tmp_path, 2), at=2)])
+    assert watcher.run() == 0
+    log = events(config.events)
+    before, after = [e["findings"] for e in log if e["event"] == "stack"]
+    assert [e["status"] for e in log if e["event"] == "stack"] == ["passed", "failed"]
+    assert not [f for f in before if f["severity"] not in ("info", "low")], before
+    changed = [f for f in after if f["severity"] == "high"]
+    assert [f["title"] for f in changed] == ["changed since the baseline: libvendordrv.so"], after
+    assert str(library) in changed[0]["detail"]
+    bursts = [e for e in log if e["event"] == "burst"]
+    assert [any(f["severity"] == "high" for f in b["findings"]) for b in bursts] == [False, True]
+    assert watcher.state is not None and (watcher.state.stack_checks, watcher.state.failures) == (2, 1)

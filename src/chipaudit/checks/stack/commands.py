@@ -20,7 +20,7 @@ UNITS = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10, "B": 0}
 
 
 def fingerprinted(device: str, include: list[str] | None = None) -> snapshots.Snapshot:
-    snap = snapshots.collect(device, include, inventory=collect_isolated())
+    snap = snapshots.with_inventory(device, include)
     snapshots.scan_capabilities(snap)
     return snap
 

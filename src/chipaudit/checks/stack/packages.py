@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import importlib.metadata as metadata
 import os
@@ -58,52 +59,67 @@ def _site(dist: metadata.Distribution) -> str:
     return os.path.normpath(str(dist.locate_file("")))
 
 
-def file_index() -> dict[str, str]:
-    """Every file that an installed distribution's RECORD lists -> that distribution's name."""
-    index: dict[str, str] = {}
+def _rows(dist: metadata.Distribution) -> list[tuple[str, str]]:
+    """Each file the distribution lists, as written (relative to its site folder), with the hash
+    recorded for it ('' for none). RECORD is read as importlib.metadata reads it (csv), without
+    making a path object of each of its tens of thousands of lines; a distribution without RECORD
+    (an egg) gives importlib.metadata's file list."""
+    text = dist.read_text("RECORD")
+    if text is None:
+        return [(str(f), "") for f in dist.files or []]
+    return [(row[0], row[1] if len(row) > 1 else "") for row in csv.reader(text.splitlines()) if row]
+
+
+def owners(paths: Iterable[str]) -> dict[str, metadata.Distribution]:
+    """Each of `paths` that an installed distribution's RECORD lists -> that distribution (the first
+    on sys.path where several list it). Every RECORD is read, but only entries named like a wanted
+    file are joined into paths."""
+    wanted = {os.path.normpath(p) for p in paths}
+    names = {os.path.basename(p) for p in wanted}
+    found: dict[str, metadata.Distribution] = {}
     for dist in metadata.distributions():
-        base, name = _site(dist), canonical(dist.metadata["Name"] or "")
-        index.update((os.path.normpath(os.path.join(base, str(entry))), name) for entry in dist.files or [])
-    return index
+        base = _site(dist)
+        for entry, _ in _rows(dist):
+            if entry.rpartition("/")[2] in names:
+                path = os.path.normpath(os.path.join(base, entry))
+                if path in wanted:
+                    found.setdefault(path, dist)
+    return found
 
 
-def stack_distributions(owning: Iterable[str] = ()) -> list[metadata.Distribution]:
-    """torch and its vendor plugins, and the distributions named in `owning` (owners of mapped files)."""
-    names = {canonical(n) for n in STACK_DISTRIBUTIONS} | set(owning)
-    seen, dists = set(), []
-    for dist in metadata.distributions():
-        name = canonical(dist.metadata["Name"] or "")
-        if name in names and name not in seen:
-            seen.add(name)
-            dists.append(dist)
-    return sorted(dists, key=lambda d: canonical(d.metadata["Name"]))
+def name_of(dist: metadata.Distribution) -> str:
+    return canonical(dist.metadata["Name"] or "")
 
 
-def _record_sha256(hash_field: Any) -> str | None:
+def stack_distributions() -> list[metadata.Distribution]:
+    """torch and the vendor plugins that are installed (the first of each name on sys.path), found by
+    their folders' names without reading every distribution's metadata."""
+    found = (next(iter(metadata.distributions(name=name)), None) for name in STACK_DISTRIBUTIONS)
+    return [dist for dist in found if dist is not None]
+
+
+def _record_sha256(hash_field: str) -> str | None:
     """RECORD holds 'sha256=<urlsafe base64, no padding>'; return it as hex."""
-    if hash_field is None or hash_field.mode != "sha256":
+    mode, _, value = hash_field.partition("=")
+    if mode != "sha256":
         return None
-    value = hash_field.value + "=" * (-len(hash_field.value) % 4)
-    return base64.urlsafe_b64decode(value).hex()
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).hex()
 
 
 def fingerprint_distribution(dist: metadata.Distribution, hasher: Hasher) -> PythonPackage:
     base = _site(dist)
-    recorded = {os.path.normpath(str(e)): _record_sha256(e.hash) for e in dist.files or []}
+    recorded = {os.path.normpath(entry): _record_sha256(hash_field) for entry, hash_field in _rows(dist)}
     tops = {p.split(os.sep)[0] for p in recorded if not p.startswith("..") and os.sep in p}
     unrecorded = []
     for top in sorted(tops):
         for root, dirs, files in os.walk(os.path.join(base, top)):
             dirs[:] = [d for d in dirs if d != CACHE_DIR]
-            for name in files:
-                rel = os.path.relpath(os.path.join(root, name), base)
-                if rel not in recorded:
-                    unrecorded.append(rel)
+            folder = os.path.relpath(root, base)
+            unrecorded += [rel for rel in (os.path.join(folder, name) for name in files) if rel not in recorded]
     rels = sorted(recorded) + sorted(unrecorded)
     digests = hasher.many([os.path.join(base, r) for r in rels])
     record = next((os.path.join(base, r) for r in recorded if os.path.basename(r) == "RECORD"), base)
-    package = PythonPackage(canonical(dist.metadata["Name"]), dist.version, os.path.dirname(record), {},
-                            unrecorded=sorted(unrecorded))
+    package = PythonPackage(name_of(dist), dist.version, os.path.dirname(record), {}, unrecorded=sorted(unrecorded))
     for rel in rels:
         digest = digests[os.path.join(base, rel)]
         if digest.sha256 is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -171,8 +172,7 @@ def collect(device: str | None, include: list[str] | None = None, inventory: dic
         digests = hasher.many(view.firmware + files)
         snapshot.items += [_file_item("firmware", p, digests[p]) for p in view.firmware]
         snapshot.items += [_file_item("file", p, digests[p]) for p in files]
-        index = packages.file_index()
-        timings["kernel_included_index"] = time.perf_counter() - t
+        timings["kernel_included"] = time.perf_counter() - t
         t = time.perf_counter()
         probe = probe_process.result() if probe_process is not None else None
         timings["probe_wait"] = time.perf_counter() - t
@@ -191,7 +191,8 @@ def collect(device: str | None, include: list[str] | None = None, inventory: dic
                   or (m.executable and (m.deleted or m.path.startswith("memfd:")))]
     code = [m.path for m in mapped if not m.deleted and not m.path.startswith("memfd:")]
     digests = hasher.many(code)
-    owner = {p: index[p] for p in code + files if p in index}
+    owning = packages.owners(code + files)
+    owner = {p: packages.name_of(d) for p, d in owning.items()}
     for m in mapped:
         details = {"role": libraries.role(m.path), "executable": m.executable,
                    **({"package": owner[m.path]} if m.path in owner else {})}
@@ -201,18 +202,20 @@ def collect(device: str | None, include: list[str] | None = None, inventory: dic
             why = "mapped from a deleted file" if m.deleted else "mapped from an anonymous memory file"
             snapshot.items.append(Item(kind="library", name=os.path.basename(m.path), path=m.path, reason=why,
                                        details={**details, "deleted": m.deleted}))
-    for dist in packages.stack_distributions(owner.values()):
-        name = packages.canonical(dist.metadata["Name"])
-        if name not in python:
-            python[name] = packages.fingerprint_distribution(dist, hasher)
-    for package in python.values():
-        snapshot.package_files[package.name] = package.files
-        snapshot.items.append(_package_item(package))
-    timings["libraries"] = time.perf_counter() - t
-
-    t = time.perf_counter()
+    # The package manager verifies the system files in its own processes while the distributions
+    # owning mapped files are hashed here.
     system_files = [i.path for i in snapshot.items if i.kind in CODE_KINDS and i.sha256 and i.path not in owner]
-    verdicts, why_not = packages.os_package_verdicts(system_files)
+    with ThreadPoolExecutor(1) as pool:
+        verifying = pool.submit(packages.os_package_verdicts, system_files)
+        for path, dist in sorted(owning.items()):
+            if owner[path] not in python:
+                python[owner[path]] = packages.fingerprint_distribution(dist, hasher)
+        for package in python.values():
+            snapshot.package_files[package.name] = package.files
+            snapshot.items.append(_package_item(package))
+        timings["libraries"] = time.perf_counter() - t
+        t = time.perf_counter()
+        verdicts, why_not = verifying.result()
     snapshot.os_packages = [OsPackage(manager=v.manager, package=v.package, version=v.version, files=v.files,
                                       problems=v.problems) for v in verdicts]
     if why_not:
@@ -238,14 +241,26 @@ def scan_capabilities(snapshot: Snapshot) -> dict[str, elf.ElfScan]:
     return scans
 
 
+def with_inventory(device: str | None, include: list[str] | None = None) -> Snapshot:
+    """`collect`, with the vendor libraries' inventory (their own process, devices/inventory.py) taken
+    meanwhile rather than before."""
+    from chipaudit.devices.inventory import collect_isolated
+
+    with ThreadPoolExecutor(1) as pool:
+        inventory = pool.submit(collect_isolated)
+        snapshot = collect(device, include)
+        snapshot.accelerators = accelerator_firmware(inventory.result())
+    return snapshot
+
+
 _CACHE: dict[tuple[str | None, tuple[str, ...]], Snapshot] = {}
 
 
 def cached(device: str | None, include: list[str] | None = None) -> Snapshot:
-    """One snapshot per worker process: the fingerprint and capability checks share it."""
-    from chipaudit.devices.inventory import collect_isolated
-
+    """One snapshot per worker process: the fingerprint and capability checks share it. A worker
+    lives for one audit's checks; a long-lived process (the watch) compares in a fresh worker each
+    time, so drift is never hidden behind this cache."""
     key = (device, tuple(include or []))
     if key not in _CACHE:
-        _CACHE[key] = collect(device, include, inventory=collect_isolated())
+        _CACHE[key] = with_inventory(device, include)
     return _CACHE[key]
