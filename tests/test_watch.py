@@ -1,7 +1,8 @@
 """chipaudit watch: its metrics parse and are what the dashboard queries; its duty holds; its state and
 hours live in the store; and, as real processes, SIGTERM flushes and exits 0, SIGKILL loses at most the
 running burst and a restart goes on, --once exits with run's codes (1 on a device that flips bits, with
-a signed bundle that replays), a sampler's findings fail a burst, and a driver library replaced in the
+a signed bundle that replays), a sampler's findings fail a burst, a device holder's connection in the
+middle of a watch is reported with its pid and destination, and a driver library replaced in the
 middle of a watch is a high finding at the next stack comparison."""
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -22,6 +25,7 @@ import pytest
 from conftest import chipaudit, chipaudit_argv, cli_env
 from prometheus_client.parser import text_string_to_metric_families
 
+from chipaudit.checks.behaviour.allowlist import Allowlist
 from chipaudit.checks.stack import baseline, snapshot
 from chipaudit.evidence import keys
 from chipaudit.evidence.verify import verify
@@ -31,6 +35,7 @@ from chipaudit.runner.watch.loop import DutyBucket
 from chipaudit.runner.watch.outputs import METRICS, metric_names, metrics_text
 from chipaudit.runner.watch.state import Hour, WatchState, WatchStore
 from chipaudit.sensors.events import SensorStatus
+from chipaudit.sensors.samplers import samplers_for
 from chipaudit.store import SCHEMA_VERSION, Store
 
 DASHBOARD = Path(__file__).parents[1] / "contrib" / "grafana" / "chipaudit-watch.json"
@@ -151,6 +156,61 @@ def test_a_samplers_finding_fails_its_interval_and_its_gauges_are_exported(tmp_p
     assert found["chipaudit_watch_failures"].samples[0].value == 1
     assert found["chipaudit_watch_telemetry"].samples[0].value == 103.0
     assert found["chipaudit_watch_products_verified"].samples[0].value >= 3
+
+
+class Trigger:
+    """Tells a device holder to connect when the watch samples for the second time, so that the
+    connection falls in the middle of the watch, between two of the holders' samples."""
+
+    def __init__(self, holder: subprocess.Popen[str]) -> None:
+        self.holder, self.samples = holder, 0
+
+    def sample(self) -> list[Finding]:
+        self.samples += 1
+        if self.samples == 2:
+            assert self.holder.stdin is not None and self.holder.stdout is not None
+            self.holder.stdin.write("connect\n")
+            self.holder.stdin.flush()
+            assert self.holder.stdout.readline().strip() == "connected"
+        return []
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def status(self) -> SensorStatus:
+        return SensorStatus("trigger", True, "tells the holder when to connect")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_device_holder_that_connects_mid_watch_is_reported_with_its_pid_and_destination(tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import socket, sys\nsys.stdin.readline()\n"
+         f"s = socket.create_connection(('127.0.0.1', {port}))\nprint('connected', flush=True)\nsys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    config = WatchConfig(device="cpu", db=tmp_path / "db.sqlite3", events=tmp_path / "events.jsonl",
+                         interval_s=0.5, duty=0.5, count=3, syscalls=False, bundle_dir=tmp_path / "bundles")
+    (tmp_path / "bundles").mkdir()
+    try:
+        samplers = [Trigger(holder), *samplers_for("cpu", [holder.pid], [], Allowlist())]
+        assert Watcher(config, samplers).run() == 0
+    finally:
+        holder.kill()
+        listener.close()
+    bursts = [e for e in events(config.events) if e["event"] == "burst"]
+    seen = [[f for f in e["findings"] if f["check"] == "watch.holders"] for e in bursts]
+    assert [bool(found) for found in seen] == [False, True, False], seen
+    finding = seen[1][0]
+    assert Severity(finding["severity"]).rank >= Severity.high.rank and f"127.0.0.1:{port}" in finding["title"]
+    [failure] = list((tmp_path / "bundles").iterdir())
+    report = json.loads((failure / "report.json").read_text())
+    [kept] = [f for f in report["findings"] if f["check"] == "watch.holders"]
+    assert kept["evidence"]["pids"] == [holder.pid] and kept["evidence"]["processes"][0]["pid"] == holder.pid
 
 
 def test_sigterm_flushes_and_exits_0_and_after_sigkill_a_restart_goes_on(tmp_path: Path) -> None:

@@ -151,9 +151,30 @@ def test_allowed_destination_is_not_a_failure(workload: Workload, listener: sock
     assert failing(found) == [] and [f.severity for f in found] == [Severity.info]
 
 
-def test_state_at_first_sight_is_reported(workload: Workload, listener: socket.socket) -> None:
-    workload.do(f"connect {listener.getsockname()[1]}")
-    assert len(failing(HolderSampler("cpu", [workload.pid], [], Allowlist()).sample())) == 1
+def test_state_at_first_sight_is_the_baseline(workload: Workload, listener: socket.socket, tmp_path: Path) -> None:
+    """A job's connections and log files, held when the watch first sees it, are no alarm (a job always
+    has some); a destination it reaches afterwards is."""
+    port = listener.getsockname()[1]
+    workload.do(f"connect {port}")
+    workload.do(f"write {tmp_path / 'job.log'}")
+    sampler = HolderSampler("cpu", [workload.pid], [], Allowlist())
+    assert failing(sampler.sample()) == []
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    later = other.getsockname()[1]
+    child = subprocess.Popen([sys.executable, "-c", f"import socket, time\ns = socket.create_connection(('127.0.0.1', "
+                              f"{port}))\nprint('ok', flush=True)\ntime.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        workload.do(f"connect {later}")
+        [f] = failing(sampler.sample())
+        assert f.severity is Severity.high and f"AF_INET 127.0.0.1:{later}" in f.evidence["instances"]
+        assert child.stdout is not None and child.stdout.readline().strip() == "ok"
+        sampler.pids.append(child.pid)  # named later, as a job started mid-watch: its state is its baseline
+        assert failing(sampler.sample()) == []
+    finally:
+        child.kill()
+        other.close()
 
 
 def test_vanished_process_is_counted() -> None:

@@ -13,13 +13,17 @@ with all their descendants, less the watcher's own processes. For each, one samp
 of every family and the files it holds open for writing (sensors/sockets.py `descriptors`), and its
 children. What was not there at the previous sample is an event: a connection or a listening socket,
 a socket of any family, a file open for writing, a child a watched process started. A process that
-appears or leaves is not an event by itself; a holder seen for the first time has all it holds
-reported, since what it opened before it was seen is as new to the watch. Events mean what they mean
+appears or leaves is not an event by itself. What a holder holds when it is first seen is its
+baseline, not an event: a job's own log files and its peers' connections, opened before the watch
+or as the job began, would otherwise be an alarm at every start; only what it opens after is new.
+A child that a watched process started since the last sample is new whole: all it holds is reported.
+Events mean what they mean
 to the behaviour probes: one allow-list (checks/behaviour/allowlist.py) and one set of severities and
 grouping (checks/behaviour/findings.py `sensor_findings`), so an outbound connection to a destination
 the list does not name is high or worse; the findings add each process's name and command line.
 
-Cannot see: a socket, file or child opened and gone between two samples (an interval apart); what is
+Cannot see: what a holder already held when first seen (at the watch's start, or up to an interval
+after a new job began); a socket, file or child opened and gone between two samples (an interval apart); what is
 sent; a process in another PID namespace than the watcher's (NVML's PIDs are the host's: run the
 watcher in the host's PID namespace); processes of other users without privilege (counted in
 `metrics`, as are processes that ended while being read).
@@ -172,13 +176,16 @@ class HolderSampler:
             try:
                 proc = psutil.Process(pid)
                 ident = (pid, proc.create_time())
+                first_sight = ident not in self.seen
                 seen = self.seen.get(ident) or self._remember(proc, ident, how)
                 now[pid] = ident[1]
-                if self._started_since_last(proc, ident):
+                started = self._started_since_last(proc, ident)
+                if started:
                     events.append(Event(SENSOR, PROCESS, "started", seen.exe or seen.name, pid, time.time(),
                                         detail=seen.cmdline))
+                baseline = first_sight and not started
                 for _, event in descriptors(proc, self._checked):
-                    if self._new(ident, event):
+                    if self._new(ident, event) and not baseline:
                         events.append(event)
             except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
                 self._counts["vanished"] += 1

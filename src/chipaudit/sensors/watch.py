@@ -33,7 +33,7 @@ from chipaudit.perturb.isolation import Isolation
 from chipaudit.perturb.sinkhole import NAMESERVER, Sinkhole, _netns
 from chipaudit.runner.child import Wrapper
 from chipaudit.sensors.events import Event, SensorStatus
-from chipaudit.sensors.sockets import TreeSampler, become_subreaper
+from chipaudit.sensors.sockets import SAMPLE_INTERVAL_S, TreeSampler, become_subreaper
 
 EBPF = "ebpf"
 # bpftrace takes seconds to attach, so one tracer per audit watches the audit's workers.
@@ -66,9 +66,11 @@ class Watch:
     process with `wrapper(name)` (its tree is sampled under `name` from its start), register any
     other process with `watch(name, pid)`, read `events(name)`."""
 
-    def __init__(self, workdir: Path, syscalls: bool = True, why_not: str = NOT_HERE) -> None:
+    def __init__(self, workdir: Path, syscalls: bool = True, why_not: str = NOT_HERE,
+                 sample_s: float = SAMPLE_INTERVAL_S) -> None:
         """`syscalls`: also start the eBPF syscall tracer (seconds to attach, so one per audit, for
-        its workers; a behaviour probe's own watch goes without, and says so: `why_not`)."""
+        its workers; a behaviour probe's own watch goes without, and says so: `why_not`). `sample_s`:
+        how often the socket sampler looks (a long-running watcher looks less often)."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         # Started before the sampler: the sinkhole's process is the tool's own, never an orphan of a
@@ -90,7 +92,7 @@ class Watch:
         self._tool: set[tuple[int, float]] = set()  # processes of another watch's sinkhole end, by pid and start
         self._count = itertools.count()
         self._released: dict[int, float] = {}  # network namespace -> when its process was released
-        self.sampler = TreeSampler(self._infrastructure)
+        self.sampler = TreeSampler(self._infrastructure, interval_s=sample_s)
         self.sampler.start()
         self._closed = False
 
