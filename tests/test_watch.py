@@ -18,9 +18,11 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import chipaudit, chipaudit_argv, cli_env
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,7 +34,7 @@ from chipaudit.evidence.verify import verify
 from chipaudit.report.model import Category, Finding, Severity
 from chipaudit.runner.watch import WatchConfig, Watcher
 from chipaudit.runner.watch.loop import DutyBucket
-from chipaudit.runner.watch.outputs import METRICS, metric_names, metrics_text
+from chipaudit.runner.watch.outputs import METRICS, MetricsServer, metric_names, metrics_text
 from chipaudit.runner.watch.state import Hour, WatchState, WatchStore
 from chipaudit.sensors.events import SensorStatus
 from chipaudit.sensors.samplers import samplers_for
@@ -74,6 +76,24 @@ def test_the_metrics_parse_and_the_dashboard_queries_only_what_the_watcher_expor
     queried = {m for e in exprs for m in re.findall(r"\b(chipaudit_[a-z_]+)", e)}
     assert queried and queried <= exported, queried - exported
     assert {p["title"] for p in dashboard["panels"]} >= {"Failures (last 24 h)", "Telemetry"}
+
+
+def test_the_metrics_are_served_on_loopback_and_parse() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    values = {name: 2.0 for name, _, _ in METRICS}
+    server = MetricsServer(port, lambda: metrics_text("cpu", values, {"temperature_celsius": 40.0}))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            found = families(answer.read().decode())
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    finally:
+        server.close()
+    assert found["chipaudit_watch_bursts"].samples[0].value == 2.0
+    assert found["chipaudit_watch_telemetry"].samples[0].labels["metric"] == "temperature_celsius"
+    assert listening == {"127.0.0.1"}
 
 
 def test_the_duty_bucket_pays_an_overrun_back_by_waiting() -> None:
