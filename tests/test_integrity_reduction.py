@@ -149,5 +149,5 @@ def test_deep_reduction_cases_build_and_pass() -> None:
     for i, build in enumerate(longest):
         case = build(np.random.default_rng([3, i]), fmt)
         assert "262144" in case.label
-        v = check._verify("cpu", case)
+        v = check.verify("cpu", case)
         assert v.ok, (case.label, v.worst)

@@ -162,12 +162,13 @@ def fleet_watch(
                                                  "...). Default: GPU, else Ray's NPU or HPU, else the CPU.")] = None,
     device: Annotated[str, typer.Option(help="Torch device inside each watcher when --resource is given.")] = "cpu",
 ) -> None:
-    """Watch every device in a Ray cluster continuously, each where it sits, into the fleet store.
+    """Watch every device in a Ray cluster, each where it sits.
 
     One long-lived watcher per device, as 'chipaudit watch' runs on one (verified bursts at --duty,
     the device's holders and telemetry, the stack against --baseline), and every --consensus-every
     bursts the same seeded products on every device, compared per model. A node that leaves is
-    marked lost; when it is back, its watchers go on from the store. SIGTERM or Ctrl-C stops them all.
+    marked lost; when it is back, its watchers go on from the fleet store, where everything is kept.
+    SIGTERM or Ctrl-C stops them all.
 
     Example: chipaudit fleet watch --address auto --interval 60 --duty 0.01
 
@@ -209,7 +210,7 @@ def fleet_report(
     html_path: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary as JSON.")] = None,
 ) -> None:
-    """Summarise a fleet run or a fleet watch: outcomes, findings, outliers, odd stacks, consensus.
+    """Summarise a fleet run or watch: findings, outliers, consensus.
 
     Slow or erratic devices are judged against the devices of the same model; so are stacks. A fleet
     watch's report shows each device's watch: bursts, failures, last good burst, hours, losses.

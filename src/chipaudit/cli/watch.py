@@ -75,7 +75,7 @@ def watch(
                                                  "a failure's replay command.")] = None,
     syscall_tracer: SyscallTracer = True,
 ) -> None:
-    """Audit a device continuously while it works: a short verified burst every interval.
+    """Audit a device as it works: a verified burst every interval.
 
     Each burst verifies matrix products against the host oracle, in the device's
     formats with realistic operands, a sample of operators and a slice of memory;

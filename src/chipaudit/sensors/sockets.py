@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from chipaudit.perturb import world
 from chipaudit.sensors.events import FILE, NETWORK, Event, SensorStatus
 
 SAMPLE_INTERVAL_S = 0.1
@@ -102,6 +103,7 @@ class TreeSampler:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _procs: dict[int, psutil.Process] = field(default_factory=dict)
     _checked: dict[tuple[int, int, str], bool] = field(default_factory=dict)
+    _past_shim: set[tuple[int, float]] = field(default_factory=set)
 
     def watch(self, pid: int, label: str) -> None:
         with self._lock:
@@ -145,6 +147,20 @@ class TreeSampler:
                 out += [(label, p) for p in descendants(orphan, children)]
         return out
 
+    def _world_shim(self, proc: psutil.Process) -> bool:
+        """A device process still in its world's shim (perturb/world.py), which brings loopback up
+        through a socket of its own before it executes the process: the tool's step, read once the
+        process is what it runs. Asked before its descriptors are read, as the shim holds that socket
+        only before it executes. A process once seen past its shim never counts as one again, so that
+        a device process cannot hide by taking the shim's command line."""
+        key = (proc.pid, proc.create_time())
+        if key in self._past_shim:
+            return False
+        if proc.cmdline()[1:3] == ["-I", world.__file__]:
+            return True
+        self._past_shim.add(key)
+        return False
+
     def _adopted(self, pid: int) -> bool:
         """A child of this process that it did not start itself: an orphan of a watched tree. Children
         older than the sampler (another part of the program started them) are not."""
@@ -171,6 +187,8 @@ class TreeSampler:
         for label, pid in self.processes():
             try:
                 proc = self._process(pid)
+                if self._world_shim(proc):
+                    continue
                 key = (pid, proc.create_time())
                 if key not in self.seen:
                     self.seen[key] = Seen(label, pid, key[1], proc.cmdline())
