@@ -44,7 +44,7 @@ from chipaudit.fleet.store import LOST, FleetStore
 from chipaudit.report.model import FAILING_SEVERITY, Severity
 from chipaudit.runner.watch.burst import LEVEL
 from chipaudit.runner.watch.loop import stop_on_signals
-from chipaudit.runner.watch.state import WatchState, WatchStore
+from chipaudit.runner.watch.state import WatchState, WatchStore, worst
 
 POLL_S = 1.0
 # How long a stopping actor may take to end its running burst and flush (the watcher's own grace is 5 s).
@@ -60,11 +60,6 @@ REJOIN_EVERY_S = 2.0
 def device_id(slot: Slot) -> str:
     """A fleet device's name in the watch tables: stable across restarts of its node and of the watch."""
     return f"{slot.node}/{slot.device_uuid}"
-
-
-def _worst(findings: list[dict[str, Any]]) -> str | None:
-    severities = [Severity(f["severity"]) for f in findings if f.get("severity")]
-    return max(severities, key=lambda s: s.rank).value if severities else None
 
 
 class DeviceWatch:
@@ -269,7 +264,7 @@ class FleetWatch:
         kept = []
         for event in polled["events"]:
             findings = event.get("findings") or []
-            event["severity"] = _worst(findings)
+            event["severity"] = worst(f.get("severity") for f in findings)
             if event["severity"] and Severity(event["severity"]).rank >= FAILING_SEVERITY.rank:
                 device.failing = True
             if event["event"] == "check" and event.get("check") == consensus.CHECK_ID:

@@ -39,7 +39,7 @@ from chipaudit.report.model import EXIT_CODES, FAILING_SEVERITY, Category, Check
 from chipaudit.runner.child import Child, Wrapper
 from chipaudit.runner.watch import outputs
 from chipaudit.runner.watch.burst import BURST_ID, LEVEL
-from chipaudit.runner.watch.state import Hour, WatchState, WatchStore, now
+from chipaudit.runner.watch.state import Hour, WatchState, WatchStore, now, worst
 from chipaudit.runner.watchdog import HOST_BLAS, STARTUP_TIMEOUT_S, Events, PlannedCheck, run_plan
 from chipaudit.runner.watched import WatchedWorker, WorkerSensors
 from chipaudit.sensors.samplers import Sampler
@@ -352,7 +352,7 @@ class Watcher:
             result, findings = outcome.result, outcome.findings
             failing = [f for f in findings if f.severity.rank >= FAILING_SEVERITY.rank]
             hour.findings, hour.busy_s = len(findings), outcome.busy_s
-            hour.worst = max((f.severity for f in findings), key=lambda s: s.rank).value if findings else None
+            hour.worst = worst(f.severity for f in findings)
             if result.status is Status.error:
                 self.state.errors += 1
                 hour.errors = 1
@@ -425,7 +425,7 @@ class Watcher:
         findings = [*burst.findings, *others]
         failing = [f for f in findings if f.severity.rank >= FAILING_SEVERITY.rank]
         hour.findings = len(findings)
-        hour.worst = max((f.severity for f in findings), key=lambda s: s.rank).value if findings else None
+        hour.worst = worst(f.severity for f in findings)
         now_mono = time.monotonic()
         hour.wall_s, self._saved = now_mono - self._saved, now_mono
         state.wall_s += hour.wall_s

@@ -7,6 +7,7 @@ the burst it was running, and its restart goes on from the last one saved.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,10 +63,10 @@ def hour_of(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:00Z")
 
 
-def _worse(a: str | None, b: str | None) -> str | None:
-    if a is None or b is None:
-        return a or b
-    return a if Severity(a).rank >= Severity(b).rank else b
+def worst(severities: Iterable[Severity | str | None]) -> str | None:
+    """The worst of some severities (None among them ignored), or None: an hour's, a burst's."""
+    ranked = [Severity(s) for s in severities if s]
+    return max(ranked, key=lambda s: s.rank).value if ranked else None
 
 
 class WatchStore:
@@ -100,7 +101,7 @@ class WatchStore:
             old = conn.execute(select(watch_hours).where(key)).first()
             row = dataclasses.asdict(hour)
             if old is not None:
-                row = {k: (_worse(old.worst, v) if k == "worst" else getattr(old, k) + v) for k, v in row.items()}
+                row = {k: (worst([old.worst, v]) if k == "worst" else getattr(old, k) + v) for k, v in row.items()}
             _upsert(conn, watch_hours, key, {"device_id": state.device_id, "hour": hour_of(when), **row})
 
     def mirror(self, state: WatchState, hours: list[dict[str, object]]) -> None:
