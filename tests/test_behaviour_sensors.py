@@ -204,3 +204,33 @@ def test_missing_tools_are_reported_not_claimed(monkeypatch: pytest.MonkeyPatch)
     finally:
         strace.probe.cache_clear()
         sinkhole.unavailable.cache_clear()
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "strace"
+
+
+def test_an_honest_cuda_runtimes_own_side_effects_are_info_but_lookalikes_are_not(tmp_path: Path) -> None:
+    """Recorded on an H200: libcuda names its threads, makes its device nodes and JIT-cache folders,
+    looks for MPS and a profiler, and listens on its unified-memory socket, in every process. Each is
+    reported (info), none fails the audit; the same calls on other paths still do."""
+    home = os.path.expanduser("~")
+    recorded = (FIXTURES / "cuda-h200-workload.txt").read_text().replace('"/root', f'"{home}')
+    lookalikes = (
+        '963 1764460001.0 mkdir("{h}/.nvx", 0700) = 0\n'
+        '963 1764460001.1 symlink("/dev/char/195:255", "{h}/.bashrc") = 0\n'
+        '963 1764460001.2 openat(AT_FDCWD</x>, "/dev/shm/cuda_injection_path_shm2", O_RDWR|O_CREAT, 0600) = 9\n'
+        '963 1764460001.3 connect(8<UNIX:[1]>, {{sa_family=AF_UNIX, sun_path="/tmp/nvidia-mps-x/control"}}, 26) = 0\n'
+        '963 1764460001.4 listen(16<UNIX:[1241,@"uvmfd-4026531836-963"]>, 128) = 0\n'
+    ).format(h=home)
+    out = tmp_path / "trace"
+    out.write_text(recorded + lookalikes)
+    events, _ = strace.parse(out)
+    targets = {(e.action, e.target) for e in events}
+    assert ("symlink", "/dev/char/195:255") in targets and not any(t.startswith("..") for _, t in targets)
+    assert ("listen", "AF_UNIX @cuda-uvmfd-4026531836-963") in targets
+    assert all(t for _, t in targets)  # unlink("") names no file
+    found = {f.evidence["target"]: f.severity for f in
+             sensor_findings(SideChannelProbe(), {"reference": Observation(events)}, Allowlist())}
+    failing = {t for t, sev in found.items() if sev != Severity.info}
+    assert failing == {f"{home}/.nvx", f"{home}/.bashrc", "/dev/shm/cuda_injection_path_shm2",
+                       "AF_UNIX /tmp/nvidia-mps-x/control", "AF_UNIX @uvmfd-4026531836-963"}, found

@@ -30,6 +30,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import pwd
 import signal
 import socket
 import struct
@@ -238,10 +239,14 @@ def start_responders(log: Log) -> None:
 
 
 def start_capture(tcpdump: str, pcap: Path, log: Path) -> subprocess.Popen[bytes]:
+    # Debian's and Ubuntu's tcpdump drops root for the user 'tcpdump', which a host without the package
+    # (a tcpdump brought along, a minimal image) lacks; it then refuses to start. Writing packets to a
+    # file (-w) decodes none of them, so keeping root there exposes nothing a packet could exploit.
+    user = ["-Z", "root"] if not _user_exists("tcpdump") else []
     with open(log, "wb") as err:
         # -U --immediate-mode: each packet reaches the file as it comes, not in blocks a stop would lose.
-        proc = subprocess.Popen([tcpdump, "-i", "any", "-n", "-s", str(SNAPLEN), "-U", "--immediate-mode", "-w",
-                                 str(pcap)], stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([tcpdump, "-i", "any", "-n", "-s", str(SNAPLEN), "-U", "--immediate-mode", *user,
+                                 "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + CAPTURE_READY_S
     while time.monotonic() < deadline and proc.poll() is None:
         if READY_MARK in log.read_text(errors="replace"):
@@ -252,6 +257,14 @@ def start_capture(tcpdump: str, pcap: Path, log: Path) -> subprocess.Popen[bytes
     proc.wait()
     text = log.read_text(errors="replace").strip()
     raise EndError(f"tcpdump did not start: {' '.join(text.splitlines())[-300:] or 'no output'}")
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def stop_capture(proc: subprocess.Popen[bytes]) -> None:

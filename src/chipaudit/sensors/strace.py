@@ -36,6 +36,8 @@ CHANGE_CALLS = frozenset({
     "truncate", "rename", "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat", "mkdir",
     "mkdirat", "unlink", "unlinkat", "rmdir", "mknod", "mknodat",
 })
+# symlink(target, linkpath): only the link is written; its target is any text, often a relative path.
+LINK_CALLS = frozenset({"symlink", "symlinkat"})
 EXEC_CALLS = frozenset({"execve", "execveat"})
 FORK_CALLS = frozenset({"clone", "clone3", "fork", "vfork"})
 # Traced, not reported: socket bookkeeping that needs a socket made by a reported call first.
@@ -161,6 +163,9 @@ def _address(args: str) -> tuple[str, str]:
         family = "AF_INET6" if proto.endswith("v6") else "AF_UNIX" if proto == "UNIX" else (
             "AF_INET" if proto in ("TCP", "UDP", "UDPLITE", "RAW", "SCTP") else proto)
         peer = ends.split("->", 1)[1] if "->" in ends else ends
+        if proto == "UNIX":  # inode, or 'inode,"path"' (@"name" when abstract) once bound
+            inode, _, name = peer.partition(",")
+            return family, _unescape(name.replace('"', "")) if name else inode
         return family, peer
     return "", ""
 
@@ -222,7 +227,8 @@ def parse(path: Path) -> tuple[list[Event], set[int]]:
             events.append(Event("strace", FILE, call, target.split("<", 1)[0], pid, t, failed,
                                 detail=line))
         elif call in CHANGE_CALLS:
-            for target in _paths(args):
+            paths = _paths(args)[-1:] if call in LINK_CALLS else _paths(args)
+            for target in filter(None, paths):  # an empty path names no file (ENOENT)
                 events.append(Event("strace", FILE, call, target, pid, t, failed, detail=line))
     return events, pids
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,14 @@ DEFAULT_FILE_WRITES = (
     "~/.triton/*",  # Triton's kernel cache
     "~/.cache/miopen/*", "~/.config/miopen/*",  # ROCm MIOpen kernel cache and user performance db
     "~/ascend/log/*",  # Huawei CANN's default plog directory
+    # A thread's name: glibc's pthread_setname_np writes /proc/self/task/<tid>/comm, which strace
+    # shows resolved to the pid. PyTorch and libcuda name their threads; nothing leaves the process.
+    "/proc/*/task/*/comm", "/proc/thread-self/comm",
+    # libcuda, run as root, makes the device nodes it needs, as nvidia-modprobe does: the MIG capability
+    # nodes under /dev/nvidia-caps and the /dev/char/<major>:<minor> links to them and to nvidiactl.
+    # Also its check for a profiler's injection path. Every workload process tried each of these on an
+    # NVIDIA H200, driver 580.159.04 (docs/validation/nvidia-h200-2026-11-30).
+    "/dev/nvidia-caps", "/dev/nvidia-caps/*", "/dev/char/*", "/dev/shm/cuda_injection_path_shm",
 )
 DEFAULT_PROGRAMS: tuple[str, ...] = ()
 # UNIX sockets (paths, or abstract names written with a leading '@') that driver libraries make for
@@ -45,6 +54,9 @@ DEFAULT_LOCAL_SOCKETS = (
     # hand its unified-memory file descriptor to peer processes (CUDA IPC). Seen on an NVIDIA H200,
     # driver 580.159.04, in every workload process (docs/validation/nvidia-h200-2026-11-27).
     "@cuda-uvmfd-*",
+    # The CUDA runtime looks for an MPS control daemon at $CUDA_MPS_PIPE_DIRECTORY/control, by default
+    # under /tmp/nvidia-mps; seen in every workload process on the same H200.
+    "/tmp/nvidia-mps/*",
 )
 # Vendor management daemons and the display stack, which hold accelerator device files on honest
 # machines. Matching is by process name and, where given, executable path.
@@ -70,6 +82,16 @@ class Allowlist:
     def file_rule(self, path: str) -> str:
         """The entry that allows `path` ('' if none): the one cause of every write it allows."""
         return _rule(path, self.file_writes)
+
+    def folder_rule(self, path: str) -> str:
+        """The entry whose folder `path` lies on the way to ('' if none): making the folders an
+        allowed cache lives in (mkdir -p ~/.nv/ComputeCache) is part of writing to it."""
+        home = os.path.expanduser("~")
+        for g in self.file_writes:
+            fixed = re.split(r"[*?\[]", g.replace("~", home, 1) if g.startswith("~") else g, maxsplit=1)[0]
+            if fixed.startswith(path.rstrip("/") + "/"):
+                return g
+        return ""
 
     def program_allowed(self, path: str) -> bool:
         return bool(_rule(path, self.programs))

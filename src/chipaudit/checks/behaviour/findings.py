@@ -169,12 +169,18 @@ def _judge(g: _Group, allow: Allowlist) -> tuple[Severity, str]:
             return sev, f"the workload made network calls ({actions}) to {g.subject}"
         return Severity.medium, f"the workload opened a network socket: {g.subject}"
     if g.kind == FILE:
-        sev = Severity.info if allow.file_allowed(g.target) else Severity.high
+        sev = Severity.info if _file_rule(g, allow) else Severity.high
         return sev, f"the workload wrote to the file system: {g.subject} ({actions})"
     if g.lingering:
         return Severity.medium, f"a workload process kept running after the workload exited: {g.subject}"
     sev = Severity.info if allow.program_allowed(g.target) else Severity.medium
     return sev, f"the workload started a program: {g.subject}"
+
+
+def _file_rule(g: _Group, allow: Allowlist) -> str:
+    """The allow-list entry that admits a file group: its own, or, for folders made, the entry they
+    lead to."""
+    return allow.file_rule(g.target) or (allow.folder_rule(g.target) if g.actions <= MKDIR else "")
 
 
 def _cause(g: _Group, allow: Allowlist) -> str:
@@ -185,7 +191,7 @@ def _cause(g: _Group, allow: Allowlist) -> str:
     if g.kind == FILE:
         # A folder the workload made belongs with what it then wrote into it.
         folder = g.target if g.actions & MKDIR else os.path.dirname(g.target)
-        return allow.file_rule(g.target) or os.path.join(folder, "*")
+        return _file_rule(g, allow) or os.path.join(folder, "*")
     dest = _destination(g.target)
     if g.kind != NETWORK or not dest:
         return g.target
