@@ -5,6 +5,7 @@ the tool's own namespace is never logged."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from chipaudit.sensors import ebpf, strace
 from chipaudit.sensors.events import FILE, NETWORK, PROCESS, Event
+from chipaudit.sensors.watch import Watch
 
 # A device stack that knows audits: it does nothing while a tracer is attached or while its parent
 # looks like one, and otherwise reports home over every socket family it can reach.
@@ -144,6 +146,19 @@ def test_a_watched_process_that_kills_the_tracer_leaves_the_watching_marked_stop
         assert not status.ran and status.detail.startswith("stopped early")
     finally:
         t.stop()
+
+
+def test_a_watch_closed_while_its_tracer_attaches_ends_the_attach(tmp_path: Path) -> None:
+    """The CLI starts the watch before it checks its input: bad input closes it within a moment,
+    not after the seconds bpftrace takes to compile, and leaves no bpftrace behind."""
+    if shutil.which("bpftrace") is None:
+        pytest.skip("bpftrace is not installed")
+    watch = Watch(tmp_path / "watch")
+    pending = watch._pending
+    watch.close()
+    assert not watch.statuses()[-1].ran
+    assert watch.statuses()[-1].detail == f"not run: {ebpf.ABORTED}"
+    assert pending.proc is None or pending.proc.wait(timeout=30) is not None
 
 
 def test_the_hider_is_quiet_under_strace(tmp_path: Path) -> None:

@@ -216,12 +216,12 @@ def test_an_honest_cuda_runtimes_own_side_effects_are_info_but_lookalikes_are_no
     home = os.path.expanduser("~")
     recorded = (FIXTURES / "cuda-h200-workload.txt").read_text().replace('"/root', f'"{home}')
     lookalikes = (
-        '963 1764460001.0 mkdir("{h}/.nvx", 0700) = 0\n'
-        '963 1764460001.1 symlink("/dev/char/195:255", "{h}/.bashrc") = 0\n'
+        f'963 1764460001.0 mkdir("{home}/.nvx", 0700) = 0\n'
+        f'963 1764460001.1 symlink("/dev/char/195:255", "{home}/.bashrc") = 0\n'
         '963 1764460001.2 openat(AT_FDCWD</x>, "/dev/shm/cuda_injection_path_shm2", O_RDWR|O_CREAT, 0600) = 9\n'
-        '963 1764460001.3 connect(8<UNIX:[1]>, {{sa_family=AF_UNIX, sun_path="/tmp/nvidia-mps-x/control"}}, 26) = 0\n'
+        '963 1764460001.3 connect(8<UNIX:[1]>, {sa_family=AF_UNIX, sun_path="/tmp/nvidia-mps-x/control"}, 26) = 0\n'
         '963 1764460001.4 listen(16<UNIX:[1241,@"uvmfd-4026531836-963"]>, 128) = 0\n'
-    ).format(h=home)
+    )
     out = tmp_path / "trace"
     out.write_text(recorded + lookalikes)
     events, _ = strace.parse(out)

@@ -201,7 +201,7 @@ def test_bench_asks_for_requirement_cases_through_the_audit_params(tmp_path: Pat
     needs = tmp_path / "needs.toml"
     needs.write_text('[[need]]\nmetric = "llm_decode.tokens_per_s"\nmin = 1\nbatch = 2\n')
     seen = []
-    monkeypatch.setattr(audit, "_audit", lambda config, outputs, json_path: (seen.append(config), sys.exit(0)))
+    monkeypatch.setattr(audit, "_audit", lambda config, *_: (seen.append(config), sys.exit(0)))
     assert _run(["bench", "--device", "cpu", "--requirements", str(needs)], monkeypatch, capsys)[0] == 0
     cases = seen[0].params["perf_cases"]
     assert [(c["metric"], c["batch"]) for c in cases] == [("llm_decode.tokens_per_s", 2)]

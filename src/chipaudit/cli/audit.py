@@ -32,6 +32,7 @@ from chipaudit.report.model import EXIT_CODES, Level, Report
 if TYPE_CHECKING:
     from chipaudit.evidence.publish import Outputs
     from chipaudit.runner.audit import AuditConfig
+    from chipaudit.sensors.watch import Watch
 
 
 @app.command()
@@ -104,28 +105,35 @@ def audit(device: str, level: Level, seed: int | None, only: list[str] | None, p
           json_path: Path | None, baseline: Path | None = None, **outputs: Path | None) -> Report:
     """What run and bench share once their options are checked: the audit, shown live, then every
     output. Ctrl-C ends the command here, with whatever the audit had measured published."""
-    from chipaudit.evidence.publish import Outputs
-    from chipaudit.runner.audit import AuditConfig
+    from chipaudit.runner.levels import audit_watch
 
-    ready_to_audit(only, params)
-    resolved = resolve_device(device)
-    params = {**params, **baseline_params(baseline, resolved)}
-    out = Outputs(**outputs)
-    try:
-        config = AuditConfig(device=resolved, level=level, seed=secrets.randbits(32) if seed is None else seed,
-                             only=only, params={**out.params(), **params})
-        return _audit(config, out, json_path)
-    finally:
-        out.cleanup()
+    # First of all, before torch is imported: the eBPF tracer compiles and attaches meanwhile, for
+    # seconds. Bad input found below closes it at once (sensors/ebpf.py: abort).
+    with audit_watch(level) as watch:
+        from chipaudit.evidence.publish import Outputs
+        from chipaudit.runner.audit import AuditConfig
+
+        ready_to_audit(only, params)
+        resolved = resolve_device(device)
+        params = {**params, **baseline_params(baseline, resolved)}
+        out = Outputs(**outputs)
+        try:
+            config = AuditConfig(device=resolved, level=level, seed=secrets.randbits(32) if seed is None else seed,
+                                 only=only, params={**out.params(), **params})
+            return _audit(config, out, json_path, watch)
+        finally:
+            out.cleanup()
 
 
-def _audit(config: AuditConfig, outputs: Outputs, json_path: Path | None) -> Report:
+def _audit(config: AuditConfig, outputs: Outputs, json_path: Path | None, watch: Watch) -> Report:
+    """The audit under `watch`, which it ends before the outputs are written."""
     from chipaudit.report.terminal import render
     from chipaudit.runner.live import Interrupted, run_live
 
     console.print(f"chipaudit: auditing {config.device} at level {config.level.value}, seed {config.seed}")
     try:
-        report = run_live(config, console, on_update=lambda r: r.write_json(json_path) if json_path else None)
+        report = run_live(config, console, on_update=lambda r: r.write_json(json_path) if json_path else None,
+                          watch=watch)
     except Interrupted as e:
         if e.report is None:
             stop(INCONCLUSIVE, "interrupted before the audit started")

@@ -4,14 +4,13 @@ current after every check so that Ctrl-C or a crash loses nothing already measur
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shlex
 import socket
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -132,12 +131,13 @@ def run_audit(
     events: Events,
     on_update: Callable[[Report], None] = lambda report: None,
     wrappers: Sequence[Wrapper] = (),
+    watch: Watch | None = None,
 ) -> Report:
-    """Run the audit, every worker under one set of sensors (runner/watched.py), ended with it. On
+    """Run the audit, every worker under one set of sensors (runner/watched.py), ended with it: the
+    `watch` given (from levels.audit_watch, started early by the CLI), else one of its own. On
     Ctrl-C the report is finished as incomplete and KeyboardInterrupt propagates."""
-    without = levels.WITHOUT_SYSCALL_TRACER.get(config.level)
-    with tempfile.TemporaryDirectory(prefix="chipaudit-audit-") as tmp, \
-            Watch(Path(tmp) / "watch", syscalls=without is None, why_not=without or "") as watch:
+    with contextlib.ExitStack() as stack:
+        watch = stack.enter_context(contextlib.closing(watch) if watch else levels.audit_watch(config.level))
         # The inventory is taken while the sensors attach.
         report = new_report(config)
         report.limits.append(f"Level {config.level.value}: {levels.DESCRIPTION[config.level]}.")
@@ -150,7 +150,7 @@ def run_audit(
             on_update(report)
 
         try:
-            sensors = WorkerSensors(watch, Path(tmp) / "workers", config.params)
+            sensors = WorkerSensors(watch, watch.workdir.parent / "workers", config.params)
             run_passes(config, Events(events.started, events.progress, finished), wrappers, sensors)
         except KeyboardInterrupt:
             report.limits.append("The audit was interrupted before every check ran.")

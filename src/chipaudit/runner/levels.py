@@ -8,7 +8,16 @@ it fits there.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from chipaudit.report.model import Level
+
+if TYPE_CHECKING:
+    from chipaudit.sensors.watch import Watch
 
 BUDGET_S: dict[Level, float] = {Level.smoke: 15.0, Level.quick: 120.0, Level.standard: 600.0, Level.deep: 1800.0}
 
@@ -29,3 +38,16 @@ WITHOUT_SYSCALL_TRACER: dict[Level, str] = {
     Level.smoke: "not run at level smoke: attaching it takes longer than the level's budget; the sinkhole "
                  "and the socket sampler watched the workers",
 }
+
+
+@contextlib.contextmanager
+def audit_watch(level: Level) -> Iterator[Watch]:
+    """The sensors every worker of an audit at `level` runs under, in a scratch folder that goes
+    with them. The CLI starts them before it imports torch, so that the eBPF tracer compiles and
+    attaches meanwhile; torch is not imported here."""
+    from chipaudit.sensors.watch import Watch
+
+    without = WITHOUT_SYSCALL_TRACER.get(level)
+    with tempfile.TemporaryDirectory(prefix="chipaudit-audit-") as tmp, \
+            Watch(Path(tmp) / "watch", syscalls=without is None, why_not=without or "") as watch:
+        yield watch

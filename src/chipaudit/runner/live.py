@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from chipaudit.report.model import CheckResult, Finding, Report
 from chipaudit.runner.audit import AuditConfig, plan, run_audit
 from chipaudit.runner.watchdog import Events
+from chipaudit.sensors.watch import Watch
 
 
 class Interrupted(Exception):
@@ -29,7 +30,8 @@ def bars(console: Console, *extra: object) -> Progress:
                     *extra, console=console, transient=True)  # type: ignore[arg-type]
 
 
-def run_live(config: AuditConfig, console: Console, on_update: Callable[[Report], None]) -> Report:
+def run_live(config: AuditConfig, console: Console, on_update: Callable[[Report], None],
+             watch: Watch | None = None) -> Report:
     progress = bars(console)
     overall = progress.add_task("checks", total=len(plan(config)))
     tasks: dict[str, int] = {}
@@ -57,6 +59,6 @@ def run_live(config: AuditConfig, console: Console, on_update: Callable[[Report]
 
     try:
         with progress:
-            return run_audit(config, Events(started, step, finished), on_update=update)
+            return run_audit(config, Events(started, step, finished), on_update=update, watch=watch)
     except KeyboardInterrupt:
         raise Interrupted(latest[0] if latest else None) from None

@@ -74,6 +74,7 @@ NAME = "ebpf"
 # 2-core CI machine at a load of 9; detaching takes 4 to 5 s.
 START_TIMEOUT_S = 60.0
 SYNC_TIMEOUT_S = 5.0
+ABORTED = "the watch closed before its probes were attached, with no process run under it"
 MAP_KEYS_MAX = 16384  # per-thread call state, the first send per socket, the first write per path
 # The kernel's ring buffer, per CPU: the more, the longer a burst of calls can outrun bpftrace's
 # reading before records are lost (and counted); bpftrace's default is 64 pages. Bounded in all.
@@ -242,6 +243,7 @@ class SyscallTracer:
         self._sync_seq = 0
         self._sync_base = SYNC_BASE
         self._changed = threading.Condition()
+        self._aborted = False
         # Epoch seconds at CLOCK_MONOTONIC zero: bpftrace's nsecs is CLOCK_MONOTONIC, as is time.monotonic.
         self._clock = time.time() - time.monotonic()
 
@@ -258,7 +260,10 @@ class SyscallTracer:
         source.write_text(program(self.toolns, os.getpid(), self._sync_base, tracepoints()))
         env = {**os.environ, "BPFTRACE_STRLEN": str(PATH_MAX_BYTES), "BPFTRACE_MAP_KEYS_MAX": str(MAP_KEYS_MAX),
                "BPFTRACE_PERF_RB_PAGES": str(_ring_pages())}
-        with open(errors, "wb") as err:
+        with open(errors, "wb") as err, self._changed:
+            if self._aborted:
+                self._status = SensorStatus(NAME, False, f"not run: {ABORTED}")
+                return self._status
             try:
                 # A session of its own: a Ctrl-C meant for the tool does not cut the tracer short.
                 self.proc = subprocess.Popen([exe, "-f", "json", "-B", "line", "--no-warnings", str(source)],
@@ -282,7 +287,9 @@ class SyscallTracer:
                 "socket layer, opens for writing and file-system changes, changes of network namespace, in every "
                 "process of the watched network namespaces"))
             return self._status
-        if self._ended is not None:
+        if self._aborted:
+            reason = ABORTED
+        elif self._ended is not None:
             reason = _reason(errors, self.proc.wait())
         else:
             reason = f"bpftrace did not attach its probes within {START_TIMEOUT_S:.0f} s"
@@ -335,6 +342,16 @@ class SyscallTracer:
         # a send made by write(2) or io_uring, a socket no system call made.
         said = {(e.pid, e.target) for r, e in seen if r.kind == "E"}
         return [e for r, e in seen if r.kind not in "ST" or (e.pid, e.target) not in said]
+
+    def abort(self) -> None:
+        """End an attach in progress (its watcher is closing before any process ran under it), so
+        that `start` returns at once instead of after the seconds bpftrace takes to compile."""
+        with self._changed:
+            self._aborted = True
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     def stop(self) -> None:
         proc = self.proc

@@ -42,17 +42,15 @@ NOT_HERE = ("not run for a probe's workloads (one eBPF tracer per audit watches 
 PLAIN = Isolation()  # a namespace of its own for the network alone, as every device process gets
 
 
-def _syscall_tracer(log: Path) -> tuple[Any, SensorStatus]:
-    """The eBPF syscall tracer (sensors/ebpf.py: start(log) -> SensorStatus, events(netns inodes)
-    -> events, stop()), started before any process it must see; None with the reason when it cannot
-    run here."""
+def _syscall_tracer() -> tuple[Any, SensorStatus | None]:
+    """The eBPF syscall tracer (sensors/ebpf.py: start(log) -> SensorStatus, abort(), events(netns
+    inodes) -> events, stop()), to be started before any process it must see; None with the reason
+    when this build has none."""
     try:
         from chipaudit.sensors.ebpf import SyscallTracer
     except ImportError:
         return None, SensorStatus(EBPF, False, "not run: this build has no eBPF syscall tracer")
-    tracer = SyscallTracer()
-    status: SensorStatus = tracer.start(log)
-    return (tracer if status.ran else None), status
+    return SyscallTracer(), None
 
 
 def _sinkhole_end(proc: psutil.Process) -> bool:
@@ -81,9 +79,13 @@ class Watch:
         self.tracer: Any = None
         self.tracer_status = SensorStatus(EBPF, False, why_not)
         self._attaching: threading.Thread | None = None
+        self._pending: Any = None
         if syscalls:
-            # Attaching takes seconds: it goes on while the caller prepares (an audit's inventory), and
-            # every device process waits for it in `wrapper`.
+            self._pending, unavailable = _syscall_tracer()
+            self.tracer_status = unavailable or self.tracer_status
+        if self._pending is not None:
+            # Attaching takes seconds: it goes on while the caller prepares (the CLI's imports and an
+            # audit's inventory), and every device process waits for it in `wrapper`.
             self._attaching = threading.Thread(target=self._attach_tracer, args=(workdir / "ebpf.log",),
                                                daemon=True, name="ebpf-attach")
             self._attaching.start()
@@ -97,7 +99,8 @@ class Watch:
         self._closed = False
 
     def _attach_tracer(self, log: Path) -> None:
-        self.tracer, self.tracer_status = _syscall_tracer(log)
+        self.tracer_status = self._pending.start(log)
+        self.tracer = self._pending if self.tracer_status.ran else None
 
     def _attached(self) -> None:
         """Wait until the eBPF tracer has attached, or said why it cannot."""
@@ -177,6 +180,8 @@ class Watch:
         if self._closed:
             return
         self._closed = True
+        if self._attaching is not None and self._attaching.is_alive():
+            self._pending.abort()  # closed before any device process ran: bad input, Ctrl-C
         self._attached()
         self.sampler.stop()
         if self.tracer is not None:
