@@ -1,7 +1,8 @@
 """What an honest device stack is known to do that would otherwise be a behaviour finding.
 
 Allowed events are still reported (at severity info), never hidden: the list only decides what fails
-an audit. The defaults hold vendors' documented caches and logs and their management daemons. An
+an audit. The defaults hold vendors' documented caches and logs, their management daemons, and what
+a vendor runtime was seen doing in every process on real hardware (each entry names its source). An
 operator extends them with a JSON file named by the audit parameter `behaviour_allowlist` or the
 environment variable CHIPAUDIT_BEHAVIOUR_ALLOWLIST:
 
