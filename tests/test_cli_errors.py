@@ -88,7 +88,7 @@ TABLE = [
         {"CHIPAUDIT_CHECK_MODULES": "fake_checks,exploding"}, plugins=True),
     Row(["run", "--device", "cpu", "--level", "quick", "--only", "fake.raise"], 3, "verdict: INCONCLUSIVE",
         plugins=True, said_by_the_audit=True),
-    Row(["run", "--device", "cpu", "--level", "quick", "--only", "fake.crash"], 3, "verdict: INCONCLUSIVE",
+    Row(["run", "--device", "cpu", "--level", "quick", "--only", "fake.killed"], 3, "verdict: INCONCLUSIVE",
         plugins=True, said_by_the_audit=True),
 ]
 

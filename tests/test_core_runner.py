@@ -6,7 +6,7 @@ import pytest
 
 from chipaudit.checks import select
 from chipaudit.checks.base import derive_seed
-from chipaudit.report.model import CheckResult, Finding, Level, Report, Status, Verdict
+from chipaudit.report.model import CheckResult, Finding, Level, Report, Severity, Status, Verdict
 from chipaudit.runner import watchdog
 from chipaudit.runner.audit import AuditConfig, run_audit
 from chipaudit.runner.watchdog import Events
@@ -25,18 +25,24 @@ def audit(only: list[str], seed: int = 11) -> tuple[Report, dict[str, CheckResul
 
 
 @pytest.mark.usefixtures("plugin_env")
-def test_hang_raise_and_crash_become_errors_and_the_run_goes_on() -> None:
-    report, results = audit(["fake.hang", "fake.ok", "fake.raise", "fake.crash", "fake.warn"])
-    assert sorted(c.id for c in report.checks) == ["fake.crash", "fake.hang", "fake.ok", "fake.raise", "fake.warn"]
+def test_hang_and_raise_become_errors_a_crash_a_finding_and_the_run_goes_on() -> None:
+    """A crash while the device works is a refusal by crashing (high); a death by SIGKILL comes from
+    outside the process (the out-of-memory killer) and says nothing of the device: an error."""
+    report, results = audit(["fake.hang", "fake.ok", "fake.raise", "fake.crash", "fake.killed", "fake.warn"])
+    assert sorted(c.id for c in report.checks) == ["fake.crash", "fake.hang", "fake.killed", "fake.ok", "fake.raise",
+                                                   "fake.warn"]
     assert results["fake.hang"].status is Status.error
     assert "watchdog" in results["fake.hang"].reason
     assert results["fake.raise"].status is Status.error
     assert "the device fell over" in results["fake.raise"].reason
-    assert results["fake.crash"].status is Status.error
+    assert results["fake.crash"].status is Status.failed
+    [crash] = [f for f in report.findings if f.check == "fake.crash"]
+    assert crash.severity is Severity.high and crash.evidence["exit_status"] == 7
     assert "exit status 7" in results["fake.crash"].reason
+    assert results["fake.killed"].status is Status.error
     assert results["fake.ok"].status is Status.passed
     assert results["fake.warn"].status is Status.warning
-    assert report.verdict is Verdict.inconclusive and report.complete
+    assert report.verdict is Verdict.fail and report.complete
 
 
 @pytest.mark.usefixtures("plugin_env")

@@ -131,11 +131,11 @@ def test_a_task_refused_in_one_world_only_stays_a_reaction_to_that_world() -> No
     assert [f.title for f in out] == ["the device refused pow2 256 in fp64 in the world 'China'"]
 
 
-def refusing_stack(tmp_path: Path, dtype: str, hang: bool = False) -> dict[str, str]:
+def refusing_stack(tmp_path: Path, dtype: str, hang: bool = False, crash: bool = False) -> dict[str, str]:
     """A sitecustomize.py that switches one format off in every Python process of the audit."""
     (tmp_path / "sitecustomize.py").write_text(
         "from chipaudit.selftest.faults import Refusal\n"
-        f"Refusal(dtype={dtype!r}, hang={hang!r}).install()\n")
+        f"Refusal(dtype={dtype!r}, hang={hang!r}, crash={crash!r}).install()\n")
     env = cli_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH", "")]))
     return env
@@ -170,3 +170,18 @@ def test_a_format_that_hangs_is_a_finding_not_a_timeout(tmp_path: Path) -> None:
     assert f["title"] == "device hung on fp16 products"
     assert f["severity"] == capability.of_format("cpu", "fp16").severity.value
     assert "no answer within" in f["evidence"]["error"]
+
+
+@pytest.mark.slow
+def test_a_format_that_crashes_the_process_is_a_finding_not_an_error(tmp_path: Path) -> None:
+    """A driver that aborts the process on a switched-off format: the check fails with a high finding
+    naming the exit status, and the checks after it run on in a fresh worker."""
+    code, report = audit(tmp_path, refusing_stack(tmp_path, "float16", crash=True), "integrity.gemm.fp16",
+                         "integrity.gemm.fp32")
+    assert code == 1 and report["verdict"] == "fail"
+    status = {c["id"]: c["status"] for c in report["checks"]}
+    assert status == {"integrity.gemm.fp16": "failed", "integrity.gemm.fp32": "passed"}
+    [f] = [f for f in report["findings"] if f["severity"] != "info"]
+    assert f["check"] == "integrity.gemm.fp16" and f["severity"] == "high" and f["category"] == "integrity"
+    assert f["title"] == "the device's stack ended the process computing integrity.gemm.fp16"
+    assert f["evidence"]["exit_status"] in (-6, 134)  # SIGABRT, as the process or as its wrapper reports it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import ClassVar
 
@@ -27,6 +28,8 @@ class Fake(Check):
             raise RuntimeError("the device fell over")
         if self.behaviour == "crash":
             os._exit(7)
+        if self.behaviour == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.behaviour == "not_applicable":
             raise NotApplicable("the device lacks this format")
         if self.behaviour == "fail":
@@ -38,5 +41,5 @@ class Fake(Check):
 
 CHECKS = [
     Fake(name, name)
-    for name in ("ok", "hang", "raise", "crash", "not_applicable", "unsupported", "fail", "warn")
+    for name in ("ok", "hang", "raise", "crash", "killed", "not_applicable", "unsupported", "fail", "warn")
 ]

@@ -1,7 +1,12 @@
 """The audit's watchdog. A device under audit may hang in a driver call or crash the interpreter,
-and either must cost one check, not the audit: each check gets a time limit of its own, a hang or a
-crash becomes that check's `error` result, and the checks left run on in a fresh worker (a device
-may be left unusable by the error, so the worker that saw it is not reused).
+and either must cost one check, not the audit: each check gets a time limit of its own, a hang
+becomes that check's `error` result, and the checks left run on in a fresh worker (a device may be
+left unusable by the error, so the worker that saw it is not reused).
+
+A crash while a check computes on the device is a finding, not an error: a process that asked the
+device for work and was ended from inside (a driver's abort, a segfault, an exit) is a refusal by
+crashing (checks/refusal.py), which a kill switch may choose over an error. Only a death by SIGKILL,
+which comes from outside (the kernel's out-of-memory killer, an operator), stays an error.
 
 Given the audit's sensors (runner/watched.py), every worker runs inside them, and each check's
 result is reported with what they saw of its worker while it ran.
@@ -10,13 +15,14 @@ result is reported with what they saw of its worker while it ran.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chipaudit.report.model import Category, CheckResult, Finding, Status
+from chipaudit.report.model import Category, CheckResult, Finding, Severity, Status
 from chipaudit.runner.child import Child, Wrapper
 from chipaudit.runner.watched import WatchedWorker, WorkerSensors
 
@@ -50,6 +56,11 @@ WORKER = (sys.executable, "-m", "chipaudit.runner.worker")
 HOST_BLAS = Wrapper(env={"OPENBLAS_THREAD_TIMEOUT": "4", "GOTO_THREAD_TIMEOUT": "4"})
 # How much of a dead worker's output to search for its last line (its traceback's last line).
 LOG_TAIL_BYTES = 600
+# Checks whose worker computes on the device the whole time (behaviour probes run their workloads in
+# processes of their own and judge those crashes themselves; stack checks compute nothing).
+DEVICE_WORK = frozenset({Category.integrity, Category.performance})
+# A worker's status when SIGKILL ended it: as the process itself, or as a wrapper that reports it.
+KILLED = frozenset({-signal.SIGKILL, 128 + signal.SIGKILL})
 
 
 def run_plan(
@@ -65,6 +76,21 @@ def run_plan(
 
 def _error(check: PlannedCheck, reason: str) -> CheckResult:
     return CheckResult(id=check.id, category=check.category, status=Status.error, seed=check.seed, reason=reason)
+
+
+def _died(check: PlannedCheck, reason: str, status: int | None) -> tuple[CheckResult, list[Finding]]:
+    """The result of a check whose worker died while it ran: a refusal by crashing where the device
+    was at work and nothing outside ended the process, else an error."""
+    if check.category not in DEVICE_WORK or status is None or status in KILLED:
+        return _error(check, reason), []
+    finding = Finding(
+        check=check.id, category=check.category, severity=Severity.high,
+        title=f"the device's stack ended the process computing {check.id}",
+        detail=f"{reason}. A device stack that crashes the process asking for work refuses that work; "
+               "replay the check's seed to see it again.",
+        evidence={"exit_status": status, "seed": check.seed})
+    return CheckResult(id=check.id, category=check.category, status=Status.failed, seed=check.seed,
+                       reason=reason), [finding]
 
 
 def _run_worker(
@@ -128,12 +154,15 @@ def _supervise(child: Child, pending: list[PlannedCheck], events: Events,
                 what = f"the worker process died (exit status {status})"
             detail = child.last_line(LOG_TAIL_BYTES)
             reason = what + (f": {detail}" if detail else "")
+            if current is not None:
+                died = _died(current, reason, status) if child.eof else (_error(current, reason), [])
+                finished(*died, sent, True)
+                return [c for c in left if c is not current]
             # A worker that dies before starting anything cannot be retried usefully: every check
             # it was given errors with the same reason, so the run still ends.
-            failed = [current] if current else left
-            for check in failed:
+            for check in left:
                 finished(_error(check, reason), [], sent, True)
-            return [c for c in left if c not in failed]
+            return []
         check = by_id[message["check"]]
         if message["type"] == "start":
             current = check

@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import resource
 import socket
 import sys
 import time
@@ -310,17 +312,23 @@ class ExpCorruption(Fault, name="exp_corruption", trigger="values (inputs in [2,
 
 @dataclass
 class Refusal(Fault, name="refusal", trigger="format (every product in one format)",
-              description="every product with `dtype` operands raises, or with `hang` never answers"):
+              description="every product with `dtype` operands raises, or with `hang` never answers, or "
+                          "with `crash` aborts the process"):
     """A format switched off, as by a policy pushed to the device: every matrix product whose operands
-    are `dtype` raises an error, or, with `hang`, never returns."""
+    are `dtype` raises an error, or, with `hang`, never returns, or, with `crash`, aborts the process
+    as a driver's failed assertion does (without a core file)."""
 
     dtype: str = "float64"
     hang: bool = False
+    crash: bool = False
 
     def before(self, kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
         if any(isinstance(x, torch.Tensor) and str(x.dtype) == f"torch.{self.dtype}" for x in args):
             while self.hang:
                 time.sleep(3600)
+            if self.crash:
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+                os.abort()
             raise RuntimeError(f"{self.dtype} products are disabled by device policy")
         return args
 
