@@ -234,3 +234,25 @@ def test_an_honest_cuda_runtimes_own_side_effects_are_info_but_lookalikes_are_no
     failing = {t for t, sev in found.items() if sev != Severity.info}
     assert failing == {f"{home}/.nvx", f"{home}/.bashrc", "/dev/shm/cuda_injection_path_shm2",
                        "AF_UNIX /tmp/nvidia-mps-x/control", "AF_UNIX @uvmfd-4026531836-963"}, found
+
+
+def test_a_local_socket_no_process_serves_reached_no_one_but_any_answer_or_internet_attempt_counts() -> None:
+    """glibc asks nscd's socket first on every user or host lookup; without nscd that reaches no one
+    (seen by eBPF in a standard audit's worker). Where nscd answers, it resolves names outside the
+    sinkhole, so a connection that succeeds is high; an attempt on the internet is critical even when
+    it fails."""
+    def connect(target: str, failed: str, pid: int) -> Event:
+        return Event("ebpf", NETWORK, "connect", target, pid, failed=failed, family=target.split()[0])
+
+    def judged(*events: Event) -> dict[str, Severity]:
+        return {f.evidence["target"]: f.severity for f in
+                sensor_findings(SideChannelProbe(), {"reference": Observation(list(events))}, Allowlist())}
+
+    assert judged(connect("AF_UNIX /var/run/nscd/socket", "ENOENT", 1),
+                  connect("AF_UNIX @beacon", "ECONNREFUSED", 1),
+                  connect("AF_INET 203.0.113.9:443", "ECONNREFUSED", 1)) == {
+        "AF_UNIX /var/run/nscd/socket": Severity.info, "AF_UNIX @beacon": Severity.info,
+        "AF_INET 203.0.113.9:443": Severity.critical}
+    assert judged(connect("AF_UNIX /var/run/nscd/socket", "ENOENT", 1),
+                  connect("AF_UNIX /var/run/nscd/socket", "", 2)) == {"AF_UNIX /var/run/nscd/socket": Severity.high}
+    assert judged(connect("AF_UNIX /run/agent.sock", "EACCES", 1)) == {"AF_UNIX /run/agent.sock": Severity.high}

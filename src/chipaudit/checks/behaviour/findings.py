@@ -2,7 +2,8 @@
 
 Severities (issue #3):
 - A network call or a packet (captured by the sinkhole, sensors/watch.py) with a destination off the
-  machine: critical. With a destination on it (loopback, a UNIX socket path): high. A socket made without a
+  machine: critical. With a destination on it (loopback, a UNIX socket path): high; a UNIX socket
+  that no process serves, where every call failed (ENOENT, ECONNREFUSED): info. A socket made without a
   destination seen (socket(), netlink, a socket the sampler could not place): medium. A socket listening
   for connections, or a packet socket (raw frames): high. A UNIX socket the allow-list names (a
   driver's own), or an internet destination it names (an operator's own service): info.
@@ -49,6 +50,11 @@ EXAMPLES = 3
 # Instances of one cause listed in its finding; instance_count says how many there were in all.
 MAX_INSTANCES = 20
 REAPER = "reaper"
+# A UNIX socket address that no process serves: nothing was reached, and no byte left the workload.
+# The C library tries such sockets on its own: every user or host lookup asks nscd's first
+# (/var/run/nscd/socket), and a machine without nscd answers ENOENT. A connection that succeeds stays
+# a finding, nscd's too: it resolves names for the caller outside the sinkhole.
+NO_LISTENER = frozenset({"ENOENT", "ECONNREFUSED"})
 MKDIR = {"mkdir", "mkdirat"}
 
 
@@ -62,6 +68,7 @@ class _Group:
     worlds: set[str] = field(default_factory=set)
     pids: set[int] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
+    reached: bool = False  # one of its calls succeeded (or a sampler saw the socket in use)
     first: float = 0.0
     examples: list[str] = field(default_factory=list)
     lingering: bool = False
@@ -79,6 +86,7 @@ class _Group:
         self.worlds |= other.worlds
         self.pids |= other.pids
         self.failed |= other.failed
+        self.reached |= other.reached
         self.lingering |= other.lingering
         self.first = min((t for t in (self.first, other.first) if t), default=0.0)
         self.examples = (self.examples + other.examples)[:EXAMPLES]
@@ -93,6 +101,8 @@ class _Group:
             self.pids.add(e.pid)
         if e.failed:
             self.failed.add(e.failed)
+        else:
+            self.reached = True
         if e.time and (not self.first or e.time < self.first):
             self.first = e.time
         if e.detail and len(self.examples) < EXAMPLES:
@@ -154,6 +164,9 @@ def _judge(g: _Group, allow: Allowlist) -> tuple[Severity, str]:
         if "packet" in g.actions:
             return (Severity.critical if dest and not is_loopback(dest) else Severity.high,
                     f"packets sent to {g.subject} from the workload's network namespace")
+        if g.target.startswith("AF_UNIX ") and dest and not g.reached and g.failed <= NO_LISTENER:
+            return Severity.info, f"the workload tried to reach a local socket that no process serves ({actions}): " \
+                                  f"{g.subject}"
         if g.target.startswith("AF_UNIX ") and allow.local_socket_allowed(dest):
             return Severity.info, f"the workload held a driver's local socket ({actions}): {g.subject}"
         if g.target.startswith(("AF_INET ", "AF_INET6 ")) and allow.destination_allowed(dest):
