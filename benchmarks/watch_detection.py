@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from chipaudit.checks.behaviour.allowlist import Allowlist
-from chipaudit.runner.child import Wrapper
+from chipaudit.process.child import Wrapper
 from chipaudit.runner.watch import WatchConfig, Watcher
 from chipaudit.selftest.faults import LateBitFlip, worker_wrapper
 from chipaudit.sensors.samplers import Sampler, samplers_for

@@ -18,12 +18,13 @@ import pytest
 from conftest import chipaudit, cli_env, load
 
 from chipaudit.checks.behaviour import location
-from chipaudit.perturb import conditions, isolation, place
+from chipaudit.perturb import conditions, place
 from chipaudit.perturb.conditions import Condition
-from chipaudit.perturb.isolation import EtcFile, Isolation
 from chipaudit.perturb.place import Place
+from chipaudit.process import isolation
+from chipaudit.process.child import Child, Wrapper
+from chipaudit.process.isolation import EtcFile, Isolation
 from chipaudit.report.model import Level
-from chipaudit.runner.child import Child, Wrapper
 
 pytestmark = pytest.mark.skipif(conditions.isolation_unavailable() != "",
                                 reason=f"private namespaces cannot be made here: {conditions.isolation_unavailable()}")
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.skipif(conditions.isolation_unavailable() != "",
 LOOK = """
 import sys, time
 from chipaudit.perturb import place
-from chipaudit.runner.child import child_main
+from chipaudit.process.child import child_main
 def serve(job, channel):
     now = time.time()
     channel.send({"time": now, "gmtoff": time.localtime(now).tm_gmtoff, "system": place.seen(),
@@ -116,8 +117,9 @@ CHINESE_HOST = Isolation(
 ON_THE_HOST = """
 import json, sys, time
 from pathlib import Path
-from chipaudit.perturb import conditions, isolation, place
-from chipaudit.runner.child import Child, Wrapper
+from chipaudit.perturb import conditions, place
+from chipaudit.process import isolation
+from chipaudit.process.child import Child, Wrapper
 reference = conditions.reference()
 wrappers = [isolation.wrapper(reference.isolation(), Path(sys.argv[2])), Wrapper(env=reference.workload_env(0))]
 with Child([sys.executable, "-c", sys.argv[1]], wrappers) as child:

@@ -13,14 +13,14 @@ import psutil
 import pytest
 
 from chipaudit.perturb.conditions import unshare_net
+from chipaudit.process.child import Child, Wrapper, command, environment
 from chipaudit.report.model import Category, CheckResult, Finding, Status
-from chipaudit.runner.child import Child, Wrapper, command, environment
 from chipaudit.runner.watchdog import Events, PlannedCheck, run_plan
 
 PYTHON = (sys.executable, "-c")
 ECHO = textwrap.dedent("""
     import os, sys
-    from chipaudit.runner.child import child_main
+    from chipaudit.process.child import child_main
 
     def serve(job, channel):
         channel.send({"job": job, "env": {k: os.environ.get(k) for k in ("OUTER", "INNER", "GONE")},

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from chipaudit.perturb import isolation, sinkhole
+from chipaudit.perturb import sinkhole
 from chipaudit.perturb.sinkhole import Sinkhole
+from chipaudit.process import isolation
 from chipaudit.sensors.watch import Watch
 
 pytestmark = pytest.mark.skipif(sinkhole.unavailable() != "", reason=f"no sinkhole here: {sinkhole.unavailable()}")

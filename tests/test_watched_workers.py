@@ -18,8 +18,8 @@ import pytest
 from conftest import chipaudit, cli_env, load
 
 from chipaudit.perturb import sinkhole
+from chipaudit.process.child import Wrapper
 from chipaudit.report.model import Category, CheckResult, Finding, Status
-from chipaudit.runner.child import Wrapper
 from chipaudit.runner.watchdog import Events, PlannedCheck, run_plan
 from chipaudit.runner.watched import STARTING, WorkerSensors
 from chipaudit.sensors.watch import Watch

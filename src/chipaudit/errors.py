@@ -5,12 +5,15 @@ its traceback so that the one line a user sees can stay one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+
+from chipaudit.paths import data_dir
 
 # user:password@ in a URL, also after a Path has collapsed its '//' into '/'.
 _SECRET_IN_URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*:/+[^:/@\s]*:)[^@\s/]+@")
@@ -36,12 +39,8 @@ def crash_log(exc: BaseException) -> Path:
     """Write the traceback beside the history database, where the user's other chipaudit data lives;
     the temporary folder stands in when that one cannot be written (it may be the very I/O failure)."""
     folders = [Path(tempfile.gettempdir())]
-    try:
-        from chipaudit.evidence.history import data_dir
-
+    with contextlib.suppress(RuntimeError):  # Path.home() without a home to name
         folders.insert(0, data_dir())
-    except Exception:  # the crash may be in the very modules that find the data folder
-        pass
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     text = _SECRET_IN_URL.sub(r"\1***@", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     for folder in folders:

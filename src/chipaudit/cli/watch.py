@@ -93,6 +93,7 @@ def watch(
     """
     from chipaudit.checks.behaviour import allowlist as allowlists
     from chipaudit.evidence import history, keys
+    from chipaudit.paths import data_dir
     from chipaudit.runner.watch import WatchConfig, Watcher
     from chipaudit.sensors.samplers import samplers_for
     from chipaudit.store.dialects import is_postgres
@@ -104,7 +105,7 @@ def watch(
                          "its stored state)")
     store = db or str(history.default_db())
     if db is None:
-        history.data_dir().mkdir(parents=True, exist_ok=True)
+        data_dir().mkdir(parents=True, exist_ok=True)
     check_outputs((None if is_postgres(store) else store, "--db", Kind.file))
     if bundle_dir is not None and not bundle_dir.exists():
         if not bundle_dir.parent.is_dir():
@@ -112,8 +113,8 @@ def watch(
         bundle_dir.mkdir()
     if events is None:
         if bundle_dir is None and is_postgres(store):
-            history.data_dir().mkdir(parents=True, exist_ok=True)
-        events = (bundle_dir if bundle_dir is not None else history.data_dir() if is_postgres(store)
+            data_dir().mkdir(parents=True, exist_ok=True)
+        events = (bundle_dir if bundle_dir is not None else data_dir() if is_postgres(store)
                   else Path(store).parent) / EVENTS_NAME
     check_outputs((prometheus, "--prometheus", Kind.file), (bundle_dir, "--bundle-dir", Kind.folder),
                   (events, "--events", Kind.file))

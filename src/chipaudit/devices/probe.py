@@ -5,7 +5,7 @@ The work is fixed (matrix products in the common formats, a convolution, a reduc
 machine maps the same libraries every time: a baseline and a later run see the same set, and a
 difference means the stack changed. It also lists the devices torch can see, with their properties.
 
-Protocol (runner/child.py): the job names the device, {"device": ...}; one message answers once the
+Protocol (process/child.py): the job names the device, {"device": ...}; one message answers once the
 work is done ({"status": "ready", "pid": ...} or {"status": "error", "error": ...}); the process
 then waits, its maps intact, until the tool closes its stdin. A vendor plugin's own output on
 stdout cannot be mistaken for the answer, which travels on a channel of its own.
@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from chipaudit.runner.child import Channel, child_main
+from chipaudit.process.child import Channel, child_main
 
 READY = "ready"
 

@@ -11,8 +11,6 @@ A device is identified by a serial or UUID its report carries, else by host and 
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import insert, or_, select
 
+from chipaudit.paths import data_dir
 from chipaudit.report.figures import scalar_figures
 from chipaudit.report.model import Report, Status
 from chipaudit.store import Store, StoreAbsent, StoreTargetError
@@ -32,18 +31,6 @@ from chipaudit.store.schema import runs as runs_table
 DB_NAME = "history.sqlite3"
 # Device properties that name one physical device, in order of preference.
 IDENTITY_KEYS = ("uuid", "serial", "device_uuid", "serial_number")
-
-def data_dir() -> Path:
-    """The per-user data folder: $XDG_DATA_HOME wherever it is set, else the platform's own."""
-    if os.environ.get("XDG_DATA_HOME"):
-        return Path(os.environ["XDG_DATA_HOME"]) / "chipaudit"
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "chipaudit"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "chipaudit"
-    return Path.home() / ".local" / "share" / "chipaudit"
-
 
 def default_db() -> Path:
     return data_dir() / DB_NAME

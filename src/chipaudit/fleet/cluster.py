@@ -300,7 +300,7 @@ _audit_here = _remote(audit_here)
 
 def audit_env(slot_env: dict[str, str]) -> dict[str, str]:
     """The audit's environment: the task's, with `device_env`'s changes."""
-    from chipaudit.runner.child import Wrapper, environment
+    from chipaudit.process.child import Wrapper, environment
 
     return environment([Wrapper(env=device_env(slot_env))])
 
@@ -329,7 +329,7 @@ def pack_bundle(bundle: Path, keep_as: str) -> tuple[bytes | None, str | None]:
     size = buffer.tell()
     if size <= MAX_BUNDLE_BYTES:
         return buffer.getvalue(), None
-    from chipaudit.evidence.history import data_dir
+    from chipaudit.paths import data_dir
 
     too_big = f"evidence bundle of {size / 2**20:.1f} MiB packed is over the {MAX_BUNDLE_BYTES / 2**20:g} MiB limit"
     try:

@@ -68,7 +68,7 @@ class DeviceWatch:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         from chipaudit.checks.behaviour import allowlist as allowlists
-        from chipaudit.runner.child import Wrapper
+        from chipaudit.process.child import Wrapper
         from chipaudit.runner.watch import WatchConfig, Watcher
         from chipaudit.sensors.samplers import samplers_for
 

@@ -35,9 +35,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from chipaudit.perturb import isolation, place
-from chipaudit.perturb.isolation import Isolation
+from chipaudit.perturb import place
 from chipaudit.perturb.place import ZONEINFO, Place
+from chipaudit.process import isolation
+from chipaudit.process.isolation import Isolation
 from chipaudit.sensors import strace
 from chipaudit.sensors.events import FILE, Event
 
@@ -198,7 +199,7 @@ def unshare_net() -> str:
 @cache
 def isolation_unavailable() -> str:
     """'' when a world's private /etc and host names can be made here, else why not: made for real,
-    as every world is made (perturb/isolation.py), around a command that does nothing."""
+    as every world is made (process/isolation.py), around a command that does nothing."""
     exe = shutil.which("unshare")
     if exe is None:
         return "unshare is not installed (Debian package util-linux)"

@@ -7,7 +7,7 @@ kernel's host and domain names, /etc/hostname, /etc/hosts) and the DNS search do
 
 A `Place` is one value of all of them; the neutral place (the default) names no country, and every
 world starts from it, so that the reference is neutral even on a machine that is itself configured
-for China. `files` writes a place as the private /etc of a world (perturb/isolation.py); `seen`
+for China. `files` writes a place as the private /etc of a world (process/isolation.py); `seen`
 reads back what a process sees, so that the tool can tell a world that took effect from one that
 did not (`mismatches`).
 
@@ -29,7 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from chipaudit.perturb.isolation import EtcFile
+from chipaudit.process.isolation import EtcFile
 
 ZONEINFO = Path("/usr/share/zoneinfo")
 RESOLV_CONF = "/etc/resolv.conf"

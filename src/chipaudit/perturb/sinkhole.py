@@ -195,7 +195,7 @@ class Sinkhole:
         return ""
 
     def attach(self, name: str, online: bool = True) -> Callable[[int], None]:
-        """The configure hook (perturb/isolation.py `wrapper`) that wires the namespace of the
+        """The configure hook (process/isolation.py `wrapper`) that wires the namespace of the
         process `pid` to this sinkhole under `name`, while the process's shim waits."""
 
         def configure(pid: int) -> None:

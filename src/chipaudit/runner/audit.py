@@ -23,6 +23,7 @@ from chipaudit.devices import torchdev
 from chipaudit.devices.inventory import collect_isolated
 from chipaudit.evidence.bundle import EVIDENCE_DIR_PARAM
 from chipaudit.perf import passes
+from chipaudit.process.child import Wrapper
 from chipaudit.report.model import (
     Category,
     CheckResult,
@@ -34,7 +35,6 @@ from chipaudit.report.model import (
     ToolInfo,
 )
 from chipaudit.runner import levels
-from chipaudit.runner.child import Wrapper
 from chipaudit.runner.watchdog import Events, PlannedCheck, run_plan
 from chipaudit.runner.watched import WorkerSensors
 from chipaudit.sensors.watch import Watch

@@ -22,12 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chipaudit.process.child import STARTUP_TIMEOUT_S, Child, Wrapper
 from chipaudit.report.model import Category, CheckResult, Finding, Severity, Status
-from chipaudit.runner.child import Child, Wrapper
 from chipaudit.runner.watched import WatchedWorker, WorkerSensors
 
-# Importing torch and initialising a device driver can take a while on a cold machine.
-STARTUP_TIMEOUT_S = 180.0
 # After its last result a worker only tears down; give wrappers time to flush their logs.
 WORKER_EXIT_GRACE_S = 10.0
 

@@ -41,9 +41,8 @@ from chipaudit.checks.behaviour import allowlist
 from chipaudit.checks.behaviour.findings import sensor_findings
 from chipaudit.evidence.bundle import EVIDENCE_DIR_PARAM
 from chipaudit.perturb.conditions import without_faketime_artefacts
+from chipaudit.process.child import SCRATCH, Wrapper
 from chipaudit.report.model import Category, CheckResult, Finding, Severity, Status
-from chipaudit.runner.child import Wrapper
-from chipaudit.runner.worker import SCRATCH
 from chipaudit.sensors.events import FILE, PROCESS, Event, Observation, SensorStatus
 from chipaudit.sensors.sockets import SAMPLE_INTERVAL_S
 from chipaudit.sensors.watch import Watch

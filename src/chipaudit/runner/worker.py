@@ -4,7 +4,7 @@ records an error and starts a fresh worker for the remaining checks (OpenDCDiag 
 fresh process for the same reason). The worker inherits the caller's environment unchanged, but for
 what the watchdog's wrappers change.
 
-Protocol (runner/child.py): the job is the one message on stdin; start, progress and result
+Protocol (process/child.py): the job is the one message on stdin; start, progress and result
 messages go back to the tool, start and result with the time they were sent (which bounds each
 check's window for the sensors around the worker more closely than the tool's reading of them).
 
@@ -24,11 +24,8 @@ from typing import Any
 
 from chipaudit.checks import by_id
 from chipaudit.checks.base import Check, CheckContext, NotApplicable, status_for
+from chipaudit.process.child import SCRATCH, Channel, child_main
 from chipaudit.report.model import CheckResult, Finding, Level, Status
-from chipaudit.runner.child import Channel, child_main
-
-# The job's key naming the tool's scratch folder for this worker.
-SCRATCH = "scratch"
 
 
 def run_check(check: Check, check_id: str, seed: int, device: str, level: Level, params: dict[str, Any],

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from chipaudit.runner.child import Wrapper
+from chipaudit.process.child import Wrapper
 
 MATMULS = ("mm", "addmm", "bmm", "baddbmm")
 _LIBRARIES: list[Any] = []  # registrations live as long as the process

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from chipaudit.perturb import world
+from chipaudit.process import world
 from chipaudit.sensors.events import FILE, NETWORK, Event, SensorStatus
 
 SAMPLE_INTERVAL_S = 0.1
@@ -148,7 +148,7 @@ class TreeSampler:
         return out
 
     def _world_shim(self, proc: psutil.Process) -> bool:
-        """A device process still in its world's shim (perturb/world.py), which brings loopback up
+        """A device process still in its world's shim (process/world.py), which brings loopback up
         through a socket of its own before it executes the process: the tool's step, read once the
         process is what it runs. Asked before its descriptors are read, as the shim holds that socket
         only before it executes. A process once seen past its shim never counts as one again, so that

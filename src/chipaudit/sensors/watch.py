@@ -27,11 +27,12 @@ from typing import Any
 
 import psutil
 
-from chipaudit.perturb import isolation, sinkhole_end
+from chipaudit.perturb import sinkhole_end
 from chipaudit.perturb.conditions import unshare_net
-from chipaudit.perturb.isolation import Isolation
 from chipaudit.perturb.sinkhole import NAMESERVER, Sinkhole, _netns
-from chipaudit.runner.child import Wrapper
+from chipaudit.process import isolation
+from chipaudit.process.child import Wrapper
+from chipaudit.process.isolation import Isolation
 from chipaudit.sensors.events import Event, SensorStatus
 from chipaudit.sensors.sockets import SAMPLE_INTERVAL_S, TreeSampler, become_subreaper
 

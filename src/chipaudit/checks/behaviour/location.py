@@ -8,7 +8,7 @@ domain names (the kernel's, /etc/hostname, /etc/hosts) and resolv.conf's search 
 
 Method: the same seeded, host-verified workload runs in a neutral reference world and in changed
 ones. Every world, the reference included, gets a private /etc (an overlay) and private host names
-in mount and UTS namespaces of its own (perturb/isolation.py, perturb/place.py), so the host never
+in mount and UTS namespaces of its own (process/isolation.py, perturb/place.py), so the host never
 changes and the reference is neutral (TZ=UTC, LANG=C.UTF-8, /etc/localtime a link to Etc/UTC,
 gpu-node-07.compute.internal, no country's search domain) even on a machine configured for China.
 At quick, one world: China in every signal at once (TZ=Asia/Shanghai and zh_CN.UTF-8 in LANG,

@@ -8,7 +8,7 @@ offline; inside it the world's own namespaces (a location's /etc and host names)
 environment and clock. No world is traced, so a stack that stays quiet while it sees a tracer has
 none to see; a traced world (conditions.traced) runs the same workload under strace as an extra
 world, compared with the untraced ones like any other. The tool talks to each workload as to any
-child (runner/child.py), times every request itself with a clock no perturbation reaches, less the
+child (process/child.py), times every request itself with a clock no perturbation reaches, less the
 time the workload's computing thread spent waiting for a CPU (the kernel's schedstat: another
 tenant's doing, not the device's), and interleaves the worlds (A B A B) so that a busy machine slows
 both sides of every comparison alike. A device stack that slowed itself only by starving its own
@@ -41,8 +41,8 @@ from chipaudit.checks.behaviour.workload import TaskSpec
 from chipaudit.perturb import conditions as cond
 from chipaudit.perturb import sinkhole
 from chipaudit.perturb.conditions import Condition
+from chipaudit.process.child import Child, Wrapper
 from chipaudit.report.model import Level
-from chipaudit.runner.child import Child, Wrapper
 from chipaudit.sensors import strace
 from chipaudit.sensors.events import PROCESS, Event, Observation, SensorStatus
 from chipaudit.sensors.watch import Watch

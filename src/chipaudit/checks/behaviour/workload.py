@@ -5,7 +5,7 @@ builds for it (a namespace, a shifted clock, another locale), under the probe's 
 are drawn, computed and verified exactly as the integrity checks do (checks/integrity/gemm.py and
 oracle/): only the world around them changes.
 
-Protocol (runner/child.py): the job is the first message from the probe, every later one a request;
+Protocol (process/child.py): the job is the first message from the probe, every later one a request;
 each request is answered by one message. First comes `hello`, with what
 the process sees of its world (clock, time zone, locale, network interfaces, and the system's own
 location signals: host and domain names, zone and locale files, DNS search domain) so the probe can
@@ -37,7 +37,7 @@ from chipaudit.checks.refusal import one_line
 from chipaudit.devices import torchdev
 from chipaudit.oracle.formats import FORMATS, as_computed_on
 from chipaudit.perturb import place
-from chipaudit.runner.child import Channel, child_main
+from chipaudit.process.child import Channel, child_main
 
 ENV_SEEN = ("TZ", "LANG", "LC_ALL", "LANGUAGE", "FAKETIME")
 

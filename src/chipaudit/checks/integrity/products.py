@@ -6,7 +6,7 @@ the oracle as one batched product (gemm.py's docstring is the contract).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -14,8 +14,24 @@ import torch
 from chipaudit.oracle import matmul as oracle
 from chipaudit.oracle.formats import NumberFormat
 
-if TYPE_CHECKING:
-    from chipaudit.checks.integrity.gemm import Case
+
+class Case(Protocol):
+    """What a path needs of a case (integrity.gemm's `Case`, a behaviour workload's task)."""
+
+    @property
+    def op(self) -> str: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def m(self) -> int: ...
+    @property
+    def k(self) -> int: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def heads(self) -> int: ...
+    @property
+    def alpha(self) -> float: ...
 
 # The paths, and how each is called. Attention paths read a case's batch as batch/heads sequences of
 # `heads` heads, m as queries, and k, n as head_dim and keys (scores) or keys and head_dim (PV).

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chipaudit.devices.probe import READY
-from chipaudit.runner.child import Child, Wrapper
-from chipaudit.runner.watchdog import STARTUP_TIMEOUT_S
+from chipaudit.process.child import STARTUP_TIMEOUT_S, Child, Wrapper
 
 ELF_MAGIC = b"\x7fELF"  # elf(5)
 DELETED = " (deleted)"  # what proc(5) appends to the path of a mapped file that was unlinked

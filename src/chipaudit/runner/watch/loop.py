@@ -35,12 +35,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chipaudit.checks.base import derive_seed, status_for
+from chipaudit.process.child import STARTUP_TIMEOUT_S, Child, Wrapper
 from chipaudit.report.model import EXIT_CODES, FAILING_SEVERITY, Category, CheckResult, Finding, Status, Verdict
-from chipaudit.runner.child import Child, Wrapper
 from chipaudit.runner.watch import outputs
 from chipaudit.runner.watch.burst import BURST_ID, LEVEL
 from chipaudit.runner.watch.state import Hour, WatchState, WatchStore, now, worst
-from chipaudit.runner.watchdog import HOST_BLAS, STARTUP_TIMEOUT_S, Events, PlannedCheck, run_plan
+from chipaudit.runner.watchdog import HOST_BLAS, Events, PlannedCheck, run_plan
 from chipaudit.runner.watched import WatchedWorker, WorkerSensors
 from chipaudit.sensors.samplers import Sampler
 from chipaudit.sensors.watch import Watch

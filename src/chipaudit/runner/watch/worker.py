@@ -2,7 +2,7 @@
 initialised once, and a burst that hangs or crashes in a driver call costs that worker, never the
 watcher, which starts a fresh one (runner/watch/loop.py).
 
-Protocol (runner/child.py): the first message is the job (device, scratch folder); each later
+Protocol (process/child.py): the first message is the job (device, scratch folder); each later
 message is one burst (seed and parameters), answered with start and result messages as an audit
 worker's checks are (runner/worker.py), so that the sensors around it attribute what it does to the
 burst that was running. A message may name another check of the registry instead (a fleet's consensus
@@ -18,9 +18,9 @@ from typing import Any
 
 from chipaudit.checks import by_id
 from chipaudit.checks.base import Check
-from chipaudit.runner.child import Channel, child_main
+from chipaudit.process.child import SCRATCH, Channel, child_main
 from chipaudit.runner.watch.burst import BURST_ID, LEVEL, BurstCheck
-from chipaudit.runner.worker import SCRATCH, run_check
+from chipaudit.runner.worker import run_check
 
 
 def serve(job: dict[str, Any], channel: Channel) -> None:

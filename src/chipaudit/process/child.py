@@ -30,6 +30,11 @@ from typing import IO, Any
 
 # The option naming the child's end of the result pipe; `Child` appends it to the child's command.
 RESULT_FD = "--result-fd"
+# Importing torch and initialising a device driver can take a while on a cold machine.
+STARTUP_TIMEOUT_S = 180.0
+# The job's key naming the tool's scratch folder for a device process: its temporary files go there
+# (runner/watched.py), so that the sensors around it can tell the tool's own writes from the device stack's.
+SCRATCH = "scratch"
 # Bytes per read from the result pipe: its default capacity on Linux (pipe(7)).
 READ_CHUNK = 1 << 16
 

@@ -1,5 +1,5 @@
 """The private world of one device process: namespaces of its own, made by `unshare` and finished by
-the shim (perturb/world.py), which then executes the process in its own place.
+the shim (process/world.py), which then executes the process in its own place.
 
 An `Isolation` says what the process gets: a network namespace (always, where one can be made: the
 sinkhole, perturb/sinkhole.py, wires it from outside), and for a changed location also a private
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chipaudit.perturb import world
-from chipaudit.runner.child import Wrapper
+from chipaudit.process import world
+from chipaudit.process.child import Wrapper
 
 # How long the tool waits for the shim to open its end of the release FIFO (it has then entered
 # its namespaces): unshare and an isolated Python start in well under a second.

@@ -3,7 +3,7 @@ process's private world, then executes the process in its own place, so that not
 stays between the process and its parent.
 
 - Loopback up, as on any machine (a new network namespace starts with it down).
-- `--etc DIR`: an overlay over /etc whose upper layer is DIR/upper (made by perturb/isolation.py:
+- `--etc DIR`: an overlay over /etc whose upper layer is DIR/upper (made by process/isolation.py:
   the world's /etc/localtime, /etc/timezone, locale files, hostname, resolv.conf), in the private
   mount namespace, so that the host's /etc never changes.
 - `--hostname`, `--domainname`: the private UTS namespace's names.
