@@ -21,8 +21,8 @@ from chipaudit.checks.integrity import burnin
 from chipaudit.checks.performance.micro import GemmThroughput
 from chipaudit.devices import torchdev
 from chipaudit.oracle.formats import FORMATS
+from chipaudit.process.launch import HOST_BLAS
 from chipaudit.report.model import Level
-from chipaudit.runner.watchdog import HOST_BLAS
 from chipaudit.stats import median
 
 ROUNDS = 5
@@ -45,8 +45,8 @@ def burn_flops(ctx: CheckContext, prepared: burnin.BurnState) -> float:
 
 
 def main() -> None:
-    if any(os.environ.get(k) != v for k, v in HOST_BLAS.env.items()):  # as an audit's worker runs
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **HOST_BLAS.env})
+    if any(os.environ.get(k) != v for k, v in HOST_BLAS.items()):  # as an audit's worker runs
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **HOST_BLAS})
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--formats", help="comma-separated; default: the burn-in's own for the device")

@@ -12,10 +12,10 @@ be found. A plugin that raises while it is imported is a crash of its own, not b
 from __future__ import annotations
 
 import importlib
-import os
 
 from chipaudit.checks.base import Check
 from chipaudit.errors import InputError
+from chipaudit.process import child, neutral
 
 PLUGIN_ENV = "CHIPAUDIT_CHECK_MODULES"
 
@@ -25,6 +25,7 @@ class CheckRegistryError(InputError):
 
 
 def _plugin(name: str) -> list[Check]:
+    name = neutral.stage().module(name) if neutral.root() != neutral.TOOL else name  # this package's own modules
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as e:
@@ -50,7 +51,7 @@ def all_checks() -> list[Check]:
                 behaviour]
     sources = [(family.__name__, list(family.CHECKS)) for family in families]
     sources += [(name, _plugin(name)) for name in filter(None, (m.strip() for m in
-                                                                 os.environ.get(PLUGIN_ENV, "").split(",")))]
+                                                                 (child.setting(PLUGIN_ENV) or "").split(",")))]
     origin: dict[str, str] = {}
     checks: list[Check] = []
     for source, family_checks in sources:

@@ -29,7 +29,7 @@ class Outputs:
 
     def __post_init__(self) -> None:
         if self.bundle is not None and self.staging is None:
-            self.staging = Path(tempfile.mkdtemp(prefix="chipaudit-evidence-"))
+            self.staging = Path(tempfile.mkdtemp())
 
     def params(self) -> dict[str, str]:
         """Audit parameters that tell checks where to leave raw evidence (bundle.check_evidence_dir)."""

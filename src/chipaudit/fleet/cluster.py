@@ -282,7 +282,7 @@ _gpu_uuids = _remote(_gpu_uuids_impl)
 def audit_here(argv: list[str], env: dict[str, str], timeout_s: float, keep_as: str = "audit") -> dict[str, Any]:
     """The Ray task: an ordinary `chipaudit run` on this node; returns its report, its bundle and a note
     when the bundle could not come along (`keep_as` names the folder an oversized one is kept in)."""
-    with tempfile.TemporaryDirectory(prefix="chipaudit-fleet-") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         report, bundle = Path(tmp) / "report.json", Path(tmp) / "bundle"
         cmd = [sys.executable, "-m", "chipaudit", "run", *argv, "--json", str(report), "--bundle", str(bundle)]
         try:

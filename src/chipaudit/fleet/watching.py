@@ -73,7 +73,7 @@ class DeviceWatch:
         from chipaudit.sensors.samplers import samplers_for
 
         os.environ.update(spec["env"])  # before the device is first touched here (CUDA_VISIBLE_DEVICES)
-        self.tmp = Path(tempfile.mkdtemp(prefix="chipaudit-fleet-watch-"))
+        self.tmp = Path(tempfile.mkdtemp())
         db, self.events = self.tmp / "watch.sqlite3", self.tmp / "events.jsonl"
         self.device_id = spec["device_id"]
         if spec.get("state"):

@@ -115,7 +115,7 @@ def load(path: Path | None = None) -> list[DeviceSpec]:
 
 @cache
 def _packaged() -> list[DeviceSpec]:
-    text = resources.files("chipaudit").joinpath("data/specs.toml").read_text()
+    text = resources.files(__name__.split(".")[0]).joinpath("data/specs.toml").read_text()
     return _parse(tomllib.loads(text), "chipaudit/data/specs.toml")
 
 

@@ -203,7 +203,7 @@ def isolation_unavailable() -> str:
     exe = shutil.which("unshare")
     if exe is None:
         return "unshare is not installed (Debian package util-linux)"
-    with tempfile.TemporaryDirectory(prefix="chipaudit-world-") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         layer = isolation.wrapper(reference().isolation(), Path(tmp))
         try:
             run = subprocess.run([*layer.prefix, "true"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)

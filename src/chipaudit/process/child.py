@@ -6,14 +6,17 @@ interpreter must take down only a child, and a child must be watchable and pertu
 audit's workers, the behaviour probes' workloads and the stack probe therefore all start here, in a
 process group of their own (so that one kill ends every wrapper and descendant that stayed in it),
 under `Wrapper`s applied from the outside in, and all speak the same protocol: JSON objects, one a
-line, from the tool on the child's stdin, and back on a descriptor the child inherits (named by
---result-fd), so that whatever a vendor library prints on stdout or stderr cannot be mistaken for a
-message; that output goes to a log whose last line explains a child that died.
+line, from the tool on the child's stdin, and back on a descriptor the child inherits (named on the
+first line, the handshake), so that whatever a vendor library prints on stdout or stderr cannot be
+mistaken for a message; that output goes to a log whose last line explains a child that died.
+
+A child that runs one of this package's modules is started from a stage (process/neutral.py): its
+command line is the interpreter and a neutral script, and the handshake names the module, so that
+nothing a device stack can read in the process names the tool.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -28,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-# The option naming the child's end of the result pipe; `Child` appends it to the child's command.
-RESULT_FD = "--result-fd"
+from chipaudit.process import neutral
+
 # Importing torch and initialising a device driver can take a while on a cold machine.
 STARTUP_TIMEOUT_S = 180.0
 # The job's key naming the tool's scratch folder for a device process: its temporary files go there
@@ -59,14 +62,29 @@ class Wrapper:
     started: Callable[[int], None] | None = None
 
 
+def staged(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """The command that runs `argv` and the module the handshake names: a module of this package
+    (`PYTHON -m chipaudit.x`, by either of its names) runs from the stage; anything else as it is."""
+    if len(argv) >= 3 and argv[1] == "-m" and argv[2].split(".")[0] in (neutral.TOOL, neutral.root()):
+        stage = neutral.stage()
+        return [*stage.command(), *argv[3:]], stage.module(argv[2])
+    return list(argv), None
+
+
 def command(argv: Sequence[str], wrappers: Sequence[Wrapper]) -> list[str]:
     """`argv` inside every wrapper, the first wrapper outermost."""
     return [*(arg for w in wrappers for arg in w.prefix), *argv]
 
 
+# The tool's own variables (check modules, the allow-list): a device process gets them in its
+# handshake, never in its environment, where a device stack would read that it is audited.
+SETTINGS_PREFIX = "CHIPAUDIT_"
+
+
 def environment(wrappers: Sequence[Wrapper], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (this process's environment) with every wrapper's changes, the innermost last."""
-    env = dict(os.environ if base is None else base)
+    """`base` (this process's environment) less the tool's settings, with every wrapper's changes,
+    the innermost last."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(SETTINGS_PREFIX)}
     for w in wrappers:
         for key, value in w.env.items():
             if value is None:
@@ -89,17 +107,20 @@ class Child:
         self._buffer = b""
         self._own_log = log is None
         if log is None:
-            handle, name = tempfile.mkstemp(prefix="chipaudit-child-", suffix=".log")
+            handle, name = tempfile.mkstemp(suffix=".log")
             os.close(handle)
             log = Path(name)
         self.log = log
         self._fd, write_fd = os.pipe()
+        argv, module = staged(argv)
         try:
             with open(log, "wb") as out:
                 self.proc = subprocess.Popen(
-                    command([*argv, RESULT_FD, str(write_fd)], self.wrappers), stdin=subprocess.PIPE, stdout=out,
+                    command(argv, self.wrappers), stdin=subprocess.PIPE, stdout=out,
                     stderr=out, pass_fds=(write_fd,), env=environment(self.wrappers), cwd=cwd,
                     start_new_session=True)
+            settings = {k: v for k, v in os.environ.items() if k.startswith(SETTINGS_PREFIX)}
+            self.send({"result_fd": write_fd, "settings": settings, **({"module": module} if module else {})})
         except BaseException:
             self._release()
             raise
@@ -122,6 +143,23 @@ class Child:
     def wrapped(self) -> bool:
         """Whether the process started is a wrapper rather than the child's own command."""
         return any(w.prefix and w.stays for w in self.wrappers)
+
+    def innermost(self) -> int:
+        """The pid of the child's own command: below each wrapper that stays above it (a PID
+        namespace's unshare, a tracer), its one child. Asked once the wrappers' `started` hooks ran,
+        when each has started what it wraps."""
+        pid = self.proc.pid
+        for w in self.wrappers:
+            if w.prefix and w.stays:
+                try:
+                    with open(f"/proc/{pid}/task/{pid}/children") as f:
+                        children = f.read().split()
+                except OSError:
+                    break
+                if len(children) != 1:
+                    break
+                pid = int(children[0])
+        return pid
 
     @property
     def files(self) -> list[Path]:
@@ -248,13 +286,30 @@ class Channel:
         self.close()
 
 
-def child_main(handler: Callable[[dict[str, Any], Channel], None], argv: Sequence[str] | None = None) -> int:
-    """A child's whole main: open the channel its command line names (`Child` appends the option)
-    and hand the tool's first message, the child's job, to `handler` with the channel."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument(RESULT_FD, dest="result_fd", type=int, required=True)
-    args = parser.parse_args(argv)
-    with Channel(args.result_fd) as channel:
+_handshake: dict[str, Any] | None = None
+
+
+def accept() -> dict[str, Any]:
+    """The handshake, the first line `Child` writes: the result descriptor, and the module to run
+    when the child starts from a stage (process/launch.py reads it before the module runs)."""
+    global _handshake
+    if _handshake is None:
+        _handshake = json.loads(sys.stdin.readline() or "{}")
+    return _handshake
+
+
+def setting(name: str) -> str | None:
+    """One of the tool's settings (SETTINGS_PREFIX): from the environment in the tool's own process,
+    from the handshake in a device process."""
+    if name in os.environ:
+        return os.environ[name]
+    return (_handshake or {}).get("settings", {}).get(name)
+
+
+def child_main(handler: Callable[[dict[str, Any], Channel], None]) -> int:
+    """A child's whole main: open the channel the handshake names and hand the tool's next message,
+    the child's job, to `handler` with the channel."""
+    with Channel(int(accept()["result_fd"])) as channel:
         job = channel.receive()
         if job is not None:
             handler(job, channel)

@@ -1,11 +1,20 @@
-"""The private world of one device process: namespaces of its own, made by `unshare` and finished by
-the shim (process/world.py), which then executes the process in its own place.
+"""The private world of one device process: a container, as a runtime makes one, made by `unshare`
+and finished by the shim (process/world.py), which then executes the process in its own place as
+PID 1 of its namespaces.
 
-An `Isolation` says what the process gets: a network namespace (always, where one can be made: the
-sinkhole, perturb/sinkhole.py, wires it from outside), and for a changed location also a private
-/etc (an overlay whose files the world names, as links or as copies) and private host and domain
-names. Nothing here changes the host: the overlay lives in a private mount namespace, the names in
-a private UTS namespace.
+A device stack that wants to pass audits looks for what an audit's process shows and a real job does
+not: namespaces unlike its ancestors' or PID 1's, mounts on /etc, interfaces no machine has. So every
+world is one of the two things a production job runs in, a container: PID, mount, network, UTS, IPC
+and cgroup namespaces together, a fresh /proc and /sys, an overlay root, and on /etc only the
+runtime's hostname, hosts and resolv.conf. Inside, the process shares every namespace with PID 1 (it
+is PID 1) and sees no ancestor. An `Isolation` says what differs between worlds: whether the network
+namespace is wired (the sinkhole, perturb/sinkhole.py, does it from outside), the files of its /etc
+(as links or as copies: the machine's own unless the world's place changes them), its host and
+domain names, and the folders it shares with the tool. Nothing here changes the host: the root's
+upper layer is a tmpfs in a private mount namespace, the names live in a private UTS namespace.
+
+Cannot hide: that the process is PID 1 of a PID namespace (as in every container), and the tc mirror
+on its loopback when the sinkhole wires it (perturb/sinkhole.py).
 """
 
 from __future__ import annotations
@@ -39,22 +48,22 @@ class EtcFile:
     copy_of: str | None = None
 
 
+# The machine's own files that a runtime mounts on /etc, for worlds whose place does not change them.
+MACHINE_ETC = tuple(EtcFile(name, copy_of=f"/etc/{name}") for name in world.RUNTIME_ETC)
+
+
 @dataclass(frozen=True)
 class Isolation:
     network: bool = True
     etc: tuple[EtcFile, ...] = ()
     hostname: str | None = None
     domainname: str | None = None
-
-    @property
-    def uts(self) -> bool:
-        return self.hostname is not None or self.domainname is not None
+    shares: tuple[Path, ...] = ()  # folders the tool and the process both write
 
 
 def write_etc(files: tuple[EtcFile, ...], folder: Path) -> None:
-    """The overlay's upper layer (and its empty work folder) for `files`."""
+    """The world's /etc files (`folder`/upper), which the shim copies into the root's upper layer."""
     upper = folder / "upper"
-    (folder / "work").mkdir(parents=True, exist_ok=True)
     for f in files:
         target = upper / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -102,16 +111,15 @@ def wrapper(iso: Isolation, folder: Path, configure: Callable[[int], None] | Non
     the overlay's layers and the release FIFO; `configure(pid)`, when given, finishes the world from
     outside (the sinkhole's wiring) while the shim waits."""
     folder.mkdir(parents=True, exist_ok=True)
-    flags = ["--net"] if iso.network else []
-    shim = [sys.executable, "-I", world.__file__]
-    if iso.etc:
-        write_etc(iso.etc, folder / "etc")
-        flags += ["--mount", "--propagation", "private"]
-        shim += ["--etc", str(folder / "etc")]
-    if iso.uts:
-        flags.append("--uts")
-        shim += [*(["--hostname", iso.hostname] if iso.hostname is not None else []),
-                 *(["--domainname", iso.domainname] if iso.domainname is not None else [])]
+    for part in ("rw", "root"):
+        (folder / part).mkdir(exist_ok=True)
+    flags = ["--mount", "--propagation", "private", "--uts", "--ipc", "--cgroup", "--pid", "--fork", "--kill-child",
+             *(["--net"] if iso.network else [])]
+    write_etc(iso.etc or tuple(f for f in MACHINE_ETC if f.copy_of and os.path.exists(f.copy_of)), folder / "etc")
+    shares = (arg for share in iso.shares for arg in ("--share", str(share)))
+    shim = [sys.executable, "-I", world.__file__, "--root", str(folder), *shares,
+            *(["--hostname", iso.hostname] if iso.hostname is not None else []),
+            *(["--domainname", iso.domainname] if iso.domainname is not None else [])]
     started = None
     files: tuple[Path, ...] = ()
     if configure is not None:
@@ -123,4 +131,5 @@ def wrapper(iso: Isolation, folder: Path, configure: Callable[[int], None] | Non
         files = (fifo,)
         started = lambda pid: _release(fifo, pid, configure)  # noqa: E731
     prefix = (str(shutil.which("unshare") or "unshare"), *flags, "--", *shim, "--")
-    return Wrapper(prefix, files=files, stays=False, started=started)
+    # unshare stays as the PID namespace's parent outside it; the shim executes the process in its place.
+    return Wrapper(prefix, files=files, stays=True, started=started)

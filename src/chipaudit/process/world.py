@@ -1,21 +1,31 @@
-"""Runs inside the namespaces `unshare` made for one device process, before it: finishes the
-process's private world, then executes the process in its own place, so that nothing of the tool
-stays between the process and its parent.
+"""Runs inside the namespaces `unshare` made for one device process, as their PID 1, before it:
+finishes the process's private world, a container as a runtime makes one, then executes the process
+in its own place, so that the process is PID 1 of its namespaces, as in a container started without
+an init, and nothing of the tool stays between it and what it can see.
 
 - Loopback up, as on any machine (a new network namespace starts with it down).
-- `--etc DIR`: an overlay over /etc whose upper layer is DIR/upper (made by process/isolation.py:
-  the world's /etc/localtime, /etc/timezone, locale files, hostname, resolv.conf), in the private
-  mount namespace, so that the host's /etc never changes.
+- `--root DIR`: a root of its own, as a container runtime makes it: an overlay whose lower layer is
+  the machine's root and whose upper layer is a fresh tmpfs (DIR/rw), so that what the process writes
+  outside the shared folders never reaches the host; the machine's other mounts bound in (devices,
+  the cgroup tree), a fresh /proc of its PID namespace and a fresh /sys of its network namespace;
+  the world's /etc files (DIR/etc/upper: time zone and locale files) in the upper layer, and only
+  the runtime's three files mounted on /etc: hostname, hosts, resolv.conf. The process starts in
+  the folder it was started from.
+- `--share DIR` (repeatable): a folder of the machine's that the tool and the process both use (the
+  evidence the process writes), bound at its own path.
 - `--hostname`, `--domainname`: the private UTS namespace's names.
 - `--release FIFO`: wait until the tool, outside, has finished what only it can do (wire the
-  network namespace to its sinkhole) and says "go".
+  network namespace to its sinkhole) and says "go". The FIFO is opened before the root is made, and
+  the root is made before the wait: from the release on, what happens in the namespaces is the
+  device process's.
 
 This file is run by path with `python -I` (isolated: no PYTHONPATH, no user site) and uses the
 standard library only, so that nothing the device process's environment injects runs here.
 Any step that fails ends the shim with its reason on stderr and exit status `FAILED`: a world that
 was not made must never run as if it had been.
 
-usage: python -I world.py [--etc DIR] [--hostname NAME] [--domainname NAME] [--release FIFO] -- COMMAND...
+usage: python -I world.py [--root DIR] [--share DIR]... [--hostname NAME] [--domainname NAME]
+                          [--release FIFO] -- COMMAND...
 """
 
 from __future__ import annotations
@@ -32,8 +42,18 @@ import sys
 import time
 
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1  # linux/sockios.h, linux/if.h
+# linux/mount.h
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MNT_DETACH = 0x2, 0x4, 0x8, 0x1000, 0x4000, 0x2
+# The files a container runtime (Docker, containerd, CRI-O) mounts on /etc; any other mount there is no
+# container's.
+RUNTIME_ETC = ("hostname", "hosts", "resolv.conf")
+# Fresh in every world, never bound from the machine: its PID namespace's /proc and its network
+# namespace's /sys (the machine's own would list the machine's interfaces).
+FRESH = {"/proc": "proc", "/sys": "sysfs"}
 FAILED = 125  # what env(1) and unshare(1) return when they cannot run the command
 RELEASE_TIMEOUT_S = 60.0
+# asm-generic/unistd.h and x86_64's unistd_64.h: pivot_root has no C library wrapper.
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}.get(os.uname().machine, 155)
 GO = b"go\n"
 
 
@@ -55,13 +75,83 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def overlay_etc(folder: str) -> None:
-    upper, work = os.path.join(folder, "upper"), os.path.join(folder, "work")
-    options = f"lowerdir=/etc,upperdir={upper},workdir={work}".encode()
-    if _libc().mount(b"overlay", b"/etc", b"overlay", 0, options) != 0:
+def _mount(source: str, target: str, fstype: str | None, flags: int = 0, options: str = "") -> None:
+    if _libc().mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                     options.encode() or None) != 0:
         code = ctypes.get_errno()
-        raise WorldError(f"cannot overlay /etc: {os.strerror(code)} (a private mount namespace and overlayfs "
-                         "are needed)")
+        raise WorldError(f"cannot mount {fstype or source} on {target}: {os.strerror(code)} (a private mount "
+                         "namespace, root and overlayfs are needed)")
+
+
+def _mount_points() -> list[tuple[int, int, str]]:
+    """(id, parent id, mount point) of every mount this namespace sees, in mount order."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")  # octal escapes: \040 for a space
+            out.append((int(fields[0]), int(fields[1]), point))
+    return out
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _copy_tree(source: str, target: str) -> None:
+    """The world's /etc files into the upper layer, links as links."""
+    for top, _dirs, files in os.walk(source):
+        here = os.path.join(target, os.path.relpath(top, source))
+        os.makedirs(here, exist_ok=True)
+        for name in files:
+            src, dst = os.path.join(top, name), os.path.join(here, name)
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+            else:
+                with open(src, "rb") as a, open(dst, "wb") as b:
+                    b.write(a.read())
+                os.chmod(dst, 0o644)
+
+
+def container_root(folder: str, shares: list[str]) -> None:
+    """Make `folder`/root the process's root, as a container runtime would (module docstring), and
+    move into it."""
+    cwd = os.getcwd()
+    mounts = _mount_points()
+    rw, new = os.path.join(folder, "rw"), os.path.join(folder, "root")
+    _mount("tmpfs", rw, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    upper, work = os.path.join(rw, "upper"), os.path.join(rw, "work")
+    os.makedirs(upper)
+    os.makedirs(work)
+    etc = os.path.join(folder, "etc", "upper")
+    runtime = {name for name in RUNTIME_ETC if os.path.lexists(os.path.join(etc, name))}
+    if os.path.isdir(etc):
+        _copy_tree(etc, os.path.join(upper, "etc"))
+    _mount("overlay", new, "overlay", 0, f"lowerdir=/,upperdir={upper},workdir={work}")
+    root_id = next(mount_id for mount_id, _, point in mounts if point == "/")
+    for _, parent, point in mounts:
+        if parent != root_id or point == "/" or _under(point, folder) or point in FRESH:
+            continue
+        _mount(point, new + point, None, MS_BIND | MS_REC)
+    for point, fstype in FRESH.items():
+        _mount(fstype, new + point, fstype, MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    cgroups = next((p for _, _, p in mounts if p == "/sys/fs/cgroup"), None)
+    if cgroups:
+        _mount(cgroups, new + cgroups, None, MS_BIND | MS_REC)
+    for share in shares:
+        _mount(share, new + share, None, MS_BIND)
+    for name in runtime:
+        _mount(os.path.join(etc, name), os.path.join(new, "etc", name), None, MS_BIND)
+    os.chdir(new)
+    libc = _libc()
+    if libc.syscall(SYS_PIVOT_ROOT, b".", b".") != 0:
+        raise WorldError(f"cannot make the world's root: pivot_root: {os.strerror(ctypes.get_errno())}")
+    if libc.umount2(b".", MNT_DETACH) != 0:
+        raise WorldError(f"cannot leave the machine's root: {os.strerror(ctypes.get_errno())}")
+    try:
+        os.chdir(cwd)
+    except OSError:
+        os.chdir("/")
 
 
 def set_names(hostname: str | None, domainname: str | None) -> None:
@@ -76,10 +166,13 @@ def set_names(hostname: str | None, domainname: str | None) -> None:
             raise WorldError(f"cannot set the domain name: {os.strerror(ctypes.get_errno())}")
 
 
-def wait_release(fifo: str) -> None:
-    """Block until the tool writes GO to the FIFO (opening it tells the tool that this process has
-    entered its namespaces); anything else, or silence, is a failure."""
-    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+def open_release(fifo: str) -> int:
+    """Opening the FIFO tells the tool that this process has entered its namespaces."""
+    return os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+
+
+def wait_release(fd: int) -> None:
+    """Block until the tool writes GO to the FIFO; anything else, or silence, is a failure."""
     try:
         deadline, got = time.monotonic() + RELEASE_TIMEOUT_S, b""
         while not got.endswith(b"\n"):
@@ -103,7 +196,8 @@ def wait_release(fifo: str) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="world.py")
-    parser.add_argument("--etc")
+    parser.add_argument("--root")
+    parser.add_argument("--share", action="append", default=[])
     parser.add_argument("--hostname")
     parser.add_argument("--domainname")
     parser.add_argument("--release")
@@ -111,12 +205,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
+        release = open_release(args.release) if args.release else None
         loopback_up()
-        if args.etc:
-            overlay_etc(args.etc)
+        if args.root:
+            container_root(args.root, args.share)
         set_names(args.hostname, args.domainname)
-        if args.release:
-            wait_release(args.release)
+        if release is not None:
+            wait_release(release)
         os.execvp(command[0], command)
     except (WorldError, OSError) as e:
         print(f"world: {e}", file=sys.stderr, flush=True)

@@ -21,6 +21,8 @@ from chipaudit.report.model import SCHEMA_VERSION, Report
 
 SCHEMA_FILE = "report.schema.json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+# This package, by the name it is loaded under (a device process loads it from a neutral stage).
+_PACKAGE = __name__.split(".")[0]
 SCHEMA_ID = "https://chipaudit.dev/schema/" + SCHEMA_VERSION.replace("chipaudit.", "") + ".json"
 # Enough to show what is wrong without flooding a terminal.
 MAX_ERRORS_SHOWN = 5
@@ -37,11 +39,11 @@ def dumps(schema: dict[str, Any]) -> str:
 
 
 def shipped_path() -> Path:
-    return Path(str(resources.files("chipaudit").joinpath("data", SCHEMA_FILE)))
+    return Path(str(resources.files(_PACKAGE).joinpath("data", SCHEMA_FILE)))
 
 
 def shipped_text() -> str:
-    return resources.files("chipaudit").joinpath("data", SCHEMA_FILE).read_text(encoding="utf-8")
+    return resources.files(_PACKAGE).joinpath("data", SCHEMA_FILE).read_text(encoding="utf-8")
 
 
 @cache

@@ -48,7 +48,7 @@ def _px(value: float) -> str:
 
 @cache
 def environment() -> Environment:
-    env = Environment(loader=PackageLoader("chipaudit.report", "templates"), autoescape=True,
+    env = Environment(loader=PackageLoader(__package__ or "chipaudit.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(figure=format_figure, count=_count, px=_px, flat=_flat, pretty=_pretty)
     return env
@@ -56,7 +56,7 @@ def environment() -> Environment:
 
 @cache
 def _asset(name: str) -> str:
-    return (resources.files("chipaudit.report") / "templates" / name).read_text(encoding="utf-8")
+    return (resources.files(__package__ or "chipaudit.report") / "templates" / name).read_text(encoding="utf-8")
 
 
 def render_page(template: str, **context: Any) -> str:

@@ -48,6 +48,6 @@ def audit_watch(level: Level) -> Iterator[Watch]:
     from chipaudit.sensors.watch import Watch
 
     without = WITHOUT_SYSCALL_TRACER.get(level)
-    with tempfile.TemporaryDirectory(prefix="chipaudit-audit-") as tmp, \
+    with tempfile.TemporaryDirectory() as tmp, \
             Watch(Path(tmp) / "watch", syscalls=without is None, why_not=without or "") as watch:
         yield watch

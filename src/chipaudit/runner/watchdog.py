@@ -45,13 +45,8 @@ class Events:
     finished: Callable[[CheckResult, list[Finding]], None] = lambda result, findings: None
 
 
-# The worker's command; `Child` appends its result descriptor.
+# The worker's module (`Child` starts it from the stage, process/neutral.py).
 WORKER = (sys.executable, "-m", "chipaudit.runner.worker")
-# The host's BLAS (NumPy's OpenBLAS: the oracle, the burn-in's host control) keeps its threads spinning for
-# 2^28 cycles, about 0.1 s, after each call, by default. On a CPU device those are the device's cores: a
-# product of torch's right after a host check ran at half speed (38 ms against 13 ms at 1024^3 on a 2-core
-# host, measured). 2^4 cycles, OpenBLAS's least, hands the cores back at once.
-HOST_BLAS = Wrapper(env={"OPENBLAS_THREAD_TIMEOUT": "4", "GOTO_THREAD_TIMEOUT": "4"})
 # How much of a dead worker's output to search for its last line (its traceback's last line).
 LOG_TAIL_BYTES = 600
 # Checks whose worker computes on the device the whole time (behaviour probes run their workloads in
@@ -99,7 +94,7 @@ def _run_worker(
     included, the worker is killed on the way out: never leave a worker running on the device."""
     outer = [watched.wrapper] if watched else []
     try:
-        child = Child(WORKER, [*outer, *wrappers, HOST_BLAS], log=watched.log if watched else None)
+        child = Child(WORKER, [*outer, *wrappers], log=watched.log if watched else None)
     except (RuntimeError, OSError) as e:
         if watched is None:
             raise
@@ -109,7 +104,7 @@ def _run_worker(
             events.finished(_error(check, f"the worker could not be started under its sensors: {e}"), [])
         return []
     if watched is not None:
-        watched.pid = child.pid  # the wrappers execute the worker in their own place
+        watched.pid = child.innermost()
     with child:
         # A worker that died at once is seen by _supervise.
         child.send({**job, **(watched.job if watched else {}), "checks": [[c.id, c.seed] for c in pending]})

@@ -78,8 +78,10 @@ class WorkerSensors:
         self.watch, self.folder = watch, folder
         self.allow = allowlist.load(params)
         # The tool's own folders: its workers' logs and scratch, the sensors' records, the evidence staging.
-        self.own = [folder, watch.workdir,
-                    *([Path(params[EVIDENCE_DIR_PARAM])] if params.get(EVIDENCE_DIR_PARAM) else [])]
+        # The evidence staging is also the one folder a worker writes for the tool to read: shared into
+        # its container (its root's own writes never reach the machine).
+        self.shares = (Path(params[EVIDENCE_DIR_PARAM]),) if params.get(EVIDENCE_DIR_PARAM) else ()
+        self.own = [folder, watch.workdir, *self.shares]
         self.names: list[str] = []
         # What has been attributed, by name and event, over every worker: a stray is read by each.
         self.taken: Counter[tuple[object, ...]] = Counter()
@@ -103,7 +105,7 @@ class WatchedWorker:
 
     def __init__(self, sensors: WorkerSensors, name: str, scratch: Path) -> None:
         self.sensors, self.name = sensors, name
-        self.wrapper: Wrapper = sensors.watch.wrapper(name)
+        self.wrapper: Wrapper = sensors.watch.wrapper(name, shares=sensors.shares)
         self.job = {SCRATCH: str(scratch)}
         # The worker's output, in the tool's folder and known to the sampler before the worker starts.
         self.log = scratch.with_suffix(".log")

@@ -396,4 +396,5 @@ def from_spec(spec: dict[str, Any]) -> Fault:
 def worker_wrapper(fault: Fault) -> Wrapper:
     """How to start an audit worker on the simulated device: the fault is installed in the worker
     before it imports the checks (python -m chipaudit.selftest.inject SPEC -- <worker command>)."""
-    return Wrapper(prefix=(sys.executable, "-m", "chipaudit.selftest.inject", json.dumps(fault.spec()), "--"))
+    return Wrapper(prefix=(sys.executable, "-m", "chipaudit.selftest.inject", json.dumps(fault.spec()), "--"),
+                   stays=False)

@@ -106,6 +106,10 @@ class TreeSampler:
     _past_shim: set[tuple[int, float]] = field(default_factory=set)
 
     def watch(self, pid: int, label: str) -> None:
+        if pid <= 1 or pid == os.getpid():
+            # A process's word for its own pid inside a PID namespace (1), or this process: the tree
+            # would be every process here, and its lingering ones would be ended.
+            raise ValueError(f"not a device process's pid here: {pid}")
         with self._lock:
             self.roots[pid] = label
 

@@ -108,16 +108,20 @@ class Watch:
         if self._attaching is not None:
             self._attaching.join()
 
-    def wrapper(self, name: str, iso: Isolation = PLAIN, online: bool = True) -> Wrapper:
-        """The layer that puts a device process into its own namespaces (`iso`, as the world asks),
-        attached to the sinkhole under `name`: online (eth0 with an address and default routes) or
-        offline (no route; its loopback traffic is still captured)."""
+    def wrapper(self, name: str, iso: Isolation = PLAIN, online: bool = True, shares: tuple[Path, ...] = ()) -> Wrapper:
+        """The layer that puts a device process into a container of its own (process/isolation.py;
+        `iso` says what the world changes, `shares` the tool's folders it writes into), attached to
+        the sinkhole under `name`: online (eth0 with an address and default routes) or offline (no
+        route; its loopback traffic is still captured)."""
         self._attached()
         folder = self.workdir / "worlds" / str(next(self._count))
+        iso = replace(iso, shares=(*iso.shares, *shares))
 
         def register(pid: int) -> None:
             # At once, before the process is wired and long before it says hello: until the sampler
-            # knows it, it would take the new process for an orphan of unknown session.
+            # knows it, it would take the new process for an orphan of unknown session. `pid` is
+            # unshare's, which stays outside the namespaces as the device process's parent.
+            self._wrappers.add(pid)
             self.sampler.watch(pid, name)
 
         if self.sinkhole.running:
@@ -133,9 +137,9 @@ class Watch:
             return isolation.wrapper(replace(iso, network=True), folder, configure)
         if not online and self.namespaces:
             raise RuntimeError(f"an offline world needs a network namespace: {self.namespaces}")
-        if self.namespaces or not (iso.etc or iso.uts or not online):
-            # Nothing to isolate, or no namespaces to isolate it in (statuses() says so).
-            return Wrapper(stays=False, started=register)
+        if self.namespaces:
+            # No namespaces to isolate it in (statuses() says so).
+            return Wrapper(stays=False, started=lambda pid: self.sampler.watch(pid, name))
         return isolation.wrapper(replace(iso, network=not online), folder, register)
 
     @property

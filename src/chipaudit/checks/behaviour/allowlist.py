@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from chipaudit.errors import InputError
+from chipaudit.process import child
 
 ENV = "CHIPAUDIT_BEHAVIOUR_ALLOWLIST"
 PARAM = "behaviour_allowlist"
@@ -127,7 +128,7 @@ _LISTS = ("file_writes", "programs", "local_sockets", "device_holders", "destina
 def source(params: dict[str, Any]) -> str | None:
     """The operator's file: the audit parameter wins over the environment, so a replay uses the
     list the recorded audit named."""
-    return params.get(PARAM) or os.environ.get(ENV) or None
+    return params.get(PARAM) or child.setting(ENV) or None
 
 
 def read(path: str) -> dict[str, list[Any]]:

@@ -78,7 +78,7 @@ class DriftProbe(Check):
         tasks = probe_tasks(ctx)[:DRIFT_TASKS]
         series: list[tuple[float, int, float]] = []  # (seconds since start, task, seconds per product)
         comparisons: list[Comparison] = []
-        with tempfile.TemporaryDirectory(prefix="chipaudit-behaviour-") as tmp:
+        with tempfile.TemporaryDirectory() as tmp:
             harness = Harness(ctx.device, ctx.level, Path(tmp))
             telemetry = Telemetry(ctx.device, lambda: _own_pids(harness))
             try:

@@ -83,7 +83,7 @@ def run_worlds(
     tasks for the speed comparisons."""
     allow = allowlist.load(ctx.params)
     run = ProbeRun()
-    with tempfile.TemporaryDirectory(prefix="chipaudit-behaviour-") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         harness = Harness(ctx.device, ctx.level, Path(tmp))
         try:
             _course(harness, ctx, worlds, compare, run)

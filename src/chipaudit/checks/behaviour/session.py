@@ -189,8 +189,10 @@ class Harness:
             if hello is None:
                 s.stop(s.ended() if s.child.eof else f"did not start within {START_TIMEOUT_S[self.level]:.0f} s")
             else:
-                # What the tool reads of the workload's namespace, beside what the workload saw itself.
-                s.hello = {**hello, "routes": sinkhole.routes(int(hello["pid"]))}
+                # What the tool reads of the workload's process and namespace, beside what the workload saw
+                # itself: its pid as this process numbers it (inside its container it is PID 1).
+                pid = s.child.innermost()
+                s.hello = {**hello, "pid": pid, "routes": sinkhole.routes(pid)}
                 s.not_applied, s.notes = cond.applied(s.condition, s.hello, s.launched, time.time())
                 self.watch.watch(s.label, int(s.hello["pid"]))
         return sessions

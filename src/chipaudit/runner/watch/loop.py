@@ -40,7 +40,7 @@ from chipaudit.report.model import EXIT_CODES, FAILING_SEVERITY, Category, Check
 from chipaudit.runner.watch import outputs
 from chipaudit.runner.watch.burst import BURST_ID, LEVEL
 from chipaudit.runner.watch.state import Hour, WatchState, WatchStore, now, worst
-from chipaudit.runner.watchdog import HOST_BLAS, Events, PlannedCheck, run_plan
+from chipaudit.runner.watchdog import Events, PlannedCheck, run_plan
 from chipaudit.runner.watched import WatchedWorker, WorkerSensors
 from chipaudit.sensors.samplers import Sampler
 from chipaudit.sensors.watch import Watch
@@ -161,7 +161,7 @@ class Watcher:
         store = WatchStore(self.config.db)
         server = None
         try:
-            with stop_on_signals(self.stop), tempfile.TemporaryDirectory(prefix="chipaudit-watch-") as tmp, \
+            with stop_on_signals(self.stop), tempfile.TemporaryDirectory() as tmp, \
                     Watch(Path(tmp) / "watch", syscalls=self.config.syscalls, sample_s=WORKER_SAMPLE_S) as watch:
                 self.state = self._initial_state(store)
                 self.sensors = WorkerSensors(watch, Path(tmp) / "workers", self.config.params)
@@ -251,11 +251,11 @@ class Watcher:
             self.log.write("worker", action="restart", reason=reason)
         watched = self.sensors.worker()
         try:
-            child = Child(WORKER, [watched.wrapper, *self.wrappers, HOST_BLAS], log=watched.log)
+            child = Child(WORKER, [watched.wrapper, *self.wrappers], log=watched.log)
         except (RuntimeError, OSError) as e:
             self.log.write("worker", action="not started", reason=str(e))
             return None
-        watched.pid = child.pid
+        watched.pid = child.innermost()
         self._child, self._watched = child, watched
         child.send({"device": self.config.device, **watched.job})
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
