@@ -208,6 +208,7 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
     mechanism's traces apart."""
     tells: dict[str, list[str]] = {}
     clock: list[str] = []
+    named: dict[str, set[str]] = {}  # place -> strings, over all stages: one line of evidence a place
 
     def add(tell: str, evidence: str) -> None:
         if evidence not in tells.setdefault(tell, []):
@@ -234,8 +235,7 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
             add("tracer", f"getppid {per_call:.0f} ns a call, {per_call / ref.syscall_ns:.1f}x the plain job's "
                           f"{ref.syscall_ns:.0f} ns (above {SYSCALL_FACTOR:g}x)")
         for place, strings in named_strings(stage, ref.own_chain).items():
-            for s in sorted(strings - ref.plain_named.get(place, set())):
-                add("name", f"{place}: {s}")
+            named.setdefault(place, set()).update(strings - ref.plain_named.get(place, set()))
         names = set(stage["environ"]) | set(stage["environ_file"])
         for name in sorted(names - ref.launch_env - ref.plain_env - OWN_VARS - {"LD_PRELOAD"}):
             if name.startswith(CLOCK_VARS):
@@ -250,6 +250,10 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
         seen = set(stage["interfaces"]["proc_net_dev"]) | set(stage["interfaces"]["sys_class_net"] or [])
         for name in sorted(seen - ref.host_interfaces - CONTAINER_INTERFACES):
             add("interfaces", name)
+    for place, strings in named.items():
+        if strings:
+            first, *more = sorted(strings, key=lambda s: (len(s), s))
+            add("name", f"{place}: {first}" + (f" (and {len(more)} more)" if more else ""))
     return Judged(tells, sorted(set(clock)))
 
 
@@ -327,8 +331,10 @@ def doing(record: Mapping[str, Mapping[str, Any]]) -> str:
         what = os.path.basename(next((a for a in argv[1:] if not a.startswith("-")), argv[0] if argv else "?"))
     stack = record.get("product", {}).get("stack") or []
     if stack:
-        frame = next((f for f in stack if ".checks." in f[0]), stack[0])
+        frame = next((f for f in reversed(stack) if ".checks." in f[0]), stack[0])  # the outermost check frame
         what += f"; first product in {frame[0]}:{frame[1]}"
+    elif "product" not in record:
+        what += "; no matrix product"
     return what
 
 

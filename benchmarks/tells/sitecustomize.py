@@ -27,7 +27,7 @@ NAMESPACES = ("net", "mnt", "uts", "ipc", "pid", "cgroup", "user", "time")
 # fastest batch's time per call is kept, so that a busy host's preemptions do not count.
 CALLS, BATCH, BUDGET_S = 20000, 2000, 0.5
 # Frames of the first product's stack kept (innermost first, torch's and this file's left out).
-FRAMES = 12
+FRAMES = 24
 # Walking ppid links ends at pid 0; a cycle or a very deep tree ends it here.
 MAX_DEPTH = 64
 
