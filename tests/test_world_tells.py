@@ -1,0 +1,60 @@
+"""benchmarks/world_tells.py's rules on real processes: its two references must show no tell (else
+the rules would blame what production shows too), and a process in a network namespace of its own,
+with the tool's name in its command line, must show both tells."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "world_tells.py"
+
+pytestmark = pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None,
+                                reason="needs unshare and ip (util-linux, iproute2)")
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("world_tells", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["world_tells"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[tuple[ModuleType, Path, dict[str, str], Any, Any]]:
+    wt = _load()
+    folder = Path(tempfile.mkdtemp(prefix="world-tells-test-", dir="/dev/shm"))
+    try:
+        env = wt.launch_env(folder / "unused")
+        plain = wt.record_one(wt.plain_command(), folder / "plain", env)
+        yield wt, folder, env, plain, wt.make_reference(plain, env)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_references_show_no_tell(bench: tuple[ModuleType, Path, dict[str, str], Any, Any]) -> None:
+    wt, folder, env, plain, ref = bench
+    container = wt.record_one(wt.container_command(), folder / "container", env)
+    assert set(plain) == {"import", "product"}  # both moments were recorded
+    assert container["import"]["self"]["ns"]["net"] != plain["import"]["self"]["ns"]["net"]
+    assert wt.judge(plain, ref, env).tells == {}
+    assert wt.judge(container, ref, env).tells == {}
+
+
+def test_own_network_namespace_and_name_are_tells(bench: tuple[ModuleType, Path, dict[str, str], Any, Any]) -> None:
+    wt, folder, env, _plain, ref = bench
+    argv = ["unshare", "--net", "--", sys.executable, "-c", wt.PROBE, "--run-by", "ChipAudit"]
+    judged = wt.judge(wt.record_one(argv, folder / "told", env), ref, env)
+    assert set(judged.tells) == {"namespaces", "name"}, judged.tells
+    assert any(e.startswith("net: ") for e in judged.tells["namespaces"])
+    assert any(e.startswith("command line: ") and "ChipAudit" in e for e in judged.tells["name"])
