@@ -34,6 +34,10 @@ is judged. The tells, each as the process reads it:
 
 The clock world's shift mechanism (libfaketime's FAKETIME* variables and its library in LD_PRELOAD)
 is documented in that world's limits: it is shown as "clock mechanism (documented)" and counted apart.
+The locale variables a place's world sets (LANG, LANGUAGE, LC_*, TZ) are a user's ordinary variables in
+that place, the world's signal rather than an audit's: shown as "place variables" and not counted.
+The audit's own command-line process imports torch to name the device but computes nothing on it: it
+is the tool, not a device process, and is shown apart ("the tool's own process").
 
 What it cannot know: a device process whose record never arrives (its PYTHONPATH or WORLD_TELLS_DIR
 scrubbed, /dev/shm not shared, Python started with -I or -E, a device process that is not Python).
@@ -99,6 +103,11 @@ class Reference:
 class Judged:
     tells: dict[str, list[str]]
     clock: list[str]
+    place: list[str] = field(default_factory=list)
+
+
+# Variables a user's job in a place has, set by the location and locale worlds as their signal.
+PLACE_VARS = ("LANG", "LANGUAGE", "LC_", "TZ")
 
 
 def _short(text: str) -> str:
@@ -208,6 +217,7 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
     mechanism's traces apart."""
     tells: dict[str, list[str]] = {}
     clock: list[str] = []
+    place: list[str] = []
     named: dict[str, set[str]] = {}  # place -> strings, over all stages: one line of evidence a place
 
     def add(tell: str, evidence: str) -> None:
@@ -240,6 +250,8 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
         for name in sorted(names - ref.launch_env - ref.plain_env - OWN_VARS - {"LD_PRELOAD"}):
             if name.startswith(CLOCK_VARS):
                 clock.append(f"{name}={stage['environ'].get(name, stage['environ_file'].get(name))}")
+            elif name == "TZ" or name.startswith(PLACE_VARS):
+                place.append(f"{name}={stage['environ'].get(name, stage['environ_file'].get(name))}")
             else:
                 add("environment", f"{name}={stage['environ'].get(name, stage['environ_file'].get(name))}")
         for lib in _preload_added(stage, launch):
@@ -254,7 +266,7 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
         if strings:
             first, *more = sorted(strings, key=lambda s: (len(s), s))
             add("name", f"{place}: {first}" + (f" (and {len(more)} more)" if more else ""))
-    return Judged(tells, sorted(set(clock)))
+    return Judged(tells, sorted(set(clock)), sorted(set(place)))
 
 
 def make_reference(plain: Mapping[str, Any], env: Mapping[str, str]) -> Reference:
@@ -351,8 +363,8 @@ def unmatched(records: list[dict[str, Any]], seen: list[tuple[int, int, list[str
     return out
 
 
-def run_audit(args: argparse.Namespace, env: Mapping[str, str], work: Path) -> tuple[int, float, list[Any]]:
-    """(exit status, seconds, device processes seen from outside) of one audit."""
+def run_audit(args: argparse.Namespace, env: Mapping[str, str], work: Path) -> tuple[int, float, list[Any], int]:
+    """(exit status, seconds, device processes seen from outside, the command line's pid) of one audit."""
     cli = shutil.which("chipaudit")
     argv = [*([cli] if cli else [sys.executable, "-m", "chipaudit"]), "run", "--device", "cpu", "--level",
             args.level, "--json", str(work / "report.json"), "--db", str(work / "history.sqlite3"),
@@ -369,12 +381,13 @@ def run_audit(args: argparse.Namespace, env: Mapping[str, str], work: Path) -> t
             code = proc.wait()
         finally:
             seen = observer.close()
-    return code, time.monotonic() - started, seen
+    return code, time.monotonic() - started, seen, proc.pid
 
 
 def show(label: str, judged: Judged) -> None:
     print(f"  {label}: " + (", ".join(judged.tells) or "no tell")
-          + (f" (clock mechanism, documented: {'; '.join(judged.clock)})" if judged.clock else ""))
+          + (f" (clock mechanism, documented: {'; '.join(judged.clock)})" if judged.clock else "")
+          + (f" (place variables: {'; '.join(judged.place)})" if judged.place else ""))
     for tell, evidence in judged.tells.items():
         for item in evidence:
             print(f"      {tell}: {_short(item)}")
@@ -414,8 +427,13 @@ def measure(args: argparse.Namespace, shm: Path, work: Path) -> int:
         show(label, judged)
         wrong += bool(judged.tells)
     (shm / "audit").mkdir()
-    code, seconds, seen = run_audit(args, env, work)
+    code, seconds, seen, cli = run_audit(args, env, work)
     records = read_records(shm / "audit")
+    tool = [r for r in records if next(iter(r.values()))["self"]["pid"] == cli]  # in the host's PID namespace
+    records = [r for r in records if r not in tool]
+    seen = [s for s in seen if s[0] != cli]
+    for record in tool:
+        show(f"the tool's own process, pid {cli} (not a device process)", judge(record, ref, env))
     missing = unmatched(records, seen)
     print(f"audit: exit {code} after {seconds:.0f} s; {len(records)} device process(es) recorded, "
           f"{len(seen)} seen from outside (descendants mapping libtorch), {len(missing)} seen without a record\n")

@@ -32,8 +32,8 @@ ECHO = textwrap.dedent("""
 """)
 # Writes half a message, waits for the go, finishes it, and exits with status 3.
 HALF = textwrap.dedent("""
-    import os, sys
-    fd = int(sys.argv[-1])
+    import json, os, sys
+    fd = json.loads(sys.stdin.readline())["result_fd"]
     os.write(fd, b'{"half": ')
     sys.stdin.readline()
     os.write(fd, b'true}\\n')
@@ -43,7 +43,8 @@ HALF = textwrap.dedent("""
 GRANDCHILD = textwrap.dedent("""
     import json, os, subprocess, sys, time
     sleeper = subprocess.Popen(["sleep", "600"])
-    os.write(int(sys.argv[-1]), (json.dumps({"pid": sleeper.pid}) + "\\n").encode())
+    fd = json.loads(sys.stdin.readline())["result_fd"]
+    os.write(fd, (json.dumps({"pid": sleeper.pid}) + "\\n").encode())
     time.sleep(600)
 """)
 INTERFACES_CHECK = textwrap.dedent("""

@@ -6,7 +6,6 @@ has no route, and from inside nothing of the sensors can be seen."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -68,7 +67,10 @@ TALKER = textwrap.dedent(f"""
     socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b"LOCAL BEACON 6", ("::1", 47556))
     status = open("/proc/self/status").read()
     seen["tracer"] = int(status.split("TracerPid:")[1].split()[0])
-    seen["parent"] = open(f"/proc/{{os.getppid()}}/cmdline", "rb").read().split(b"\\0")[0].decode()
+    seen["pid"], seen["ppid"] = os.getpid(), os.getppid()
+    seen["etc_mounts"] = sorted(l.split()[4] for l in open("/proc/self/mountinfo") if l.split()[4].startswith("/etc"))
+    seen["namespaces"] = {{n: os.readlink(f"/proc/self/ns/{{n}}") == os.readlink(f"/proc/1/ns/{{n}}")
+                          for n in ("net", "mnt", "uts", "ipc", "pid_for_children", "cgroup")}}
     seen["packet_sockets"] = open("/proc/net/packet").read().splitlines()[1:]
     seen["interfaces"] = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:])
     print(json.dumps(seen), flush=True)
@@ -170,7 +172,7 @@ def test_from_inside_nothing_of_the_sensors_can_be_seen(tmp_path: Path) -> None:
     with Watch(tmp_path / "watch") as watch:
         wrapper = watch.wrapper("reference")
         proc = subprocess.Popen([*wrapper.prefix, sys.executable, "-c", TALKER], stdout=subprocess.PIPE, text=True)
-        assert wrapper.started is not None and not wrapper.stays
+        assert wrapper.started is not None
         wrapper.started(proc.pid)
         watch.watch("reference", proc.pid)
         out, _ = proc.communicate(timeout=120)
@@ -178,7 +180,11 @@ def test_from_inside_nothing_of_the_sensors_can_be_seen(tmp_path: Path) -> None:
         time.sleep(0.3)
         events = watch.events("reference")
     assert seen["tracer"] == 0 and seen["packet_sockets"] == []
-    assert os.path.basename(seen["parent"]) == os.path.basename(sys.executable)  # the tool itself
+    # A container's process started without an init: PID 1 of its namespaces, no parent in sight, on /etc
+    # only the runtime's three files, the interfaces of a container.
+    assert seen["pid"] == 1 and seen["ppid"] == 0 and all(seen["namespaces"].values()), seen
+    assert seen["etc_mounts"] == ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
+    assert seen["interfaces"] == ["eth0", "lo"]
     assert f"AF_INET {PUBLIC4}:443" in {e.target for e in events}
     names = {s.name: s for s in watch.statuses()}
     assert names["sinkhole"].ran and names["socket_sampling"].ran
@@ -191,8 +197,8 @@ def test_a_missing_tool_is_reported_and_processes_run_unattached(tmp_path: Path,
     sinkhole.unavailable.cache_clear()
     try:
         with Watch(tmp_path / "watch") as watch:
-            online = watch.wrapper("reference")  # in the host's network: only sampled
-            assert online.prefix == () and online.started is not None
+            online = watch.wrapper("reference")  # a container in the host's network: only sampled
+            assert "--pid" in online.prefix and "--net" not in online.prefix and online.started is not None
             offline = watch.wrapper("sealed", online=False)  # loopback only, and uncaptured
             assert "--net" in offline.prefix
             status = watch.statuses()[0]

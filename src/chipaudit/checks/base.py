@@ -62,6 +62,9 @@ class Check(ABC):
     id: ClassVar[str]
     category: ClassVar[Category]
     levels: ClassVar[tuple[Level, ...]] = ALL_LEVELS
+    # A check that inspects the machine and computes nothing on the device (who else holds it) runs in
+    # the tool's own process: a device process's container shows it only its own processes.
+    host_view: ClassVar[bool] = False
     # Wall-clock limit per level, enforced by the runner's watchdog; generous against honest devices.
     # At smoke a check that takes longer has hung as far as a job's prolog is concerned.
     timeout_s: ClassVar[dict[Level, float]] = {Level.smoke: 20.0, Level.quick: 60.0, Level.standard: 300.0,

@@ -48,7 +48,9 @@ LOCALE_VARS = (
     "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES", "LC_PAPER",
     "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION", "LANGUAGE",
 )
-NEUTRAL_ENV: dict[str, str | None] = {"TZ": NEUTRAL_TZ, "LANG": NEUTRAL_LOCALE, **dict.fromkeys(LOCALE_VARS)}
+# The zone comes from the world's /etc/localtime (UTC in a neutral place), as on a machine, not from
+# TZ, which a user's job seldom has: a variable it lacks would tell a device stack it is audited.
+NEUTRAL_ENV: dict[str, str | None] = {"TZ": None, "LANG": NEUTRAL_LOCALE, **dict.fromkeys(LOCALE_VARS)}
 # Where Debian, Fedora and upstream builds put libfaketime.
 FAKETIME_LIBS = (
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
@@ -77,10 +79,9 @@ LIMITS: dict[str, tuple[str, ...]] = {
         "receiver and real-time clock, nearby Wi-Fi networks and cell towers, the keyboard layout "
         "(/etc/default/keyboard, /etc/vconsole.conf), the nameserver's address (the same in every world), the "
         "device's own region codes, and regions other than those tried",
-        "a private world can be told from inside (an overlay on /etc in /proc/self/mountinfo, namespaces other "
-        "than PID 1's, the same node name in every audit), and a process with root can read the machine's own "
-        "configuration through PID 1's view (/proc/1/root/etc): a stack that does sees the real machine in every "
-        "world, the reference included",
+        "a location world is a container of the machine (process/isolation.py) whose clock, names and /etc "
+        "files say another place; a stack that trusts only signals outside the machine (its public address, "
+        "radio, the device's own clock) is not shown a foreign place",
     ),
 }
 
@@ -98,10 +99,7 @@ class Condition:
     place: Place = field(default_factory=Place)  # what the machine's own configuration says
 
     def workload_env(self, now: float) -> dict[str, str | None]:
-        env = {**NEUTRAL_ENV, "PYTHONDONTWRITEBYTECODE": "1", **self.env}
-        if self.place.zone != place.NEUTRAL_ZONE and not self.tz:
-            # A machine configured for a zone rarely sets TZ: its C library reads /etc/localtime.
-            env["TZ"] = None
+        env = {**NEUTRAL_ENV, **self.env}
         if self.clock_shift_days is not None:
             lib = faketime_library()
             if lib is not None:
@@ -128,6 +126,15 @@ class Condition:
 
     def target_time(self, now: float) -> float:
         return now + (self.clock_shift_days or 0.0) * DAY_S
+
+    def tells(self) -> list[str]:
+        """What this world leaves for a device stack to see by design: the mechanism that makes it."""
+        out = []
+        if self.clock_shift_days is not None:
+            out.append("libfaketime: LD_PRELOAD and the FAKETIME variables in the workload's environment")
+        if self.traced:
+            out.append("strace: a tracer (TracerPid) and slower system calls, the traced world's purpose")
+        return out
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind}

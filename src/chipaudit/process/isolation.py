@@ -48,6 +48,18 @@ class EtcFile:
     copy_of: str | None = None
 
 
+KIND = "container"
+# What a device process can still see in its container, in the report's words.
+VISIBLE = (
+    "Device processes run as PID 1 of a container (a PID namespace, an overlay root), as production jobs in "
+    "containers do: a device stack that misbehaves only on bare hosts, or only in containers, is not shown the "
+    "other kind of world.",
+    "A device process on the sinkhole can list its loopback's queueing disciplines (tc qdisc show dev lo) and "
+    "find the mirror that captures its loopback traffic, and one that knows the real network's addresses can "
+    "tell the sinkhole's apart.",
+    "Device processes run this tool's modules under a neutral package name drawn per audit; a stack that knows "
+    "the tool's module layout (sub-package and module names) can still recognise it.",
+)
 # The machine's own files that a runtime mounts on /etc, for worlds whose place does not change them.
 MACHINE_ETC = tuple(EtcFile(name, copy_of=f"/etc/{name}") for name in world.RUNTIME_ETC)
 

@@ -72,7 +72,8 @@ def environment() -> Environment:
 
 def plan(config: AuditConfig) -> list[PlannedCheck]:
     return [
-        PlannedCheck(c.id, c.category, derive_seed(config.seed, c.id), c.time_limit(config.level, config.params))
+        PlannedCheck(c.id, c.category, derive_seed(config.seed, c.id), c.time_limit(config.level, config.params),
+                     c.host_view)
         for c in select(config.only)
         if config.level in c.levels
     ]

@@ -22,9 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from chipaudit.checks import by_id
 from chipaudit.process.child import STARTUP_TIMEOUT_S, Child, Wrapper
-from chipaudit.report.model import Category, CheckResult, Finding, Severity, Status
+from chipaudit.report.model import Category, CheckResult, Finding, Level, Severity, Status
 from chipaudit.runner.watched import WatchedWorker, WorkerSensors
+from chipaudit.runner.worker import run_check
 
 # After its last result a worker only tears down; give wrappers time to flush their logs.
 WORKER_EXIT_GRACE_S = 10.0
@@ -36,6 +38,7 @@ class PlannedCheck:
     category: Category
     seed: int
     timeout_s: float
+    host_view: bool = False  # runs in the tool's own process (Check.host_view)
 
 
 @dataclass
@@ -62,7 +65,13 @@ def run_plan(
 ) -> None:
     """Run every planned check, each once, in as few workers as hangs and crashes allow; each worker
     runs inside `sensors` (when given), then `wrappers` (outermost first)."""
-    pending = list(plan)
+    pending = [c for c in plan if not c.host_view]
+    for check in plan:
+        if check.host_view:
+            events.started(check.id)
+            events.finished(*run_check(by_id()[check.id], check.id, check.seed, job["device"], Level(job["level"]),
+                                       job.get("params", {}), lambda done, total, note, cid=check.id:
+                                       events.progress(cid, done, total, note)))
     while pending:
         pending = _run_worker(pending, job, events, wrappers, sensors.worker() if sensors else None)
 

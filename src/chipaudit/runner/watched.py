@@ -133,7 +133,8 @@ class WatchedWorker:
         observations = {f"{WORKER} ({when})" if when else WORKER: Observation(events)
                         for when, events in by_when.items()}
         found = sensor_findings(cast(Check, _Attributed(result.id)), observations, self.sensors.allow)
-        return _amend(result, findings, found, self.sensors.watch.statuses()), [*findings, *found]
+        amended = _amend(result, findings, found, self.sensors.watch.statuses(), self.sensors.watch.world())
+        return amended, [*findings, *found]
 
     def _new(self, until: float | None) -> list[Event]:
         """Events not yet attributed that happened by `until` (None: all), less the tool's own. An
@@ -189,15 +190,17 @@ def _under(path: str, folder: Path) -> bool:
 
 
 def _amend(result: CheckResult, findings: list[Finding], found: list[Finding],
-           statuses: list[SensorStatus]) -> CheckResult:
-    """The result with the worker's sensors in its coverage (and what they could not watch in its
-    limits), its status from every finding; a check that errored stays an error, and one skipped
-    stays skipped unless the sensors found something."""
+           statuses: list[SensorStatus], world: dict[str, Any]) -> CheckResult:
+    """The result with the worker's sensors and world in its coverage (and what they could not watch,
+    and what a stack could still see, in its limits), its status from every finding; a check that
+    errored stays an error, and one skipped stays skipped unless the sensors found something."""
     out = result.model_copy(deep=True)
+    out.coverage["world"] = {"kind": world["kind"], "tells": []}
     sensors = out.coverage.get("sensors")
     out.coverage["sensors"] = {**(sensors if isinstance(sensors, dict) else {}),
                                **{f"worker {s.name}": s.as_dict() for s in statuses}}
     missed = [f"the worker was not watched by {s.name}: {s.detail}" for s in statuses if not s.ran]
+    missed += world["visible"]
     if missed:
         out.coverage["limits"] = [*out.coverage.get("limits", []), *missed]
     if found and out.status in (Status.passed, Status.warning):

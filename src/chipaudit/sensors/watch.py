@@ -142,6 +142,13 @@ class Watch:
             return Wrapper(stays=False, started=lambda pid: self.sampler.watch(pid, name))
         return isolation.wrapper(replace(iso, network=not online), folder, register)
 
+    def world(self) -> dict[str, Any]:
+        """The kind of world device processes run in here, and what a stack can still see in it."""
+        if self.namespaces:
+            return {"kind": "host", "visible": [
+                f"Device processes ran in the host's namespaces, unwatched by the sinkhole: {self.namespaces}"]}
+        return {"kind": isolation.KIND, "visible": list(isolation.VISIBLE)}
+
     @property
     def nameserver(self) -> str | None:
         """The resolver a private world should name: the sinkhole's, when it runs."""

@@ -26,7 +26,9 @@ shifts only what the C library returns, so a raw clock_gettime or gettimeofday s
 statically linked helper, a runtime that bypasses the C library and the vDSO), the device's own
 timer and a date fetched over the network (see behaviour.sealed) read the real date; and the
 kernel's own timestamps (file times, SO_TIMESTAMP on packets, /proc and /sys), which stay real.
-The report lists these limits with the coverage.
+The shift's mechanism is itself a tell: a stack that reads LD_PRELOAD or the FAKETIME variables in
+its environment, or finds libfaketime mapped, knows it is in a shifted world (every other world of
+the audit shows no such sign: process/isolation.py). The report lists these limits with the coverage.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Not run: on a CPU (it has no device files) and on platforms without /proc.
 A process whose descriptors could not be read (another user's, without privilege) is counted and the
 report says the scan was partial.
 
+Runs in the tool's own process (Check.host_view): the audit's device processes live in containers that
+show them only their own processes. It computes nothing on the device.
+
 Cannot see: processes in other PID namespaces (containers) unless the audit runs in the host's;
 access that goes through an allowed daemon on another's behalf.
 """
@@ -35,6 +38,7 @@ from chipaudit.sensors import holders
 class CotenantsProbe(Check):
     id = "behaviour.cotenants"
     category = Category.behaviour
+    host_view = True
 
     def is_supported(self, device: str) -> str | None:
         kind = device.split(":", 1)[0]

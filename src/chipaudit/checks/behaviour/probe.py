@@ -35,8 +35,8 @@ PROBE_LIMITS = (
     "longer use, other inputs, or a world not tried does not fire.",
     "A device's own network port, a baseboard management controller, or firmware acting without a host syscall "
     "is invisible to host sensors.",
-    "A device stack that recognises the audit by other signs than a tracer or a packet socket (its process names, "
-    "the tool as its parent, a qdisc on its loopback, the sinkhole's answers) can behave while audited.",
+    "A device stack that recognises the audit by signs a container of the same machine does not show (the "
+    "sinkhole's answers, the mirror on its loopback, the tool's module layout) can behave while audited.",
 )
 
 
@@ -115,7 +115,8 @@ def run_worlds(
 
 
 def _world_coverage(s: Session) -> dict[str, Any]:
-    out = {**s.condition.describe(), "label": s.label, "started": s.hello is not None,
+    out = {**s.condition.describe(), "label": s.label, "world_kind": s.world_kind, "tells": s.condition.tells(),
+           "started": s.hello is not None,
            "applied": s.hello is not None and not s.not_applied}
     if s.dead:
         out["stopped"] = s.dead

@@ -89,6 +89,7 @@ class Session:
     launched: float
     trace: Path | None
     hello: dict[str, Any] | None = None
+    world_kind: str = ""  # the kind of world it ran in (sensors/watch.py Watch.world)
     dead: str = ""  # why the workload stopped answering
     not_applied: str = ""  # why the world did not take effect, from what the workload saw
     notes: list[str] = field(default_factory=list)
@@ -171,7 +172,7 @@ class Harness:
         self.watch.own_files([log, *([trace] if trace else [])])
         child = Child(WORKLOAD, wrappers, log=log, cwd=self.workdir)
         self.watch.watch(label, child.pid, wrapper=child.wrapped)
-        session = Session(label, condition, list(tasks), child, now, trace)
+        session = Session(label, condition, list(tasks), child, now, trace, world_kind=self.watch.world()["kind"])
         self.sessions.append(session)
         job = {"device": self.device, "tasks": [t.as_dict() for t in tasks], "threads": self.threads}
         if not child.send(job):
