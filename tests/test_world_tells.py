@@ -58,3 +58,30 @@ def test_own_network_namespace_and_name_are_tells(bench: tuple[ModuleType, Path,
     assert set(judged.tells) == {"namespaces", "name"}, judged.tells
     assert any(e.startswith("net: ") for e in judged.tells["namespaces"])
     assert any(e.startswith("command line: ") and "ChipAudit" in e for e in judged.tells["name"])
+
+
+def test_a_device_process_started_as_the_audit_starts_one_shows_no_tell(
+        bench: tuple[ModuleType, Path, dict[str, str], Any, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stack probe (a tool module that computes on the device), started through the harness in the
+    audit's world, with the tool's settings in the environment it would inherit."""
+    from chipaudit.devices.probe import READY
+    from chipaudit.process.child import Child
+    from chipaudit.sensors.watch import Watch
+
+    wt, folder, env, _plain, ref = bench
+    out = folder / "audit"
+    settings = {"WORLD_TELLS_DIR": str(out), "CHIPAUDIT_BEHAVIOUR_ALLOWLIST": str(tmp_path / "allow.json")}
+    for key, value in {**env, **settings}.items():
+        monkeypatch.setenv(key, value)
+    out.mkdir()
+    with Watch(tmp_path / "watch", syscalls=False) as watch, \
+            Child((sys.executable, "-m", "chipaudit.devices.probe"), [watch.wrapper("probe")]) as child:
+        assert child.send({"device": "cpu"})
+        answer = child.receive(120)
+        assert answer is not None and answer["status"] == READY, child.last_line(400)
+        assert answer["pid"] == 1  # PID 1 of its container
+    records = wt.read_records(out)
+    assert len(records) == 1 and set(records[0]) >= {"import", "product"}
+    judged = wt.judge(records[0], ref, env)  # the tool's setting, had it reached the process, would be a tell
+    assert judged.tells == {}, judged.tells

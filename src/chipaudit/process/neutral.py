@@ -93,6 +93,13 @@ def _made() -> Stage:
     return stage
 
 
+def prepare() -> None:
+    """Start making this process's stage in the background (seconds of compiling on a small host),
+    so that the first device process does not wait for all of it."""
+    if root() == TOOL:
+        threading.Thread(target=stage, name="stage", daemon=True).start()
+
+
 def stage() -> Stage:
     """The stage device processes start from: this process's own when it runs from one (a worker
     starting a behaviour workload), else a new copy for this process's lifetime."""

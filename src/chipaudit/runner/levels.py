@@ -45,8 +45,10 @@ def audit_watch(level: Level) -> Iterator[Watch]:
     """The sensors every worker of an audit at `level` runs under, in a scratch folder that goes
     with them. The CLI starts them before it imports torch, so that the eBPF tracer compiles and
     attaches meanwhile; torch is not imported here."""
+    from chipaudit.process import neutral
     from chipaudit.sensors.watch import Watch
 
+    neutral.prepare()  # the workers' stage is copied and compiled meanwhile too
     without = WITHOUT_SYSCALL_TRACER.get(level)
     with tempfile.TemporaryDirectory() as tmp, \
             Watch(Path(tmp) / "watch", syscalls=without is None, why_not=without or "") as watch:

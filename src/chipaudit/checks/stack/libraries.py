@@ -110,8 +110,9 @@ class ProbeProcess:
             raise ProbeError(self._why())
         if message.get("status") != READY:
             raise ProbeError(f"the probe could not use {self.device}: {message.get('error')}")
-        # The probe's own pid, not the child's: a wrapper may stand between them.
-        maps = Path(f"/proc/{message['pid']}/maps").read_text()
+        # The probe's own pid as this process numbers it: a wrapper may stand between them, and in a
+        # container of its own the probe is PID 1 by its own word.
+        maps = Path(f"/proc/{self.child.innermost()}/maps").read_text()
         self.child.close_input()
         self.child.stop(grace_s=PROBE_EXIT_GRACE_S)
         return Probe(parse_maps(maps), message.get("torch", {}), message.get("refused", []))
