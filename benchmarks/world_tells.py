@@ -5,7 +5,7 @@ that does device work in an audit must look, from inside, like one of two produc
 a plain job started from a shell on the host, or a process in a container started by a runtime.
 
 How it measures: a recorder (benchmarks/tells/sitecustomize.py, put first on PYTHONPATH for
-everything this benchmark starts, and switched on by WORLD_TELLS_DIR, a folder under /dev/shm, which
+everything this benchmark starts, and switched on by WORLD_TELLS_DIR, a folder under /dev, which
 the audit's worlds share with the host even where their root is an overlay) records, inside every
 Python process that imports torch, what it reads of its world: at the import, at its first matrix
 product (which also names the code that asked for it) and after a fork. First the two references are
@@ -40,7 +40,7 @@ The audit's own command-line process imports torch to name the device but comput
 is the tool, not a device process, and is shown apart ("the tool's own process").
 
 What it cannot know: a device process whose record never arrives (its PYTHONPATH or WORLD_TELLS_DIR
-scrubbed, /dev/shm not shared, Python started with -I or -E, a device process that is not Python).
+scrubbed, /dev not shared, Python started with -I or -E, a device process that is not Python).
 To make that visible, an observer here polls /proc every POLL_S for the audit's descendants that map
 libtorch, and every one without a matching record is listed and counted as a device process with an
 unknown world (a tell, since nothing shows that it has none). A process that lives shorter than a
@@ -84,6 +84,9 @@ PROBE = "import torch; torch.ones(8, 8) @ torch.ones(8, 8)"
 AUDIT_TIMEOUT_S = 900.0
 REFERENCE_TIMEOUT_S = 120.0
 EVIDENCE_CHARS = 160
+# Where the records go: the audit's containers bind the machine's /dev (its device nodes), but give
+# each one a /dev/shm of its own, and their root's own writes never reach the machine.
+RECORDS_DIR = "/dev"
 TELLS = ("namespaces", "etc mounts", "tracer", "name", "environment", "interfaces", "no record")
 
 
@@ -399,7 +402,7 @@ def main() -> int:
     parser.add_argument("--only", action="append", help="check id or prefix, passed to chipaudit run --only")
     parser.add_argument("--keep", type=Path, help="keep the raw records, the report and the audit's output here")
     args = parser.parse_args()
-    shm = tempfile.mkdtemp(prefix="world-tells-", dir="/dev/shm")
+    shm = tempfile.mkdtemp(prefix="world-tells-", dir=RECORDS_DIR)
     work = Path(tempfile.mkdtemp(prefix="world-tells-"))
     try:
         return measure(args, Path(shm), work)

@@ -5,6 +5,7 @@ with the tool's name in its command line, must show both tells."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 import tempfile
@@ -33,7 +34,7 @@ def _load() -> ModuleType:
 @pytest.fixture(scope="module")
 def bench() -> Iterator[tuple[ModuleType, Path, dict[str, str], Any, Any]]:
     wt = _load()
-    folder = Path(tempfile.mkdtemp(prefix="world-tells-test-", dir="/dev/shm"))
+    folder = Path(tempfile.mkdtemp(prefix="world-tells-test-", dir="/dev"))
     try:
         env = wt.launch_env(folder / "unused")
         plain = wt.record_one(wt.plain_command(), folder / "plain", env)
@@ -69,7 +70,7 @@ def test_a_device_process_started_as_the_audit_starts_one_shows_no_tell(
     from chipaudit.process.child import Child
     from chipaudit.sensors.watch import Watch
 
-    wt, folder, env, _plain, ref = bench
+    wt, folder, env, plain, _ref = bench
     out = folder / "audit"
     settings = {"WORLD_TELLS_DIR": str(out), "CHIPAUDIT_BEHAVIOUR_ALLOWLIST": str(tmp_path / "allow.json")}
     for key, value in {**env, **settings}.items():
@@ -83,5 +84,8 @@ def test_a_device_process_started_as_the_audit_starts_one_shows_no_tell(
         assert answer["pid"] == 1  # PID 1 of its container
     records = wt.read_records(out)
     assert len(records) == 1 and set(records[0]) >= {"import", "product"}
-    judged = wt.judge(records[0], ref, env)  # the tool's setting, had it reached the process, would be a tell
+    # Judged against the environment it was started from, less the tool's setting: had that reached the
+    # process, it would be a tell.
+    launched = {k: v for k, v in os.environ.items() if not k.startswith("CHIPAUDIT_")}
+    judged = wt.judge(records[0], wt.make_reference(plain, launched), launched)
     assert judged.tells == {}, judged.tells

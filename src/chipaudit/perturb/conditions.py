@@ -298,7 +298,9 @@ def without_faketime_artefacts(events: list[Event], pids: set[int]) -> list[Even
     """The events minus libfaketime's shared memory named after a pid of the tree (`pids` and the
     events' own): what a clock world leaves in any tree that holds one, such as an audit worker
     running a behaviour probe."""
-    tree = pids | {e.pid for e in events}
+    # PID 1 too: a world's process is PID 1 of its container (process/isolation.py) and names the
+    # memory so.
+    tree = pids | {e.pid for e in events} | {1}
     own: set[str] = set()
     for e in events:
         m = _FAKETIME_SHM.match(e.target) if e.kind == FILE else None

@@ -7,7 +7,8 @@ an init, and nothing of the tool stays between it and what it can see.
 - `--root DIR`: a root of its own, as a container runtime makes it: an overlay whose lower layer is
   the machine's root and whose upper layer is a fresh tmpfs (DIR/rw), so that what the process writes
   outside the shared folders never reaches the host; the machine's other mounts bound in (devices,
-  the cgroup tree), a fresh /proc of its PID namespace and a fresh /sys of its network namespace;
+  the cgroup tree), a fresh /proc of its PID namespace, a fresh /sys of its network namespace and a
+  /dev/shm of its own;
   the world's /etc files (DIR/etc/upper: time zone and locale files) in the upper layer, and only
   the runtime's three files mounted on /etc: hostname, hosts, resolv.conf. The process starts in
   the folder it was started from.
@@ -50,6 +51,7 @@ RUNTIME_ETC = ("hostname", "hosts", "resolv.conf")
 # Fresh in every world, never bound from the machine: its PID namespace's /proc and its network
 # namespace's /sys (the machine's own would list the machine's interfaces).
 FRESH = {"/proc": "proc", "/sys": "sysfs"}
+SHM = "/dev/shm"
 FAILED = 125  # what env(1) and unshare(1) return when they cannot run the command
 RELEASE_TIMEOUT_S = 60.0
 # asm-generic/unistd.h and x86_64's unistd_64.h: pivot_root has no C library wrapper.
@@ -135,6 +137,10 @@ def container_root(folder: str, shares: list[str]) -> None:
         _mount(point, new + point, None, MS_BIND | MS_REC)
     for point, fstype in FRESH.items():
         _mount(fstype, new + point, fstype, MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if os.path.isdir(new + SHM):
+        # A container's own POSIX shared memory, as a runtime gives it: what one world's process names
+        # there (libfaketime names its state after its pid, 1 in every world) meets no other's.
+        _mount("shm", new + SHM, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     cgroups = next((p for _, _, p in mounts if p == "/sys/fs/cgroup"), None)
     if cgroups:
         _mount(cgroups, new + cgroups, None, MS_BIND | MS_REC)

@@ -164,7 +164,10 @@ class Harness:
         index = len(self.sessions)
         now = time.time()
         trace = self.workdir / f"{index}.strace" if condition.traced and self.trace_base else None
-        wrappers = [self.watch.wrapper(label, condition.isolation(self.watch.nameserver), online=not condition.sealed),
+        # strace writes its trace inside the world, whose root's own writes never reach this process.
+        shares = (self.workdir,) if trace else ()
+        wrappers = [self.watch.wrapper(label, condition.isolation(self.watch.nameserver), online=not condition.sealed,
+                                       shares=shares),
                     *world_wrappers(condition, now, (self.trace_base, trace) if self.trace_base and trace else None)]
         log = self.workdir / f"{index}.log"
         # The tool's own files, known before the process starts (the sampler may look at it at once):
