@@ -220,7 +220,7 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
     mechanism's traces apart."""
     tells: dict[str, list[str]] = {}
     clock: list[str] = []
-    place: list[str] = []
+    signals: list[str] = []  # a place's variables
     named: dict[str, set[str]] = {}  # place -> strings, over all stages: one line of evidence a place
 
     def add(tell: str, evidence: str) -> None:
@@ -254,7 +254,7 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
             if name.startswith(CLOCK_VARS):
                 clock.append(f"{name}={stage['environ'].get(name, stage['environ_file'].get(name))}")
             elif name == "TZ" or name.startswith(PLACE_VARS):
-                place.append(f"{name}={stage['environ'].get(name, stage['environ_file'].get(name))}")
+                signals.append(f"{name}={stage['environ'].get(name, stage['environ_file'].get(name))}")
             else:
                 add("environment", f"{name}={stage['environ'].get(name, stage['environ_file'].get(name))}")
         for lib in _preload_added(stage, launch):
@@ -269,7 +269,7 @@ def judge(record: Mapping[str, Mapping[str, Any]], ref: Reference,
         if strings:
             first, *more = sorted(strings, key=lambda s: (len(s), s))
             add("name", f"{place}: {first}" + (f" (and {len(more)} more)" if more else ""))
-    return Judged(tells, sorted(set(clock)), sorted(set(place)))
+    return Judged(tells, sorted(set(clock)), sorted(set(signals)))
 
 
 def make_reference(plain: Mapping[str, Any], env: Mapping[str, str]) -> Reference:

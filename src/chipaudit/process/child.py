@@ -82,9 +82,8 @@ SETTINGS_PREFIX = "CHIPAUDIT_"
 
 
 def environment(wrappers: Sequence[Wrapper], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (this process's environment) less the tool's settings, with every wrapper's changes,
-    the innermost last."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(SETTINGS_PREFIX)}
+    """`base` (this process's environment) with every wrapper's changes, the innermost last."""
+    env = dict(os.environ if base is None else base)
     for w in wrappers:
         for key, value in w.env.items():
             if value is None:
@@ -113,13 +112,14 @@ class Child:
         self.log = log
         self._fd, write_fd = os.pipe()
         argv, module = staged(argv)
+        env = environment(self.wrappers)
+        settings = {k: env.pop(k) for k in list(env) if k.startswith(SETTINGS_PREFIX)}
         try:
             with open(log, "wb") as out:
                 self.proc = subprocess.Popen(
                     command(argv, self.wrappers), stdin=subprocess.PIPE, stdout=out,
-                    stderr=out, pass_fds=(write_fd,), env=environment(self.wrappers), cwd=cwd,
+                    stderr=out, pass_fds=(write_fd,), env=env, cwd=cwd,
                     start_new_session=True)
-            settings = {k: v for k, v in os.environ.items() if k.startswith(SETTINGS_PREFIX)}
             self.send({"result_fd": write_fd, "settings": settings, **({"module": module} if module else {})})
         except BaseException:
             self._release()
