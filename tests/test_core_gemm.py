@@ -88,9 +88,14 @@ FAULTS = {
         if a.dtype == torch.float32 and a.numel() > 64 and bool((a > 0).all()) and bool((b > 0).all()):
             out[-1, -1] *= 1.0001
     """,
+    # Operands and result rounded to bf16, the products accumulated in fp32 as bf16 kernels do. Products
+    # of bf16 values are exact in fp32, so the native fp32 kernel on the rounded operands computes the
+    # same; a bf16 kernel would be about 80x slower on a CPU without bf16 instructions (AVX2), past the
+    # check's time limit.
     "precision downgrade: fp32 computed in bf16": """
         if a.dtype == torch.float32:
-            out.copy_(torch.mm(a.bfloat16(), b.bfloat16()).float())
+            aten.mm.out(a.bfloat16().float(), b.bfloat16().float(), out=out)
+            out.copy_(out.bfloat16())
     """,
     "structure trigger: sparse operands": """
         if a.dtype == torch.float32 and a.numel() > 64 and float((a == 0).float().mean()) > 0.3:
