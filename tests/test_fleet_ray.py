@@ -38,14 +38,36 @@ VICTIM = "victim_gpu"
 # Ray notices a dead node after period x threshold; the defaults take about half a minute.
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
                       "RAY_health_check_initial_delay_ms": "500"}
-# Installed in the slow node's audits (the fleet gives their processes the device's slot), their workers
-# included, and in none of Ray's own Python processes on that node: importing torch in each of those costs
-# seconds of CPU, enough on a loaded 2-core host for the node to miss Ray's registration deadline.
+# Installed on the slow node in every process that imports torch (its audits and their workers), once
+# torch is loaded, and in none of Ray's own Python processes, which never import it: importing torch in
+# each of those costs seconds of CPU, enough on a loaded 2-core host for the node to miss Ray's
+# registration deadline. (A device process's environment holds none of the tool's variables, so the
+# fleet's slot cannot mark it.)
 THROTTLE = """
-import os
-if "CHIPAUDIT_FLEET_SLOT" in os.environ:
-    from chipaudit.selftest.faults import Throttle
-    Throttle(factor={factor}, after_busy_s=0).install()
+import importlib.abc, importlib.util, sys
+
+class _AfterTorch(importlib.abc.MetaPathFinder):
+    busy = False
+
+    def find_spec(self, name, path, target=None):
+        if name != "torch" or self.busy:
+            return None
+        self.busy = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy = False
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            from chipaudit.selftest.faults import Throttle
+            Throttle(factor={factor}, after_busy_s=0).install()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _AfterTorch())
 """
 
 

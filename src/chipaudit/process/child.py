@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,6 +60,11 @@ class Wrapper:
     files: tuple[Path, ...] = ()
     stays: bool = True
     started: Callable[[int], None] | None = None
+    # The option with which the layer sets the environment of what it executes (`--setenv K=V`, or
+    # `--setenv K` to remove one), placed before the prefix's last argument: the layers inside it then
+    # change the child's environment alone, not this layer's own (a preloaded library that would load
+    # into the layer's processes too, such as libfaketime, with state named after their pids).
+    setenv: str = ""
 
 
 def staged(argv: Sequence[str]) -> tuple[list[str], str | None]:
@@ -73,7 +78,20 @@ def staged(argv: Sequence[str]) -> tuple[list[str], str | None]:
 
 def command(argv: Sequence[str], wrappers: Sequence[Wrapper]) -> list[str]:
     """`argv` inside every wrapper, the first wrapper outermost."""
-    return [*(arg for w in wrappers for arg in w.prefix), *argv]
+    return [*(arg for w in _carried(wrappers) for arg in w.prefix), *argv]
+
+
+def _carried(wrappers: Sequence[Wrapper]) -> list[Wrapper]:
+    """The wrappers, with the environment changes of those inside the first layer that sets its
+    command's environment (`Wrapper.setenv`) moved into that layer's prefix."""
+    at = next((i for i, w in enumerate(wrappers) if w.setenv and w.prefix), None)
+    if at is None:
+        return list(wrappers)
+    outer, inner = wrappers[at], wrappers[at + 1:]
+    changes = {k: v for w in inner for k, v in w.env.items()}
+    options = [a for k, v in changes.items() for a in (outer.setenv, k if v is None else f"{k}={v}")]
+    carrier = replace(outer, prefix=(*outer.prefix[:-1], *options, outer.prefix[-1]))
+    return [*wrappers[:at], carrier, *(replace(w, env={}) for w in inner)]
 
 
 # The tool's own variables (check modules, the allow-list): a device process gets them in its
@@ -82,9 +100,10 @@ SETTINGS_PREFIX = "CHIPAUDIT_"
 
 
 def environment(wrappers: Sequence[Wrapper], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (this process's environment) with every wrapper's changes, the innermost last."""
+    """`base` (this process's environment) with every wrapper's changes, the innermost last (those a
+    layer sets for its command, `Wrapper.setenv`, excepted: they reach the command alone)."""
     env = dict(os.environ if base is None else base)
-    for w in wrappers:
+    for w in _carried(wrappers):
         for key, value in w.env.items():
             if value is None:
                 env.pop(key, None)

@@ -144,4 +144,4 @@ def wrapper(iso: Isolation, folder: Path, configure: Callable[[int], None] | Non
         started = lambda pid: _release(fifo, pid, configure)  # noqa: E731
     prefix = (str(shutil.which("unshare") or "unshare"), *flags, "--", *shim, "--")
     # unshare stays as the PID namespace's parent outside it; the shim executes the process in its place.
-    return Wrapper(prefix, files=files, stays=True, started=started)
+    return Wrapper(prefix, files=files, stays=True, started=started, setenv="--setenv")

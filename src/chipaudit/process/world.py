@@ -15,6 +15,8 @@ an init, and nothing of the tool stays between it and what it can see.
 - `--share DIR` (repeatable): a folder of the machine's that the tool and the process both use (the
   evidence the process writes), bound at its own path.
 - `--hostname`, `--domainname`: the private UTS namespace's names.
+- `--setenv K=V`, `--setenv K` (repeatable): the process's environment, set or removed as it is
+  executed, so that what the world preloads (libfaketime) loads into the process alone.
 - `--release FIFO`: wait until the tool, outside, has finished what only it can do (wire the
   network namespace to its sinkhole) and says "go". The FIFO is opened before the root is made, and
   the root is made before the wait: from the release on, what happens in the namespaces is the
@@ -26,7 +28,7 @@ Any step that fails ends the shim with its reason on stderr and exit status `FAI
 was not made must never run as if it had been.
 
 usage: python -I world.py [--root DIR] [--share DIR]... [--hostname NAME] [--domainname NAME]
-                          [--release FIFO] -- COMMAND...
+                          [--release FIFO] [--setenv K[=V]]... -- COMMAND...
 """
 
 from __future__ import annotations
@@ -207,6 +209,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--hostname")
     parser.add_argument("--domainname")
     parser.add_argument("--release")
+    parser.add_argument("--setenv", action="append", default=[])
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -218,7 +221,14 @@ def main(argv: list[str]) -> int:
         set_names(args.hostname, args.domainname)
         if release is not None:
             wait_release(release)
-        os.execvp(command[0], command)
+        env = dict(os.environ)
+        for change in args.setenv:
+            key, is_set, value = change.partition("=")
+            if is_set:
+                env[key] = value
+            else:
+                env.pop(key, None)
+        os.execvpe(command[0], command, env)
     except (WorldError, OSError) as e:
         print(f"world: {e}", file=sys.stderr, flush=True)
     return FAILED
