@@ -135,10 +135,12 @@ def _retest(check: PlannedCheck, first: stopped.Stall, job: dict[str, Any], even
         if seed is not None else ""
     finding, reason = stopped.judge(check.id, check.category, check.seed, first, again[0] if again else None,
                                     retest, replay)
+    # The check's own time until it was given up on; the re-test's is in its evidence.
+    took = round(first.reached_s + first.silent_s, 3)
     if finding is None:
-        return _error(check, reason), findings
+        return _error(check, reason).model_copy(update={"duration_s": took}), findings
     return CheckResult(id=check.id, category=check.category, status=Status.failed, seed=check.seed,
-                       reason=finding.title), [finding, *findings]
+                       reason=finding.title, duration_s=took), [finding, *findings]
 
 
 def _run_worker(
