@@ -38,7 +38,7 @@ class CheckContext:
     level: Level
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
-    report_progress: Callable[[int, int, str], None] = lambda done, total, note: None
+    report_progress: Callable[[int, int, str, float | None], None] = lambda done, total, note, expect_s: None
     _rng: np.random.Generator | None = None
 
     @property
@@ -47,8 +47,12 @@ class CheckContext:
             self._rng = np.random.default_rng(self.seed)
         return self._rng
 
-    def progress(self, done: int, total: int, note: str = "") -> None:
-        self.report_progress(done, total, note)
+    def progress(self, done: int, total: int, note: str = "", expect_s: float | None = None) -> None:
+        """Where the check stands. `expect_s`: how long the step it starts should take, from the time
+        the device took for the same format's products in this check; giving it says that the format
+        answered before, and lets the watchdog judge a silence past it as the device stopping
+        (checks/stopped.py)."""
+        self.report_progress(done, total, note, expect_s)
 
 
 @dataclass

@@ -170,7 +170,8 @@ def run_passes(config: AuditConfig, events: Events, wrappers: Sequence[Wrapper],
     performance checks after the others, once per pass in fresh workers with the pass's share of
     the budget, each check reported once, its passes merged. On Ctrl-C the passes measured so far
     are reported."""
-    job = {"device": config.device, "level": config.level.value, "params": config.params}
+    # The run's seed, for the replay command of a finding made outside the worker (runner/watchdog.py).
+    job = {"device": config.device, "level": config.level.value, "params": config.params, "seed": config.seed}
     planned = plan(config)
     count = passes.count(config.params)
     measured = [c for c in planned if c.category is Category.performance] if count > 1 else []

@@ -29,7 +29,7 @@ from chipaudit.report.model import CheckResult, Finding, Level, Status
 
 
 def run_check(check: Check, check_id: str, seed: int, device: str, level: Level, params: dict[str, Any],
-              progress: Callable[[int, int, str], None]) -> tuple[CheckResult, list[Finding]]:
+              progress: Callable[[int, int, str, float | None], None]) -> tuple[CheckResult, list[Finding]]:
     """One check, as the runner reports it: skipped with its reason, an exception as an error with its
     traceback in the measurements, or its status from its findings. The watcher's bursts
     (runner/watch) run through here too."""
@@ -66,8 +66,9 @@ def run_job(job: dict[str, Any], channel: Channel) -> None:
         channel.send({"type": "start", "check": check_id, "time": time.time()})
         result, findings = run_check(
             registry[check_id], check_id, seed, job["device"], level, job.get("params", {}),
-            lambda done, total, note, cid=check_id: channel.send(
-                {"type": "progress", "check": cid, "done": done, "total": total, "note": note}))
+            lambda done, total, note, expect_s, cid=check_id: channel.send(
+                {"type": "progress", "check": cid, "done": done, "total": total, "note": note, "expect_s": expect_s,
+                 "time": time.time()}))
         channel.send({
             "type": "result", "check": check_id, "time": time.time(), "result": result.model_dump(mode="json"),
             "findings": [f.model_dump(mode="json") for f in findings],

@@ -44,6 +44,7 @@ import numpy as np
 from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
 from chipaudit.checks.integrity.gemm import RETESTS, Case, Operands, compute, to_host
 from chipaudit.checks.refusal import REFUSALS, answer_within, refusal
+from chipaudit.checks.stopped import Pace
 from chipaudit.devices import capability, torchdev
 from chipaudit.oracle import ieee
 from chipaudit.oracle.formats import FORMATS, NumberFormat
@@ -304,8 +305,9 @@ class CornerGemmCheck(Check):
         tally: Counter[str] = Counter()
         flushing: dict[str, list[str]] = {}
         worst_ratio = 0.0
+        pace = Pace()
         for i, (fmt, corner, (m, k, n)) in enumerate(plan):
-            ctx.progress(i, len(plan), f"{fmt.name} {corner.name}")
+            ctx.progress(i, len(plan), f"{fmt.name} {corner.name}", expect_s=pace.step(fmt.name))
             rng = np.random.default_rng([ctx.seed, i])
             # Rounding onto the grid is the identity for operands built on it, and makes sure of it.
             a, b, bias = (None if x is None else fmt.quantize(x) for x in corner.build(rng, fmt, m, k, n))
@@ -334,7 +336,7 @@ class CornerGemmCheck(Check):
                 f"the fault reproduced in {reproduced} of {1 + RETESTS} runs.",
                 **evidence, method=v.method, bad=v.bad, checked=v.checked, worst=v.worst,
                 reproduced=f"{reproduced}/{1 + RETESTS}"))
-        ctx.progress(len(plan), len(plan), "done")
+        ctx.progress(len(plan), len(plan), "done", expect_s=pace.step(None))
         for name, corners in flushing.items():
             out.findings.append(self.finding(
                 Severity.info, f"{name} products flush subnormals to zero",

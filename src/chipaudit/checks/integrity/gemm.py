@@ -288,11 +288,12 @@ class GemmCheck(Check):
         worst_ratio = 0.0
         started = time.perf_counter()
         for i, case in enumerate(cases):
-            ctx.progress(i, len(cases), case.label)
             exact = case in EXACT_CASES
             # A fully recomputed case costs the host two float64 products (value and bound).
             host_macs = 2 * case.macs if case.macs <= FULL_CHECK_MACS else 0
             estimate = case.macs / macs_per_s + host_macs / host_macs_per_s
+            # The product and its repeat, each verified (the re-tests of a wrong one are within the factor).
+            ctx.progress(i, len(cases), case.label, expect_s=(1 + case.repeat) * estimate)
             if not exact and case not in REALISTIC_CASES and time.perf_counter() - started + estimate > budget:
                 skipped.append(f"{case.label} (about {estimate:.0f} s at the measured rate)")
                 continue

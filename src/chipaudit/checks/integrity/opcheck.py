@@ -20,6 +20,7 @@ from chipaudit.checks.base import Check, CheckContext, NotApplicable, Outcome
 from chipaudit.checks.integrity.corner import random_bits
 from chipaudit.checks.integrity.gemm import RETESTS, to_host
 from chipaudit.checks.refusal import REFUSALS, one_line, refusal
+from chipaudit.checks.stopped import Pace
 from chipaudit.devices import capability, torchdev
 from chipaudit.devices.capability import Capability
 from chipaudit.oracle import ieee
@@ -84,9 +85,10 @@ class OperatorCheck(Check):
         lacking: dict[str, str] = {}
         refused: dict[tuple[str, str], list[Refused]] = {}
         worst_ratio = 0.0
+        pace = Pace()
         for i, (fmt, builder) in enumerate(plan):
             case = builder(np.random.default_rng([ctx.seed, i]), fmt)
-            ctx.progress(i, len(plan), f"{fmt.name} {case.label}")
+            ctx.progress(i, len(plan), f"{fmt.name} {case.label}", expect_s=pace.step(fmt.name))
             key = (case.op, case.dtype or fmt.name)
             declared = capability.of_operator(ctx.device, case.op, case.formats or (fmt.name,))
             if declared.lacking:
@@ -115,7 +117,7 @@ class OperatorCheck(Check):
                 f"{v.worst.get('rule')} {v.worst.get('expected')}, got {v.worst.get('observed')} "
                 f"(bound {v.worst.get('bound')}); the fault reproduced in {reproduced} of {1 + RETESTS} runs.",
                 **evidence, bad=v.bad, checked=v.checked, worst=v.worst, reproduced=f"{reproduced}/{1 + RETESTS}"))
-        ctx.progress(len(plan), len(plan), "done")
+        ctx.progress(len(plan), len(plan), "done", expect_s=pace.step(None))
         out.findings += self._refusals(refused, computed)
         if not computed and not out.findings:
             raise NotApplicable("; ".join(dict.fromkeys(lacking.values()))[:400])

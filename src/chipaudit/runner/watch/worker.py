@@ -34,7 +34,7 @@ def serve(job: dict[str, Any], channel: Channel) -> None:
             checks.update(by_id())
         channel.send({"type": "start", "check": check_id, "time": time.time()})
         result, findings = run_check(checks[check_id], check_id, int(burst["seed"]), job["device"], LEVEL,
-                                     burst["params"], lambda done, total, note: None)
+                                     burst["params"], lambda done, total, note, expect_s: None)
         channel.send({"type": "result", "check": check_id, "time": time.time(),
                       "result": result.model_dump(mode="json"),
                       "findings": [f.model_dump(mode="json") for f in findings]})
