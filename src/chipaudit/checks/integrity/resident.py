@@ -58,8 +58,8 @@ from chipaudit.checks.integrity.operands import REALISTIC
 from chipaudit.checks.refusal import REFUSALS, refusal
 from chipaudit.devices import capability, torchdev
 from chipaudit.oracle import matmul as oracle
-from chipaudit.oracle.formats import FORMATS, as_computed_on
-from chipaudit.report.model import Category, Level, Severity
+from chipaudit.oracle.formats import FORMATS, NumberFormat, as_computed_on
+from chipaudit.report.model import Category, Finding, Level, Severity
 
 # The share of the device (of one core, on a CPU) the job keeps to while the audit's other checks run:
 # the quick level must still fit its 180 s on a 2-core CPU, and the checks that time the device
@@ -149,7 +149,7 @@ class _Job:
         self.served = {n: _Served(serving.Replica(weights, as_computed_on(FORMATS[n], ctx.device), ctx.device),
                                   capability.of_format(ctx.device, n)) for n in dict.fromkeys(self.rotation)}
         self.findings: dict[tuple[str, str], dict[str, Any]] = {}  # (format, product) -> first and count
-        self.refused: list[Any] = []
+        self.refused: list[Finding] = []
         self.tally: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self.uses: Counter[tuple[str, str]] = Counter()
@@ -242,7 +242,7 @@ class _Job:
             return
         replica = self.served[name].replica
         host = replica.host[layer_name]
-        bias = any(layer.bias for layer in serving.LAYERS if layer.name == layer_name)
+        bias = serving.LAYER[layer_name].bias
         a = np.concatenate([p.a for _, p in window.products], axis=1)
         c = np.concatenate([p.c for _, p in window.products], axis=1)
         projection, rows = self._verify_linear(a, c, host, replica.fmt, bias,
@@ -264,7 +264,7 @@ class _Job:
         window.products.clear()
 
     @staticmethod
-    def _verify_linear(a: np.ndarray, c: np.ndarray, host: serving.HostLayer, fmt: Any, bias: bool,
+    def _verify_linear(a: np.ndarray, c: np.ndarray, host: serving.HostLayer, fmt: NumberFormat, bias: bool,
                        rows: int) -> tuple[oracle.Verification, oracle.Verification]:
         """Projections and `rows` secret rows of x W^T (+ b) as one product of [x, 1] and [W^T; b]."""
         if bias:
@@ -304,8 +304,7 @@ class _Job:
                 f"process; "
                 f"{found['count']} wrong products of this layer in all. Replay the audit's seed to repeat the job.",
                 **e, wrong_products=found["count"]))
-        uses = [n for (_, product), n in self.uses.items() if product in serving.CALLS and product not in
-                (serving.SCORES, serving.VALUES)]
+        uses = [n for (_, product), n in self.uses.items() if product in serving.LAYER]
         products = self.tally["products"]
         linear = products - self.tally["full"]
         coverage: dict[str, Any] = {

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer("mlp.up_proj", HIDDEN, INTERMEDIATE, False),
     Layer("mlp.down_proj", INTERMEDIATE, HIDDEN, False),
 )
+LAYER = {layer.name: layer for layer in LAYERS}
 SCORES = "self_attn.scores"  # torch.matmul(q, k^T) over the cache
 VALUES = "self_attn.values"  # torch.bmm(probabilities, v)
 CALLS = {SCORES: "torch.matmul(q, k.transpose(2, 3))", VALUES: "torch.bmm(p, v)",
@@ -150,7 +151,7 @@ class Session:
     decode_steps: int
     keys: torch.Tensor | None = None
     values: torch.Tensor | None = None
-    steps: int = field(default=0)
+    steps: int = 0
 
     @property
     def done(self) -> bool:
