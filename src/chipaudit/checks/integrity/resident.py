@@ -294,16 +294,18 @@ class _Job:
 
     def _outcome(self, steps: int) -> Outcome:
         findings = list(self.refused)
-        for (name, product_name), found in self.findings.items():
-            e = found["evidence"]
+        # One finding per format: its first wrong product as the evidence, every product it touched counted.
+        for name in dict.fromkeys(n for n, _ in self.findings):
+            found = {product: f for (n, product), f in self.findings.items() if n == name}
+            e = min((f["evidence"] for f in found.values()), key=lambda e: e["step"])
             findings.append(self.check.finding(
-                Severity.high, f"wrong {name} products in the resident job ({product_name})",
-                f"{product_name} ({e['call']}) at step {e['step']}: {e['bad']} of {e['checked']} checked "
+                Severity.high, f"wrong {name} products in the resident job",
+                f"{e['layer']} ({e['call']}) at step {e['step']}: {e['bad']} of {e['checked']} checked "
                 f"{'column projections' if e['method'] == 'projection' else 'elements'} outside the error bound, "
                 f"after its weights had met {e['weight_inputs_before']} inputs, {e['process_age_s']:.0f} s into the "
-                f"process; "
-                f"{found['count']} wrong products of this layer in all. Replay the audit's seed to repeat the job.",
-                **e, wrong_products=found["count"]))
+                f"process; {sum(f['count'] for f in found.values())} wrong {name} products in all, of "
+                f"{', '.join(found)}. Replay the audit's seed to repeat the job step for step.",
+                **e, wrong_products={product: f["count"] for product, f in found.items()}))
         uses = [n for (_, product), n in self.uses.items() if product in serving.LAYER]
         products = self.tally["products"]
         linear = products - self.tally["full"]
