@@ -41,14 +41,14 @@ def _plugin(name: str) -> list[Check]:
 
 def all_checks() -> list[Check]:
     from chipaudit.checks import behaviour
-    from chipaudit.checks.integrity import burnin, corner, gemm, health, memory, operators, weights
+    from chipaudit.checks.integrity import burnin, corner, gemm, health, memory, operators, resident, weights
     from chipaudit.checks.performance import micro, workloads
     from chipaudit.checks.stack import capabilities, fingerprint
 
     # The stack checks come first: their probe then starts while no other process of this audit holds
     # the device (a GPU in exclusive-process mode admits one).
-    families = [fingerprint, capabilities, health, gemm, weights, corner, operators, memory, burnin, micro, workloads,
-                behaviour]
+    families = [fingerprint, capabilities, health, gemm, weights, corner, operators, memory, burnin, resident, micro,
+                workloads, behaviour]
     sources = [(family.__name__, list(family.CHECKS)) for family in families]
     sources += [(name, _plugin(name)) for name in filter(None, (m.strip() for m in
                                                                  (child.setting(PLUGIN_ENV) or "").split(",")))]

@@ -39,6 +39,10 @@ class CheckContext:
     seed: int
     params: dict[str, Any] = field(default_factory=dict)
     report_progress: Callable[[int, int, str, float | None], None] = lambda done, total, note, expect_s: None
+    # Waits up to the seconds given for the caller to ask the check to end; True once it has (an
+    # Event's wait). A resident check (Check.resident) runs until then; a check run alone, as every
+    # other check is, has been asked from the start.
+    stop: Callable[[float], bool] = lambda seconds: True
     _rng: np.random.Generator | None = None
 
     @property
@@ -69,6 +73,9 @@ class Check(ABC):
     # A check that inspects the machine and computes nothing on the device (who else holds it) runs in
     # the tool's own process: a device process's container shows it only its own processes.
     host_view: ClassVar[bool] = False
+    # A resident check runs beside the others for the whole audit, in a process of its own, until the
+    # runner asks it to end (runner/resident.py); its per-level timeout_s bounds it when run alone.
+    resident: ClassVar[bool] = False
     # Wall-clock limit per level, enforced by the runner's watchdog; generous against honest devices.
     # At smoke a check that takes longer has hung as far as a job's prolog is concerned.
     timeout_s: ClassVar[dict[Level, float]] = {Level.smoke: 20.0, Level.quick: 60.0, Level.standard: 300.0,

@@ -35,6 +35,7 @@ from chipaudit.report.model import (
     ToolInfo,
 )
 from chipaudit.runner import levels
+from chipaudit.runner.resident import Resident
 from chipaudit.runner.watchdog import Events, PlannedCheck, run_plan
 from chipaudit.runner.watched import WorkerSensors
 from chipaudit.sensors.watch import Watch
@@ -73,7 +74,7 @@ def environment() -> Environment:
 def plan(config: AuditConfig) -> list[PlannedCheck]:
     return [
         PlannedCheck(c.id, c.category, derive_seed(config.seed, c.id), c.time_limit(config.level, config.params),
-                     c.host_view)
+                     c.host_view, c.resident)
         for c in select(config.only)
         if config.level in c.levels
     ]
@@ -152,7 +153,16 @@ def run_audit(
 
         try:
             sensors = WorkerSensors(watch, watch.workdir.parent / "workers", config.params)
-            run_passes(config, Events(events.started, events.progress, finished), wrappers, sensors)
+            planned = plan(config)
+            # Resident checks start before the first other check and end after the last.
+            residents = [stack.enter_context(Resident(c, job(config), wrappers, sensors))
+                         for c in planned if c.resident]
+            for resident in residents:
+                events.started(resident.check.id)
+            run_passes(config, Events(events.started, events.progress, finished), wrappers, sensors,
+                       [c for c in planned if not c.resident])
+            for resident in residents:
+                finished(*resident.finish())
         except KeyboardInterrupt:
             report.limits.append("The audit was interrupted before every check ran.")
             finalize_limits(report)
@@ -165,19 +175,23 @@ def run_audit(
     return report
 
 
-def run_passes(config: AuditConfig, events: Events, wrappers: Sequence[Wrapper], sensors: WorkerSensors) -> None:
+def job(config: AuditConfig) -> dict[str, Any]:
+    """What every worker is told besides its checks; the run's seed, for the replay command of a finding
+    made outside the worker (runner/watchdog.py)."""
+    return {"device": config.device, "level": config.level.value, "params": config.params, "seed": config.seed}
+
+
+def run_passes(config: AuditConfig, events: Events, wrappers: Sequence[Wrapper], sensors: WorkerSensors,
+               planned: list[PlannedCheck]) -> None:
     """Every planned check once; where the parameters ask for several passes (perf/passes.py), the
     performance checks after the others, once per pass in fresh workers with the pass's share of
     the budget, each check reported once, its passes merged. On Ctrl-C the passes measured so far
     are reported."""
-    # The run's seed, for the replay command of a finding made outside the worker (runner/watchdog.py).
-    job = {"device": config.device, "level": config.level.value, "params": config.params, "seed": config.seed}
-    planned = plan(config)
     count = passes.count(config.params)
     measured = [c for c in planned if c.category is Category.performance] if count > 1 else []
     others = [c for c in planned if c not in measured]
     if others:
-        run_plan(others, job, events, wrappers, sensors)
+        run_plan(others, job(config), events, wrappers, sensors)
     held: dict[str, list[tuple[CheckResult, list[Finding]]]] = {}
 
     def hold(result: CheckResult, findings: list[Finding]) -> None:
@@ -185,7 +199,7 @@ def run_passes(config: AuditConfig, events: Events, wrappers: Sequence[Wrapper],
         if len(held[result.id]) == count:
             events.finished(*passes.merge(held.pop(result.id)))
 
-    one_pass = {**job, "params": passes.pass_params(config.params)}
+    one_pass = {**job(config), "params": passes.pass_params(config.params)}
     try:
         for _ in range(count if measured else 0):
             run_plan(measured, one_pass, Events(events.started, events.progress, hold), wrappers, sensors)

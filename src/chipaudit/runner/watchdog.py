@@ -49,6 +49,7 @@ class PlannedCheck:
     seed: int
     timeout_s: float
     host_view: bool = False  # runs in the tool's own process (Check.host_view)
+    resident: bool = False  # Check.resident: runs beside the others (runner/resident.py), not in run_plan
 
 
 @dataclass
@@ -98,7 +99,7 @@ def _error(check: PlannedCheck, reason: str) -> CheckResult:
     return CheckResult(id=check.id, category=check.category, status=Status.error, seed=check.seed, reason=reason)
 
 
-def _died(check: PlannedCheck, reason: str, status: int | None) -> tuple[CheckResult, list[Finding]]:
+def died(check: PlannedCheck, reason: str, status: int | None) -> tuple[CheckResult, list[Finding]]:
     """The result of a check whose worker died while it ran: a refusal by crashing where the device
     was at work and nothing outside ended the process, else an error."""
     if check.category not in DEVICE_WORK or status is None or status in KILLED:
@@ -258,8 +259,8 @@ def _supervise(child: Child, pending: list[PlannedCheck], events: Events,
             detail = child.last_line(LOG_TAIL_BYTES)
             reason = what + (f": {detail}" if detail else "")
             if current is not None:
-                died = _died(current, reason, status) if child.eof else (_error(current, reason), [])
-                finished(*died, sent, True)
+                ending = died(current, reason, status) if child.eof else (_error(current, reason), [])
+                finished(*ending, sent, True)
                 return [c for c in left if c is not current]
             # A worker that dies before starting anything cannot be retried usefully: every check
             # it was given errors with the same reason, so the run still ends.

@@ -64,10 +64,11 @@ class _Attributed:
     computing is the device stack's behaviour, whichever check it was computing for."""
 
     id: str
+    who: str = WORKER
 
     def finding(self, severity: Severity, title: str, detail: str = "", **evidence: Any) -> Finding:
         return Finding(check=self.id, category=Category.behaviour, severity=severity,
-                       title=f"{WORKER}: {title}", detail=detail, evidence=evidence)
+                       title=f"{self.who}: {title}", detail=detail, evidence=evidence)
 
 
 class WorkerSensors:
@@ -86,12 +87,14 @@ class WorkerSensors:
         # What has been attributed, by name and event, over every worker: a stray is read by each.
         self.taken: Counter[tuple[object, ...]] = Counter()
 
-    def worker(self) -> WatchedWorker:
-        name = f"worker {len(self.names) + 1}"
+    def worker(self, name: str = "", who: str = WORKER) -> WatchedWorker:
+        """A worker's sensors, under `name` (by default the next worker's number); `who` names it in
+        its findings."""
+        name = name or f"worker {len(self.names) + 1}"
         self.names.append(name)
         scratch = self.folder / name.replace(" ", "-")
         scratch.mkdir(mode=0o700, parents=True)
-        return WatchedWorker(self, name, scratch)
+        return WatchedWorker(self, name, scratch, who)
 
     def strays(self) -> list[str]:
         """Names the watch saw things under that are no worker's: a detached process whose session
@@ -103,8 +106,8 @@ class WatchedWorker:
     """One worker under the audit's sensors: the wrapper it starts in (which has its tree sampled
     from its start), and its checks' windows."""
 
-    def __init__(self, sensors: WorkerSensors, name: str, scratch: Path) -> None:
-        self.sensors, self.name = sensors, name
+    def __init__(self, sensors: WorkerSensors, name: str, scratch: Path, who: str = WORKER) -> None:
+        self.sensors, self.name, self.who = sensors, name, who
         self.wrapper: Wrapper = sensors.watch.wrapper(name, shares=sensors.shares)
         self.job = {SCRATCH: str(scratch)}
         # The worker's output, in the tool's folder and known to the sampler before the worker starts.
@@ -130,9 +133,9 @@ class WatchedWorker:
             events = [e for e in events if self._device_side(e)]
         for event in events:
             by_when.setdefault(self._when(_time(event, ended), result.id, ended, last), []).append(event)
-        observations = {f"{WORKER} ({when})" if when else WORKER: Observation(events)
+        observations = {f"{self.who} ({when})" if when else self.who: Observation(events)
                         for when, events in by_when.items()}
-        found = sensor_findings(cast(Check, _Attributed(result.id)), observations, self.sensors.allow)
+        found = sensor_findings(cast(Check, _Attributed(result.id, self.who)), observations, self.sensors.allow)
         amended = _amend(result, findings, found, self.sensors.watch.statuses(), self.sensors.watch.world())
         return amended, [*findings, *found]
 
