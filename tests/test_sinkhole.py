@@ -68,6 +68,7 @@ TALKER = textwrap.dedent(f"""
     status = open("/proc/self/status").read()
     seen["tracer"] = int(status.split("TracerPid:")[1].split()[0])
     seen["pid"], seen["ppid"] = os.getpid(), os.getppid()
+    seen["parent"] = open(f"/proc/{{os.getppid()}}/cmdline", "rb").read().split(b"\\0")[0].decode()
     seen["etc_mounts"] = sorted(l.split()[4] for l in open("/proc/self/mountinfo") if l.split()[4].startswith("/etc"))
     seen["namespaces"] = {{n: os.readlink(f"/proc/self/ns/{{n}}") == os.readlink(f"/proc/1/ns/{{n}}")
                           for n in ("net", "mnt", "uts", "ipc", "pid_for_children", "cgroup")}}
@@ -180,9 +181,9 @@ def test_from_inside_nothing_of_the_sensors_can_be_seen(tmp_path: Path) -> None:
         time.sleep(0.3)
         events = watch.events("reference")
     assert seen["tracer"] == 0 and seen["packet_sockets"] == []
-    # A container's process started without an init: PID 1 of its namespaces, no parent in sight, on /etc
-    # only the runtime's three files, the interfaces of a container.
-    assert seen["pid"] == 1 and seen["ppid"] == 0 and all(seen["namespaces"].values()), seen
+    # A job started from a shell in a container: its parent a shell that is PID 1, every namespace shared
+    # with it, on /etc only the runtime's three files, the interfaces of a container.
+    assert seen["ppid"] == 1 and seen["parent"] == "/bin/sh" and all(seen["namespaces"].values()), seen
     assert seen["etc_mounts"] == ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
     assert seen["interfaces"] == ["eth0", "lo"]
     assert f"AF_INET {PUBLIC4}:443" in {e.target for e in events}

@@ -81,7 +81,7 @@ def test_a_device_process_started_as_the_audit_starts_one_shows_no_tell(
         assert child.send({"device": "cpu"})
         answer = child.receive(120)
         assert answer is not None and answer["status"] == READY, child.last_line(400)
-        assert answer["pid"] == 1  # PID 1 of its container
+        assert answer["pid"] == 2  # the child of its container's shell, PID 1
     records = wt.read_records(out)
     assert len(records) == 1 and set(records[0]) >= {"import", "product"}
     # Judged against the environment it was started from, less the tool's setting: had that reached the

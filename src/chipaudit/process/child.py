@@ -33,6 +33,8 @@ from typing import IO, Any
 
 from chipaudit.process import neutral
 
+# How long `Child.innermost` waits for each layer to start what it wraps: a shell forks in milliseconds.
+INNERMOST_WAIT_S = 10.0
 # Importing torch and initialising a device driver can take a while on a cold machine.
 STARTUP_TIMEOUT_S = 180.0
 # The job's key naming the tool's scratch folder for a device process: its temporary files go there
@@ -65,6 +67,8 @@ class Wrapper:
     # change the child's environment alone, not this layer's own (a preloaded library that would load
     # into the layer's processes too, such as libfaketime, with state named after their pids).
     setenv: str = ""
+    # Whether the layer runs the command from a shell that stays as its parent (process/world.py).
+    shell: bool = False
 
 
 def staged(argv: Sequence[str]) -> tuple[list[str], str | None]:
@@ -163,21 +167,25 @@ class Child:
         """Whether the process started is a wrapper rather than the child's own command."""
         return any(w.prefix and w.stays for w in self.wrappers)
 
-    def innermost(self) -> int:
+    def innermost(self, wait_s: float = INNERMOST_WAIT_S) -> int:
         """The pid of the child's own command: below each wrapper that stays above it (a PID
-        namespace's unshare, a tracer), its one child. Asked once the wrappers' `started` hooks ran,
-        when each has started what it wraps."""
+        namespace's unshare and the shell it runs the command from, a tracer), its one child, waiting
+        up to `wait_s` for each to start it. Asked once the wrappers' `started` hooks ran."""
         pid = self.proc.pid
-        for w in self.wrappers:
-            if w.prefix and w.stays:
+        deadline = time.monotonic() + wait_s
+        for _ in range(sum(w.stays + w.shell for w in self.wrappers if w.prefix)):
+            while True:
                 try:
                     with open(f"/proc/{pid}/task/{pid}/children") as f:
                         children = f.read().split()
                 except OSError:
+                    return pid
+                if children or time.monotonic() > deadline or not self.running:
                     break
-                if len(children) != 1:
-                    break
-                pid = int(children[0])
+                time.sleep(0.01)
+            if len(children) != 1:
+                return pid
+            pid = int(children[0])
         return pid
 
     @property

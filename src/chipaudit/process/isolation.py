@@ -1,20 +1,22 @@
 """The private world of one device process: a container, as a runtime makes one, made by `unshare`
-and finished by the shim (process/world.py), which then executes the process in its own place as
-PID 1 of its namespaces.
+and finished by the shim (process/world.py), which then becomes the container's shell (PID 1) and
+runs the process, as `docker run IMAGE sh -c COMMAND` does.
 
 A device stack that wants to pass audits looks for what an audit's process shows and a real job does
 not: namespaces unlike its ancestors' or PID 1's, mounts on /etc, interfaces no machine has. So every
 world is one of the two things a production job runs in, a container: PID, mount, network, UTS, IPC
 and cgroup namespaces together, a fresh /proc and /sys, an overlay root, and on /etc only the
-runtime's hostname, hosts and resolv.conf. Inside, the process shares every namespace with PID 1 (it
-is PID 1) and sees no ancestor. An `Isolation` says what differs between worlds: whether the network
-namespace is wired (the sinkhole, perturb/sinkhole.py, does it from outside), the files of its /etc
-(as links or as copies: the machine's own unless the world's place changes them), its host and
-domain names, and the folders it shares with the tool. Nothing here changes the host: the root's
-upper layer is a tmpfs in a private mount namespace, the names live in a private UTS namespace.
+runtime's hostname, hosts and resolv.conf. Inside, the process's parent is a shell, as for a job
+started from a shell on a host, and that shell is PID 1, with which the process shares every
+namespace, as in a container; no other ancestor is in sight. An `Isolation` says what differs
+between worlds: whether the network namespace is wired (the sinkhole, perturb/sinkhole.py, does it
+from outside), the files of its /etc (as links or as copies: the machine's own unless the world's
+place changes them), its host and domain names, and the folders it shares with the tool. Nothing
+here changes the host: the root's upper layer is a tmpfs in a private mount namespace, the names live
+in a private UTS namespace.
 
-Cannot hide: that the process is PID 1 of a PID namespace (as in every container), and the tc mirror
-on its loopback when the sinkhole wires it (perturb/sinkhole.py).
+Cannot hide: that the process runs in a PID namespace (as in every container), and the tc mirror on
+its loopback when the sinkhole wires it (perturb/sinkhole.py).
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ class EtcFile:
 KIND = "container"
 # What a device process can still see in its container, in the report's words.
 VISIBLE = (
-    "Device processes run as PID 1 of a container (a PID namespace, an overlay root), as production jobs in "
-    "containers do: a device stack that misbehaves only on bare hosts, or only in containers, is not shown the "
-    "other kind of world.",
+    "Device processes run in a container (a PID namespace, an overlay root) under a shell that is its PID 1, as "
+    "production jobs in containers do: a device stack that misbehaves only on bare hosts, or only as a "
+    "container's PID 1, is not shown that kind of world.",
     "A device process on the sinkhole can list its loopback's queueing disciplines (tc qdisc show dev lo) and "
     "find the mirror that captures its loopback traffic, and one that knows the real network's addresses can "
     "tell the sinkhole's apart.",
@@ -144,4 +146,4 @@ def wrapper(iso: Isolation, folder: Path, configure: Callable[[int], None] | Non
         started = lambda pid: _release(fifo, pid, configure)  # noqa: E731
     prefix = (str(shutil.which("unshare") or "unshare"), *flags, "--", *shim, "--")
     # unshare stays as the PID namespace's parent outside it; the shim executes the process in its place.
-    return Wrapper(prefix, files=files, stays=True, started=started, setenv="--setenv")
+    return Wrapper(prefix, files=files, stays=True, started=started, setenv="--setenv", shell=True)

@@ -1,7 +1,8 @@
 """Runs inside the namespaces `unshare` made for one device process, as their PID 1, before it:
-finishes the process's private world, a container as a runtime makes one, then executes the process
-in its own place, so that the process is PID 1 of its namespaces, as in a container started without
-an init, and nothing of the tool stays between it and what it can see.
+finishes the process's private world, a container as a runtime makes one, then executes a shell in
+its own place that runs the process, as a container started as `sh -c COMMAND`: the process's parent
+is a shell that is PID 1 and shares every namespace with it, and nothing of the tool stays between
+the process and what it can see.
 
 - Loopback up, as on any machine (a new network namespace starts with it down).
 - `--root DIR`: a root of its own, as a container runtime makes it: an overlay whose lower layer is
@@ -39,6 +40,7 @@ import errno
 import fcntl
 import os
 import select
+import shlex
 import socket
 import struct
 import sys
@@ -54,6 +56,7 @@ RUNTIME_ETC = ("hostname", "hosts", "resolv.conf")
 # namespace's /sys (the machine's own would list the machine's interfaces).
 FRESH = {"/proc": "proc", "/sys": "sysfs"}
 SHM = "/dev/shm"
+SHELL = "/bin/sh"
 FAILED = 125  # what env(1) and unshare(1) return when they cannot run the command
 RELEASE_TIMEOUT_S = 60.0
 # asm-generic/unistd.h and x86_64's unistd_64.h: pivot_root has no C library wrapper.
@@ -228,7 +231,9 @@ def main(argv: list[str]) -> int:
                 env[key] = value
             else:
                 env.pop(key, None)
-        os.execvpe(command[0], command, env)
+        # A job in a container started as `sh -c COMMAND`: the shell is PID 1 and the process's parent,
+        # and shares every namespace with it (dash would execute a lone command in its own place).
+        os.execve(SHELL, [SHELL, "-c", f"{shlex.join(command)}; exit $?"], env)
     except (WorldError, OSError) as e:
         print(f"world: {e}", file=sys.stderr, flush=True)
     return FAILED
