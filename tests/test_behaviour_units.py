@@ -59,7 +59,10 @@ def test_worlds_change_the_workload_only_and_start_from_neutral() -> None:
     assert env["TZ"] == "Asia/Shanghai" and env["LC_ALL"] == env["LC_MESSAGES"] == "zh_CN.UTF-8"
     assert env["LANGUAGE"] == "zh_CN:zh"
     ref = conditions.reference().workload_env(0)
-    assert ref["TZ"] == "UTC" and ref["LANG"] == "C.UTF-8" and ref["LC_ALL"] is None and ref["LANGUAGE"] is None
+    assert ref["TZ"] is None and ref["LANG"] == "C.UTF-8" and ref["LC_ALL"] is None and ref["LANGUAGE"] is None
+    # The reference's zone is UTC as a machine's is, from its /etc/localtime: a TZ variable would be a tell.
+    localtime = next(f for f in conditions.reference().isolation().etc if f.path == "localtime")
+    assert (localtime.link or localtime.copy_of or "").endswith("UTC")
     if conditions.faketime_library():
         shifted = conditions.clock(10, "+10 days").workload_env(1000.0)
         assert shifted["FAKETIME"] == f"@{1000 + 10 * 86400}" and "libfaketime" in str(shifted["LD_PRELOAD"])

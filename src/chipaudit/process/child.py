@@ -168,10 +168,16 @@ class Child:
         return any(w.prefix and w.stays for w in self.wrappers)
 
     def innermost(self, wait_s: float = INNERMOST_WAIT_S) -> int:
-        """The pid of the child's own command: below each wrapper that stays above it (a PID
-        namespace's unshare and the shell it runs the command from, a tracer), its one child, waiting
-        up to `wait_s` for each to start it. Asked once the wrappers' `started` hooks ran."""
+        """The pid of the child's own command (`chain`'s last)."""
+        return self.chain(wait_s)[-1]
+
+    def chain(self, wait_s: float = INNERMOST_WAIT_S) -> list[int]:
+        """The processes from the one started to the child's own command: below each wrapper that
+        stays above it (a PID namespace's unshare and the shell it runs the command from, a tracer),
+        its one child, waiting up to `wait_s` for each to start it. Asked once the wrappers' `started`
+        hooks ran."""
         pid = self.proc.pid
+        out = [pid]
         deadline = time.monotonic() + wait_s
         for _ in range(sum(w.stays + w.shell for w in self.wrappers if w.prefix)):
             while True:
@@ -179,14 +185,15 @@ class Child:
                     with open(f"/proc/{pid}/task/{pid}/children") as f:
                         children = f.read().split()
                 except OSError:
-                    return pid
+                    return out
                 if children or time.monotonic() > deadline or not self.running:
                     break
                 time.sleep(0.01)
             if len(children) != 1:
-                return pid
+                return out
             pid = int(children[0])
-        return pid
+            out.append(pid)
+        return out
 
     @property
     def files(self) -> list[Path]:

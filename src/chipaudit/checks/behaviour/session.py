@@ -90,6 +90,7 @@ class Session:
     trace: Path | None
     hello: dict[str, Any] | None = None
     world_kind: str = ""  # the kind of world it ran in (sensors/watch.py Watch.world)
+    chain: list[int] = field(default_factory=list)  # from its wrappers' processes to its own (Child.chain)
     dead: str = ""  # why the workload stopped answering
     not_applied: str = ""  # why the world did not take effect, from what the workload saw
     notes: list[str] = field(default_factory=list)
@@ -195,7 +196,8 @@ class Harness:
             else:
                 # What the tool reads of the workload's process and namespace, beside what the workload saw
                 # itself: its pid as this process numbers it (inside its container it is PID 1).
-                pid = s.child.innermost()
+                s.chain = s.child.chain()
+                pid = s.chain[-1]
                 s.hello = {**hello, "pid": pid, "routes": sinkhole.routes(pid)}
                 s.not_applied, s.notes = cond.applied(s.condition, s.hello, s.launched, time.time())
                 self.watch.watch(s.label, int(s.hello["pid"]))
@@ -262,7 +264,7 @@ class Harness:
 
     def _lingering(self) -> list[Any]:
         """Workload processes (not the tool's wrappers) that still run after the tail."""
-        tops = {s.child.pid for s in self.sessions}
+        tops = {s.child.pid for s in self.sessions} | {pid for s in self.sessions for pid in s.chain}
         out = []
         for seen in self.watch.sampler.alive():
             with contextlib.suppress(psutil.Error):
