@@ -25,7 +25,9 @@ class CheckRegistryError(InputError):
 
 
 def _plugin(name: str) -> list[Check]:
-    name = neutral.stage().module(name) if neutral.root() != neutral.TOOL else name  # this package's own modules
+    if neutral.root() != neutral.TOOL:
+        name = neutral.stage().module(name)  # this package's own modules, by the stage's name
+        neutral.alias()  # a site module imports the tool by its name
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as e:

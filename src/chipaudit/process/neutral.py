@@ -16,7 +16,7 @@ imports it as fast as the installed package.
 
 Cannot hide: the layout of the modules under the neutral name (a stack that knows the tool's
 sub-package names can still match them), and site check modules (CHIPAUDIT_CHECK_MODULES), which
-import the tool by its name.
+import the tool by its name: where one is named, the tool's name is among the loaded modules (`alias`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from __future__ import annotations
 import atexit
 import compileall
 import contextlib
+import importlib
+import importlib.abc
+import importlib.util
 import re
 import secrets
 import shutil
@@ -33,6 +36,7 @@ import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 TOOL = "chipaudit"
 # Package names that real training and serving jobs use, one drawn per audit: a stack that refused
@@ -91,6 +95,29 @@ def _made() -> Stage:
     with contextlib.redirect_stdout(None):
         compileall.compile_dir(str(target), quiet=2, workers=1)
     return stage
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`chipaudit[.x]` as the stage's own modules, the same objects: a site check module imports the
+    tool by its name, and its checks must be this package's classes (a NotApplicable it raises must
+    be the one the worker catches)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if name == TOOL or name.startswith(TOOL + "."):
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return importlib.import_module(root() + spec.name[len(TOOL):])
+
+    def exec_module(self, module: ModuleType) -> None:
+        pass
+
+
+def alias() -> None:
+    """In a process that runs from a stage, let `import chipaudit...` give the stage's modules (once)."""
+    if root() != TOOL and not any(isinstance(f, _Alias) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Alias())
 
 
 def prepare() -> None:
