@@ -21,19 +21,19 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fleet_support import after_torch
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 DEVICES = 3
 FAULTY_SLOT = "1"
-# Installed in every Python process of the faulty device's audit (its slot's environment says which).
-FAULT = f"""
-import os
-if os.environ.get("CHIPAUDIT_FLEET_SLOT") == "{FAULTY_SLOT}":
-    from chipaudit.selftest.faults import AfterUse
-    AfterUse(after_calls=0, bit=0).install()
-"""
+# Installed in every process of the faulty device's audit that imports torch (its slot says which).
+FAULT = after_torch(f"""
+    if slot() == "{FAULTY_SLOT}":
+        from chipaudit.selftest.faults import AfterUse
+        AfterUse(after_calls=0, bit=0).install()
+""")
 MARK = "CHIPAUDIT_TEST_FLEET_MARK"
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fleet_support import after_torch
 from store_support import Namespace, postgres_server
 
 pytest.importorskip("ray")
@@ -38,37 +39,11 @@ VICTIM = "victim_gpu"
 # Ray notices a dead node after period x threshold; the defaults take about half a minute.
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
                       "RAY_health_check_initial_delay_ms": "500"}
-# Installed on the slow node in every process that imports torch (its audits and their workers), once
-# torch is loaded, and in none of Ray's own Python processes, which never import it: importing torch in
-# each of those costs seconds of CPU, enough on a loaded 2-core host for the node to miss Ray's
-# registration deadline. (A device process's environment holds none of the tool's variables, so the
-# fleet's slot cannot mark it.)
-THROTTLE = """
-import importlib.abc, importlib.util, sys
-
-class _AfterTorch(importlib.abc.MetaPathFinder):
-    busy = False
-
-    def find_spec(self, name, path, target=None):
-        if name != "torch" or self.busy:
-            return None
-        self.busy = True
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            self.busy = False
-        load = spec.loader.exec_module
-
-        def exec_module(module):
-            load(module)
-            from chipaudit.selftest.faults import Throttle
-            Throttle(factor={factor}, after_busy_s=0).install()
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, _AfterTorch())
-"""
+# Installed on the slow node in every process that imports torch: its audits and their workers.
+THROTTLE = after_torch("""
+    from chipaudit.selftest.faults import Throttle
+    Throttle(factor={factor}, after_busy_s=0).install()
+""")
 
 
 def start_node(ns: Namespace, env: dict[str, str], name: str, head: bool = False, devices: int = 1,
@@ -118,7 +93,7 @@ def cluster(workdir: Path) -> Iterator[tuple[Namespace, dict[str, str]]]:
     env = base_env(workdir)
     throttle = workdir / "throttle"
     throttle.mkdir()
-    (throttle / "sitecustomize.py").write_text(THROTTLE.format(factor=3))
+    (throttle / "sitecustomize.py").write_text(THROTTLE.replace("{factor}", "3"))
     slow_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(throttle), env.get("PYTHONPATH")]))}
     try:
         start_node(ns, env, "head", head=True, resources={"fake_gpu": HEALTHY, VICTIM: 1})
