@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_support import after_torch
 
 from chipaudit.fleet.store import Audit, FleetStore
 from chipaudit.runner.watch.state import WatchState, WatchStore
 from chipaudit.store import SCHEMA_VERSION, Store
 
 MOVES = ("lost", "back")
-FAULT = """
-import os
-if os.environ.get("CHIPAUDIT_FLEET_SLOT") == "1":
-    from chipaudit.selftest.faults import AfterUse
-    AfterUse(after_calls=0, bit=0).install()
-"""
+FAULT = after_torch("""
+    if slot() == "1":
+        from chipaudit.selftest.faults import AfterUse
+        AfterUse(after_calls=0, bit=0).install()
+""")
 
 
 def test_a_store_at_version_3_gains_the_fleet_watch_events_and_the_driver_mirrors_a_nodes_rows(tmp_path: Path,
