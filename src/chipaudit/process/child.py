@@ -52,8 +52,9 @@ class Wrapper:
     child alone, such as strace's -E, carries them in its prefix instead), and the files it writes,
     which are the tool's own (a sensor reads them back; a sampler must not count them).
 
-    `stays` says whether the layer remains a process above the child (strace does; a namespace shim
-    that executes the child in its own place does not). `started` is called with the started
+    `stays` says whether the layer remains a process above the child (strace and a container's
+    unshare do; a layer that executes the child in its own place, such as the self-test's fault
+    injector, does not). `started` is called with the started
     process's pid, before the tool talks to the child: a layer that must be finished from outside
     (a namespace whose network the tool wires) does it there, while its shim waits."""
 

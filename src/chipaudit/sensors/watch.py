@@ -40,7 +40,7 @@ EBPF = "ebpf"
 # bpftrace takes seconds to attach, so one tracer per audit watches the audit's workers.
 NOT_HERE = ("not run for a probe's workloads (one eBPF tracer per audit watches its workers); the sinkhole, the "
             "socket sampler and, in the traced world, strace watch them")
-PLAIN = Isolation()  # a namespace of its own for the network alone, as every device process gets
+PLAIN = Isolation()  # a container of the machine's own place, as every device process gets
 
 
 def _syscall_tracer() -> tuple[Any, SensorStatus | None]:
