@@ -47,12 +47,15 @@ def test_an_honest_stack_passes_every_probe(check: str, tmp_path: Path, monkeypa
     assert sensors["strace"]["ran"] == (check != "behaviour.drift")
     worlds = outcome.coverage.get("worlds", [])
     assert all(w["applied"] for w in worlds) and any(w.get("tracer") for w in worlds) == (check != "behaviour.drift")
+    if check == "behaviour.sealed":  # the sealed world has no route; the reference has its own
+        by_label = {w["label"]: w for w in worlds}
+        assert [w["applied"] for w in by_label.values()] == [True, True, True]
+        assert by_label["sealed"]["seen"]["routes"] == [] and by_label["reference"]["seen"]["routes"]
 
 
 # (check, trigger, payload, what the finding's title says, where it must say it happened)
 MISBEHAVIOURS = {
     "wrong results without network": ("behaviour.sealed", OFFLINE, WRONG, "wrong results", "'sealed'"),
-    "time bomb throttle": ("behaviour.clock", FUTURE, THROTTLE, "slower", "'clock +"),
     "time zone kill switch": ("behaviour.location", CHINA_TIME, REFUSE, "refused", "China"),
     "language trigger, wrong results": ("behaviour.location", CHINA_LANGUAGE, WRONG, "wrong results", "China"),
     "fingerprinting throttle": ("behaviour.disguise", LLAMA_SHAPE, THROTTLE, "slower", "Llama"),
@@ -62,6 +65,7 @@ MISBEHAVIOURS = {
                                                              "wrong results", "Llama"),
     "throttle after sustained use": ("behaviour.drift", AFTER_THREE_SECONDS, THROTTLE, "sustained use", "x"),
 }
+# The clock probe's time bomb (FUTURE, THROTTLE) is test_a_time_bomb_is_caught_at_both_shifted_dates.
 
 
 @pytest.mark.parametrize("case", list(MISBEHAVIOURS))
@@ -74,18 +78,15 @@ def test_each_probe_catches_a_stack_that_misbehaves_under_its_perturbation(
     assert caught and all(where in f.title and f.severity is Severity.high for f in caught), titles(outcome)
 
 
-def test_both_shifted_dates_and_the_sealed_world_are_covered(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_time_bomb_is_caught_at_both_shifted_dates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clock probe's misbehaving stack: slower once the date is past a year from now, high in both
+    shifted worlds and named by the world."""
     install(tmp_path, monkeypatch, FUTURE, THROTTLE)
     outcome = run("behaviour.clock")
     slow = [f for f in serious(outcome) if "slower" in f.title]
     assert {f.evidence["world"]["name"] for f in slow} == {"clock +2 years", "clock +10 years"}, titles(outcome)
+    assert all("'clock +" in f.title and f.severity is Severity.high for f in slow)
     assert all(f.evidence["ratio"] >= 1.5 and f.evidence["ci99"][0] > 1 for f in slow)
-    sealed = run("behaviour.sealed")
-    assert sealed.coverage["sensors"]["sinkhole"]["ran"]
-    worlds = {w["label"]: w for w in sealed.coverage["worlds"]}
-    assert [w["applied"] for w in worlds.values()] == [True, True, True]
-    assert worlds["sealed"]["seen"]["routes"] == [] and worlds["reference"]["seen"]["routes"]
 
 
 LEAK = """\
