@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 from fleet_support import after_torch
-from store_support import Namespace, postgres_server
+from store_support import Namespace, Postgres, postgres_server
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -134,10 +134,30 @@ def check_throttled_run(result: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def postgres(cluster: tuple[Namespace, dict[str, str]]) -> Iterator[str]:
+def postgres(cluster: tuple[Namespace, dict[str, str]]) -> Iterator[Postgres]:
     ns, env = cluster
     with postgres_server(ns, PG_PORT, env) as server:
-        yield server.url
+        yield server
+
+
+def query(db: str, sql: str) -> list[tuple]:
+    """Rows of a SQLite file or, through its socket, a PostgreSQL database; none while the tables are
+    not made yet."""
+    if db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db) as conn:
+            try:
+                return [tuple(r) for r in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+            except psycopg.errors.UndefinedTable:
+                return []
+    if not Path(db).exists():
+        return []
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        try:
+            return conn.execute(sql).fetchall()
+        except sqlite3.OperationalError:  # the file exists before its tables do
+            return []
 
 
 def test_fleet_run_stores_one_result_per_device_and_flags_the_throttled_node(cluster, workdir: Path) -> None:
@@ -155,48 +175,40 @@ def test_fleet_run_stores_one_result_per_device_and_flags_the_throttled_node(clu
     assert "Fleet run" in (workdir / f"{run_id}.html").read_text()
 
 
-def test_the_same_run_with_a_postgresql_store_gives_the_same_summary(cluster, postgres: str, workdir: Path) -> None:
+def test_an_interrupted_run_on_postgresql_resumes_without_redoing_finished_audits_and_sums_up_alike(
+        cluster, postgres: Postgres, workdir: Path) -> None:
+    """The store a fleet shares, PostgreSQL: a run interrupted once an audit is done, then resumed, redoes
+    none of the finished audits, and its summary says what the SQLite run's said."""
     ns, env = cluster
-    p = fleet(ns, env, "run", *AUDIT, "--db", postgres)
+    db, rows_of = postgres.url, postgres.socket_url  # the fleet's address inside the namespace; ours
+    proc = subprocess.Popen(ns.argv("chipaudit", "fleet", "run", *AUDIT, "--db", db), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    done: list = []
+    while time.time() < deadline and not done:
+        time.sleep(0.5)
+        done = query(rows_of, "SELECT node, device_uuid, finished FROM fleet_audits WHERE state = 'done'")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "fleet resume" in err, err
+    run_id = err.split("fleet resume ")[1].split()[0]
+    assert query(rows_of, "SELECT state FROM fleet_runs") == [("interrupted",)]
+    first = {(n, u): f for n, u, f in query(
+        rows_of, "SELECT node, device_uuid, finished FROM fleet_audits WHERE state = 'done'")}
+    assert first
+    p = fleet(ns, env, "resume", run_id, "--db", db)
     assert p.returncode == 0, p.stdout + p.stderr
-    result = summary(ns, env, run_id_of(p), postgres, workdir)
+    rows = query(rows_of, "SELECT node, device_uuid, state, attempts, finished FROM fleet_audits")
+    assert len(rows) == FLEET_DEVICES and {r[2] for r in rows} == {"done"}
+    for node, uuid, _, attempts, finished in rows:
+        if (node, uuid) in first:
+            assert finished == first[(node, uuid)] and attempts == 1  # not redone
+    result = summary(ns, env, run_id, db, workdir)
     check_throttled_run(result)
     before = json.loads((workdir / "sqlite-summary.json").read_text())
     keys = ("devices", "audited", "passed", "failed", "inconclusive", "lost", "could_not_run")
     assert {k: result[k] for k in keys} == {k: before[k] for k in keys}
     assert {o["node"] for o in result["outliers"]} == {o["node"] for o in before["outliers"]}
-
-
-def test_an_interrupted_run_resumes_without_redoing_finished_audits(cluster, workdir: Path) -> None:
-    ns, env = cluster
-    db = str(workdir / "resume.sqlite3")
-    args = ["run", *CLUSTER, "--only", "integrity.gemm.int8", "--db", db]
-    proc = subprocess.Popen(ns.argv("chipaudit", "fleet", *args), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    done: list = []
-    while time.time() < deadline and not done:
-        time.sleep(0.5)
-        if Path(db).exists():
-            with contextlib.suppress(sqlite3.OperationalError):  # the file exists before its tables do
-                done = sqlite3.connect(db).execute(
-                    "SELECT node, device_uuid, finished FROM fleet_audits WHERE state = 'done'").fetchall()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3 and "fleet resume" in err, err
-    run_id = err.split("fleet resume ")[1].split()[0]
-    con = sqlite3.connect(db)
-    assert con.execute("SELECT state FROM fleet_runs").fetchone()[0] == "interrupted"
-    first = {(n, u): f for n, u, f in con.execute(
-        "SELECT node, device_uuid, finished FROM fleet_audits WHERE state = 'done'").fetchall()}
-    assert first
-    p = fleet(ns, env, "resume", run_id, "--db", db)
-    assert p.returncode == 0, p.stdout + p.stderr
-    rows = con.execute("SELECT node, device_uuid, state, attempts, finished FROM fleet_audits").fetchall()
-    assert len(rows) == FLEET_DEVICES and {r[2] for r in rows} == {"done"}
-    for node, uuid, _, attempts, finished in rows:
-        if (node, uuid) in first:
-            assert finished == first[(node, uuid)] and attempts == 1  # not redone
 
 
 def test_a_killed_node_is_retried_or_lost_never_missing(cluster, workdir: Path) -> None:
