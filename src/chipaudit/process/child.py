@@ -88,15 +88,17 @@ def command(argv: Sequence[str], wrappers: Sequence[Wrapper]) -> list[str]:
 
 def _carried(wrappers: Sequence[Wrapper]) -> list[Wrapper]:
     """The wrappers, with the environment changes of those inside the first layer that sets its
-    command's environment (`Wrapper.setenv`) moved into that layer's prefix."""
+    command's environment (`Wrapper.setenv`) moved into that layer's prefix; the tool's settings
+    (SETTINGS_PREFIX) stay where they are, for `Child` to hand over in the handshake."""
     at = next((i for i, w in enumerate(wrappers) if w.setenv and w.prefix), None)
     if at is None:
         return list(wrappers)
     outer, inner = wrappers[at], wrappers[at + 1:]
-    changes = {k: v for w in inner for k, v in w.env.items()}
+    changes = {k: v for w in inner for k, v in w.env.items() if not k.startswith(SETTINGS_PREFIX)}
     options = [a for k, v in changes.items() for a in (outer.setenv, k if v is None else f"{k}={v}")]
     carrier = replace(outer, prefix=(*outer.prefix[:-1], *options, outer.prefix[-1]))
-    return [*wrappers[:at], carrier, *(replace(w, env={}) for w in inner)]
+    return [*wrappers[:at], carrier,
+            *(replace(w, env={k: v for k, v in w.env.items() if k.startswith(SETTINGS_PREFIX)}) for w in inner)]
 
 
 # The tool's own variables (check modules, the allow-list): a device process gets them in its

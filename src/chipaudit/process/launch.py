@@ -7,6 +7,11 @@ cores: a product of torch's right after a host check ran at half speed (38 ms ag
 1024^3 on a 2-core host, measured). 2^4 cycles, OpenBLAS's least, hands the cores back at once. The
 setting is read once, when NumPy loads OpenBLAS, so it is made in this process's environment for
 that moment only: a variable that a user's job lacks would tell a device stack it is audited.
+
+A process the tool limits to a number of threads (THREADS, in the handshake's settings: the resident
+job) gets them the same way: OMP_NUM_THREADS and OPENBLAS_NUM_THREADS while NumPy and torch load, then
+torch.set_num_threads, so that its environment holds no variable that the benchmark of tells
+(benchmarks/world_tells.py) would count.
 """
 
 from __future__ import annotations
@@ -18,14 +23,22 @@ import sys
 from chipaudit.process import child
 
 HOST_BLAS = {"OPENBLAS_THREAD_TIMEOUT": "4", "GOTO_THREAD_TIMEOUT": "4"}
+THREADS = child.SETTINGS_PREFIX + "THREADS"
 
 
 def main() -> None:
     handshake = child.accept()
-    before = {key: os.environ.get(key) for key in HOST_BLAS}
-    os.environ.update(HOST_BLAS)
+    threads = child.setting(THREADS)
+    settled = {**HOST_BLAS, **({"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads} if threads else {})}
+    before = {key: os.environ.get(key) for key in settled}
+    os.environ.update(settled)
     try:
         import numpy  # noqa: F401  (loads OpenBLAS with the setting)
+
+        if threads:
+            import torch  # its OpenMP pool starts with OMP_NUM_THREADS
+
+            torch.set_num_threads(int(threads))
     finally:
         for key, value in before.items():
             if value is None:

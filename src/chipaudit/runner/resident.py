@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from chipaudit.process import launch
 from chipaudit.process.child import STARTUP_TIMEOUT_S, Child, Wrapper
 from chipaudit.report.model import CheckResult, Finding, Severity, Status
 from chipaudit.runner.watchdog import LOG_TAIL_BYTES, WORKER, WORKER_EXIT_GRACE_S, PlannedCheck, died
@@ -30,10 +31,12 @@ from chipaudit.runner.watched import WatchedWorker, WorkerSensors
 
 STEP_DEADLINE_S = 60.0
 STALL_FACTOR = 10.0
-# One thread for torch's work and the host BLAS's, as torchrun starts every process of a job: on a CPU
+# One thread for torch's work and the host BLAS's, as torchrun gives every process of a job: on a CPU
 # device the job's share is then a share of one core, and its host checks never spin threads against
 # the audit's (OpenBLAS's threads on a loaded 2-core host made a window's check 10-30x slower, measured).
-ONE_THREAD = Wrapper(env={"OMP_NUM_THREADS": "1"})
+# Set from inside as the job starts (process/launch.py): OMP_NUM_THREADS in its environment was the one
+# tell world_tells found in it.
+ONE_THREAD = Wrapper(env={launch.THREADS: "1"})
 NAME = "resident job"  # its name under the sensors
 WHO = "the resident job"  # its name in its behaviour findings
 
