@@ -9,9 +9,9 @@ setting is read once, when NumPy loads OpenBLAS, so it is made in this process's
 that moment only: a variable that a user's job lacks would tell a device stack it is audited.
 
 A process the tool limits to a number of threads (THREADS, in the handshake's settings: the resident
-job) gets them the same way: OMP_NUM_THREADS and OPENBLAS_NUM_THREADS while NumPy and torch load, then
-torch.set_num_threads, so that its environment holds no variable that the benchmark of tells
-(benchmarks/world_tells.py) would count.
+job) gets them the same way: OPENBLAS_NUM_THREADS and OMP_NUM_THREADS while NumPy loads, then
+torch.set_num_threads once they are gone, so that a stack loaded with torch finds no variable that a
+user's job lacks (benchmarks/world_tells.py records the environment at that moment).
 """
 
 from __future__ import annotations
@@ -34,16 +34,15 @@ def main() -> None:
     os.environ.update(settled)
     try:
         import numpy  # noqa: F401  (loads OpenBLAS with the setting)
-
-        if threads:
-            import torch  # its OpenMP pool starts with OMP_NUM_THREADS
-
-            torch.set_num_threads(int(threads))
     finally:
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    if threads:
+        import torch  # after the variables are gone: a stack loaded with torch reads its environment then
+
+        torch.set_num_threads(int(threads))
     sys.argv = sys.argv[:1]
     runpy.run_module(str(handshake["module"]), run_name="__main__", alter_sys=False)
