@@ -36,7 +36,7 @@ Allowlist = Annotated[Path | None, typer.Option(help="What honest processes may 
                                                 "allow-list). Default: the built-in one.")]
 Count = Annotated[int | None, typer.Option(min=1, help="Stop after this many bursts.")]
 SyscallTracer = Annotated[bool, typer.Option(help="Watch the worker's system calls with the eBPF tracer where the "
-                                             "machine allows it (root, bpftrace; about 15 s to attach).")]
+                                             "machine allows it (root, bpftrace; seconds to attach).")]
 
 
 @app.command()

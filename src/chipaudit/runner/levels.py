@@ -31,11 +31,12 @@ DESCRIPTION: dict[Level, str] = {
 }
 
 # Levels whose workers go without the eBPF syscall tracer, and why: compiling and attaching its
-# probes costs about 4 s of CPU (13 to 17 s of wall time on a loaded 2-core host, sensors/ebpf.py),
-# more than a smoke audit's whole budget. Their workers stay in the sinkhole's network namespace and
-# under the socket sampler, which a process cannot see either; the report lists the tracer as not run.
+# probes costs about 3 s of CPU and 4 to 8 s of wall time on a 2-core host (sensors/ebpf.py), up to
+# half of a smoke audit's 15 s, on top of everything else it starts. Their workers stay in the
+# sinkhole's network namespace and under the socket sampler, which a process cannot see either; the
+# report lists the tracer as not run.
 WITHOUT_SYSCALL_TRACER: dict[Level, str] = {
-    Level.smoke: "not run at level smoke: attaching it takes longer than the level's budget; the sinkhole "
+    Level.smoke: "not run at level smoke: attaching it takes seconds of a budget of seconds; the sinkhole "
                  "and the socket sampler watched the workers",
 }
 
