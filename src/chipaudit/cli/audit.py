@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 @app.command()
 def run(
     device: DeviceOption = "auto",
-    level: Annotated[Level, typer.Option(help="smoke (seconds: a job's prolog), quick (about a minute), standard, "
+    level: Annotated[Level, typer.Option(help="smoke (seconds: a job's prolog), quick (under three minutes), standard, "
                                               "or deep.")] = Level.standard,
     seed: Annotated[int | None, typer.Option(min=0, help="Repeat a run exactly. Default: a new random seed, "
                                              "always recorded in the report.")] = None,

@@ -25,7 +25,7 @@ DESCRIPTION: dict[Level, str] = {
     Level.smoke: "seconds, for a job's prolog or a readiness probe: verified fp32 and bf16 products on a few "
                  "small shapes, a slice of memory, the stack against --baseline when one is given and the "
                  "device's own health counters; no behaviour probe, burn-in, operator or performance check",
-    Level.quick: "about a minute: every format on representative shapes, the most telling probes",
+    Level.quick: "under three minutes on a 2-core CPU: every format on representative shapes, the most telling probes",
     Level.standard: "minutes: adds more shapes and model widths, and full probe sweeps",
     Level.deep: "half an hour: adds the largest products and long sustained runs",
 }
